@@ -1,0 +1,1 @@
+"""The ``kernex`` command line: one module per noun, thin over the library packages."""

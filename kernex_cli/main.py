@@ -1,0 +1,52 @@
+"""Entry point of the ``kernex`` console script.
+
+Each noun lives in its own module with a ``register(app)`` function; modules import the
+heavy packages (server, agent) inside their commands, so ``kernex --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from kernex_core import __version__
+
+COMMAND_MODULES = ("fleet_cmds", "server_cmds", "agent_cmds")
+
+app = typer.Typer(
+    name="kernex",
+    help="GitOps for device fleets: desired state in Git, signed manifests, safe installs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kernex {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """GitOps for device fleets."""
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"kernex_cli.{_name}")
+    except ModuleNotFoundError as _exc:  # a noun not built yet in this checkout
+        if _exc.name != f"kernex_cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,261 @@
+"""Manifests: the signed desired state of one device, and the agent's trust rules.
+
+Wire form: a DSSE envelope (payload type ``application/vnd.kernex.manifest+json``) whose
+payload is the canonical JSON of ``Manifest.to_dict()``::
+
+    {"device_id": "dev-1", "serial": 7, "revision": "<commit sha>",
+     "issued_at": "2026-11-22T02:05:37Z", "expires_at": "2026-11-29T02:05:37Z",
+     "rollout_id": null,
+     "bundles": [{"name": "app", "version": "1.4.0", "sha256": "<hex>", "size": 1234,
+                  "url": "/v1/bundles/<hex>", "release_signatures": [{"keyid":..,"sig":..}]}],
+     "config": {...},
+     "manifest_keys": [{"keyid": "SHA256:..", "public_key": "PEM"}],   # optional: rotation
+     "release_keys": {<DSSE envelope of a release-key set>}}            # optional: rotation
+
+``ManifestVerifier`` is the pure trust object: fed bytes, the pinned keys, the highest
+serial accepted so far and a clock reading, it returns a ``Manifest`` or raises
+``ManifestRejectedError`` naming the rule that failed. The caller does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernex_core import keys
+from kernex_core.canonical import canonical_digest, canonical_json
+from kernex_core.envelope import Envelope, Signature, sign_envelope, verify_envelope
+from kernex_core.errors import (
+    EnvelopeError,
+    KeyFormatError,
+    ManifestRejectedError,
+    ReleaseSignatureError,
+)
+from kernex_core.release import verify_release
+from kernex_core.timefmt import format_time, parse_time
+
+MANIFEST_PAYLOAD_TYPE = "application/vnd.kernex.manifest+json"
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_BUNDLES = 256
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    name: str
+    version: str
+    sha256: str
+    size: int
+    url: str
+    release_signatures: tuple[Signature, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "url": self.url,
+            "release_signatures": [s.to_dict() for s in self.release_signatures],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BundleEntry:
+        if not isinstance(data, Mapping):
+            raise ValueError("bundle entry is not an object")
+        name, version, sha, size, url = (data.get(k) for k in
+                                         ("name", "version", "sha256", "size", "url"))
+        if not all(isinstance(v, str) and v for v in (name, version, url)):
+            raise ValueError("bundle entry needs non-empty 'name', 'version' and 'url'")
+        if not isinstance(sha, str) or not SHA256_RE.match(sha):
+            raise ValueError(f"bundle {name}: sha256 must be 64 lowercase hex digits")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"bundle {name}: size must be a non-negative integer")
+        sigs = data.get("release_signatures", [])
+        if not isinstance(sigs, list):
+            raise ValueError(f"bundle {name}: release_signatures must be a list")
+        try:
+            parsed = tuple(Signature.from_dict(s) for s in sigs)
+        except EnvelopeError as exc:
+            raise ValueError(f"bundle {name}: {exc}") from exc
+        return cls(str(name), str(version), sha, size, str(url), parsed)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    device_id: str
+    serial: int
+    revision: str
+    issued_at: int
+    expires_at: int
+    bundles: tuple[BundleEntry, ...]
+    config: Mapping[str, Any]
+    rollout_id: str | None = None
+    manifest_keys: tuple[tuple[str, str], ...] = ()  # (keyid, PEM) announced for rotation
+    release_keys: Mapping[str, Any] | None = None  # DSSE envelope dict of a release-key set
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "device_id": self.device_id,
+            "serial": self.serial,
+            "revision": self.revision,
+            "issued_at": format_time(self.issued_at),
+            "expires_at": format_time(self.expires_at),
+            "rollout_id": self.rollout_id,
+            "bundles": [b.to_dict() for b in self.bundles],
+            "config": dict(self.config),
+        }
+        if self.manifest_keys:
+            out["manifest_keys"] = [{"keyid": k, "public_key": p} for k, p in self.manifest_keys]
+        if self.release_keys is not None:
+            out["release_keys"] = dict(self.release_keys)
+        return out
+
+    def payload(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def desired_digest(self) -> str:
+        """Digest of what the device must run (bundles + config), independent of serial."""
+        return canonical_digest(
+            {"bundles": [b.to_dict() for b in self.bundles], "config": dict(self.config)}
+        )
+
+    def config_hash(self) -> str:
+        return canonical_digest(dict(self.config))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        if not isinstance(data, Mapping):
+            raise ValueError("manifest payload is not a JSON object")
+        device_id, serial, revision = data.get("device_id"), data.get("serial"), data.get(
+            "revision"
+        )
+        if not isinstance(device_id, str) or not device_id:
+            raise ValueError("manifest needs a string 'device_id'")
+        if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+            raise ValueError("manifest 'serial' must be a non-negative integer")
+        if not isinstance(revision, str):
+            raise ValueError("manifest needs a string 'revision'")
+        bundles = data.get("bundles", [])
+        if not isinstance(bundles, list) or len(bundles) > MAX_BUNDLES:
+            raise ValueError(f"manifest 'bundles' must be a list of at most {MAX_BUNDLES}")
+        parsed = tuple(BundleEntry.from_dict(b) for b in bundles)
+        names = [b.name for b in parsed]
+        if len(set(names)) != len(names):
+            raise ValueError("manifest names a bundle twice")
+        config = data.get("config", {})
+        if not isinstance(config, Mapping):
+            raise ValueError("manifest 'config' must be an object")
+        rollout_id = data.get("rollout_id")
+        if rollout_id is not None and not isinstance(rollout_id, str):
+            raise ValueError("manifest 'rollout_id' must be a string or null")
+        mkeys = data.get("manifest_keys", [])
+        if not isinstance(mkeys, list) or not all(
+            isinstance(k, Mapping) and isinstance(k.get("keyid"), str)
+            and isinstance(k.get("public_key"), str) for k in mkeys
+        ):
+            raise ValueError("manifest 'manifest_keys' must be a list of {keyid, public_key}")
+        release_keys = data.get("release_keys")
+        if release_keys is not None and not isinstance(release_keys, Mapping):
+            raise ValueError("manifest 'release_keys' must be an envelope object")
+        return cls(
+            device_id=device_id,
+            serial=serial,
+            revision=revision,
+            issued_at=parse_time(data.get("issued_at")),  # type: ignore[arg-type]
+            expires_at=parse_time(data.get("expires_at")),  # type: ignore[arg-type]
+            bundles=parsed,
+            config=dict(config),
+            rollout_id=rollout_id,
+            manifest_keys=tuple((k["keyid"], k["public_key"]) for k in mkeys),
+            release_keys=release_keys,
+        )
+
+
+def sign_manifest(manifest: Manifest, key: keys.PrivateKey) -> Envelope:
+    keyid = keys.fingerprint(key.public_key())
+    return sign_envelope(MANIFEST_PAYLOAD_TYPE, manifest.payload(), {keyid: key})
+
+
+@dataclass
+class ManifestVerifier:
+    """The agent's trust rules for manifests, as a pure object.
+
+    ``manifest_keys`` are the pinned server keys (keyid -> key); ``release_keys``, when
+    set, must sign every bundle; ``min_serial`` is the highest serial accepted before.
+    """
+
+    device_id: str
+    manifest_keys: Mapping[str, keys.PublicKey]
+    min_serial: int = 0
+    release_keys: Mapping[str, keys.PublicKey] | None = None
+    release_threshold: int = 1
+    max_bytes: int = MAX_MANIFEST_BYTES
+
+    def verify(self, raw: bytes, now: float) -> Manifest:
+        if len(raw) > self.max_bytes:
+            raise ManifestRejectedError(
+                "size", f"manifest of {len(raw)} bytes exceeds the {self.max_bytes} byte limit"
+            )
+        try:
+            envelope = Envelope.from_json(raw, max_bytes=self.max_bytes)
+        except EnvelopeError as exc:
+            raise ManifestRejectedError("format", f"manifest envelope: {exc}") from exc
+        try:
+            verify_envelope(envelope, self.manifest_keys, payload_type=MANIFEST_PAYLOAD_TYPE)
+        except EnvelopeError as exc:
+            raise ManifestRejectedError(
+                "signature", f"manifest signature: {exc}",
+                hint="The manifest was not signed by the pinned server key; re-enroll only "
+                "if the server key was rotated on purpose.",
+            ) from exc
+        try:
+            manifest = Manifest.from_dict(json.loads(envelope.payload))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestRejectedError("format", f"manifest payload: {exc}") from exc
+        if manifest.device_id != self.device_id:
+            raise ManifestRejectedError(
+                "device", f"manifest is for device {manifest.device_id!r}, not {self.device_id!r}"
+            )
+        if manifest.serial < self.min_serial:
+            raise ManifestRejectedError(
+                "serial",
+                f"manifest serial {manifest.serial} is lower than {self.min_serial}, the "
+                "highest accepted (rollback attack or server state lost)",
+            )
+        if now >= manifest.expires_at:
+            raise ManifestRejectedError(
+                "expired",
+                f"manifest expired at {format_time(manifest.expires_at)} "
+                f"(now {format_time(now)}): freeze attack or a server that stopped signing",
+                hint="Check the device clock and that the server is re-signing manifests.",
+            )
+        if self.release_keys is not None:
+            for bundle in manifest.bundles:
+                try:
+                    verify_release(
+                        bundle.release_signatures, self.release_keys, name=bundle.name,
+                        version=bundle.version, sha256=bundle.sha256, size=bundle.size,
+                        threshold=self.release_threshold,
+                    )
+                except ReleaseSignatureError as exc:
+                    raise ManifestRejectedError("release", str(exc), hint=exc.hint) from exc
+        return manifest
+
+
+def manifest_keys_from(manifest: Manifest) -> dict[str, keys.PublicKey]:
+    """The announced manifest keys (for rotation), checked against their keyids."""
+    out: dict[str, keys.PublicKey] = {}
+    for keyid, pem in manifest.manifest_keys:
+        try:
+            key = keys.load_public_key_pem(pem, source="announced manifest key")
+        except KeyFormatError as exc:
+            raise ManifestRejectedError("format", str(exc)) from exc
+        if keys.fingerprint(key) != keyid:
+            raise ManifestRejectedError("format", f"announced key does not match id {keyid}")
+        out[keyid] = key
+    return out
