@@ -37,8 +37,7 @@ def tests_postgres(session: nox.Session) -> None:
     """The database tests against KERNEX_TEST_DATABASE_URL (default: local PostgreSQL)."""
     session.install("-e", ".[dev]")
     url = os.environ.get("KERNEX_TEST_DATABASE_URL", DEFAULT_PG)
-    session.run("pytest", "-m", "postgres", *session.posargs,
-                env={"KERNEX_TEST_DATABASE_URL": url})
+    session.run("pytest", "-m", "postgres", *session.posargs, env={"KERNEX_TEST_DATABASE_URL": url})
 
 
 @nox.session

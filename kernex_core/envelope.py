@@ -112,9 +112,7 @@ def verify_envelope(
     Raises EnvelopeError unless at least ``threshold`` distinct trusted keys signed.
     """
     if envelope.payload_type != payload_type:
-        raise EnvelopeError(
-            f"payload type is {envelope.payload_type!r}, expected {payload_type!r}"
-        )
+        raise EnvelopeError(f"payload type is {envelope.payload_type!r}, expected {payload_type!r}")
     message = pae(envelope.payload_type, envelope.payload)
     good = {
         s.keyid

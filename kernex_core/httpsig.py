@@ -57,7 +57,7 @@ def signature_base(method: str, path: str, digest: str, params_value: str) -> by
         f'"@path": {path}\n'
         f'"content-digest": {digest}\n'
         f'"@signature-params": {params_value}'
-    ).encode("utf-8")
+    ).encode()
 
 
 def sign_request(
@@ -102,28 +102,34 @@ def parse_signature(headers: Mapping[str, str]) -> ParsedSignature:
     sig_header = headers.get("signature")
     if not sig_input or not sig_header:
         raise RequestSignatureError(
-            "missing", "request is not signed (no Signature-Input/Signature headers)",
+            "missing",
+            "request is not signed (no Signature-Input/Signature headers)",
             hint="Device requests must be signed with the device key; use `kernex agent`.",
         )
     m = _INPUT_RE.match(sig_input.strip())
     s = _SIG_RE.match(sig_header.strip())
     if not m or not s or m.group("label") != s.group("label"):
-        raise RequestSignatureError("malformed", "Signature-Input or Signature does not "
-                                    "follow the Kernex RFC 9421 profile")
+        raise RequestSignatureError(
+            "malformed", "Signature-Input or Signature does not follow the Kernex RFC 9421 profile"
+        )
     params: dict[str, str] = {}
     for name, raw in _PARAM_RE.findall(m.group("params")):
         if name in params:
             raise RequestSignatureError("malformed", f"signature parameter {name!r} repeated")
         params[name] = raw
     if set(params) - {"created", "nonce", "keyid", "alg"} or not {
-        "created", "nonce", "keyid"
+        "created",
+        "nonce",
+        "keyid",
     } <= set(params):
         raise RequestSignatureError(
             "malformed", "signature needs exactly created, nonce, keyid (and optional alg)"
         )
-    if not params["created"].isdigit() or any(
-        not params[p].startswith('"') for p in ("nonce", "keyid")
-    ) or ("alg" in params and not params["alg"].startswith('"')):
+    if (
+        not params["created"].isdigit()
+        or any(not params[p].startswith('"') for p in ("nonce", "keyid"))
+        or ("alg" in params and not params["alg"].startswith('"'))
+    ):
         raise RequestSignatureError("malformed", "signature parameter has the wrong type")
     try:
         signature = base64.b64decode(s.group("sig"), validate=True)
@@ -195,13 +201,18 @@ def verify_request(
         raise RequestSignatureError("digest", "Content-Digest does not match the body")
     if abs(now - parsed.created) > max_skew:
         raise RequestSignatureError(
-            "stale", f"signature created {int(now - parsed.created)} s from server time "
-            f"(limit {max_skew} s)", hint="Check the device clock (NTP).",
+            "stale",
+            f"signature created {int(now - parsed.created)} s from server time "
+            f"(limit {max_skew} s)",
+            hint="Check the device clock (NTP).",
         )
     key = key_for(parsed.keyid)
     if key is None:
-        raise RequestSignatureError("unknown_key", f"no key is enrolled as {parsed.keyid!r}",
-                                    hint="Enroll the device first: `kernex agent enroll`.")
+        raise RequestSignatureError(
+            "unknown_key",
+            f"no key is enrolled as {parsed.keyid!r}",
+            hint="Enroll the device first: `kernex agent enroll`.",
+        )
     if parsed.alg is not None and parsed.alg != keys.algorithm_of(key):
         raise RequestSignatureError("bad_signature", f"alg {parsed.alg!r} does not match the key")
     base = signature_base(method, path, digest_header.strip(), parsed.params_value)

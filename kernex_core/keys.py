@@ -59,10 +59,13 @@ def load_private_key_pem(data: bytes, *, source: str = "key") -> PrivateKey:
             f"{source}: not an unencrypted PEM private key ({exc})",
             hint="Give a PKCS#8 PEM file such as the ones `kernex` writes.",
         ) from exc
-    if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey,
-                            rsa.RSAPrivateKey)):
-        raise KeyFormatError(f"{source}: unsupported key type {type(key).__name__}",
-                             hint="Use Ed25519, ECDSA P-256 or RSA >= 2048.")
+    if not isinstance(
+        key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)
+    ):
+        raise KeyFormatError(
+            f"{source}: unsupported key type {type(key).__name__}",
+            hint="Use Ed25519, ECDSA P-256 or RSA >= 2048.",
+        )
     _check_public(key.public_key(), source)
     return key
 
@@ -76,21 +79,26 @@ def load_public_key_pem(data: str | bytes, *, source: str = "public key") -> Pub
             f"{source}: not a PEM public key ({exc})",
             hint="Give a SubjectPublicKeyInfo PEM ('-----BEGIN PUBLIC KEY-----').",
         ) from exc
-    if not isinstance(key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey,
-                            rsa.RSAPublicKey)):
-        raise KeyFormatError(f"{source}: unsupported key type {type(key).__name__}",
-                             hint="Use Ed25519, ECDSA P-256 or RSA >= 2048.")
+    if not isinstance(key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        raise KeyFormatError(
+            f"{source}: unsupported key type {type(key).__name__}",
+            hint="Use Ed25519, ECDSA P-256 or RSA >= 2048.",
+        )
     _check_public(key, source)
     return key
 
 
 def _check_public(key: PublicKey, source: str) -> None:
     if isinstance(key, ec.EllipticCurvePublicKey) and not isinstance(key.curve, ec.SECP256R1):
-        raise KeyFormatError(f"{source}: ECDSA curve {key.curve.name} is not supported",
-                             hint="Use the P-256 (secp256r1) curve.")
+        raise KeyFormatError(
+            f"{source}: ECDSA curve {key.curve.name} is not supported",
+            hint="Use the P-256 (secp256r1) curve.",
+        )
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        raise KeyFormatError(f"{source}: RSA key of {key.key_size} bits is too small",
-                             hint=f"Use RSA of at least {MIN_RSA_BITS} bits, or Ed25519.")
+        raise KeyFormatError(
+            f"{source}: RSA key of {key.key_size} bits is too small",
+            hint=f"Use RSA of at least {MIN_RSA_BITS} bits, or Ed25519.",
+        )
 
 
 def algorithm_of(key: PublicKey | PrivateKey) -> str:

@@ -66,8 +66,9 @@ class BundleEntry:
     def from_dict(cls, data: Any) -> BundleEntry:
         if not isinstance(data, Mapping):
             raise ValueError("bundle entry is not an object")
-        name, version, sha, size, url = (data.get(k) for k in
-                                         ("name", "version", "sha256", "size", "url"))
+        name, version, sha, size, url = (
+            data.get(k) for k in ("name", "version", "sha256", "size", "url")
+        )
         if not all(isinstance(v, str) and v for v in (name, version, url)):
             raise ValueError("bundle entry needs non-empty 'name', 'version' and 'url'")
         if not isinstance(sha, str) or not SHA256_RE.match(sha):
@@ -131,8 +132,10 @@ class Manifest:
     def from_dict(cls, data: Any) -> Manifest:
         if not isinstance(data, Mapping):
             raise ValueError("manifest payload is not a JSON object")
-        device_id, serial, revision = data.get("device_id"), data.get("serial"), data.get(
-            "revision"
+        device_id, serial, revision = (
+            data.get("device_id"),
+            data.get("serial"),
+            data.get("revision"),
         )
         if not isinstance(device_id, str) or not device_id:
             raise ValueError("manifest needs a string 'device_id'")
@@ -155,8 +158,10 @@ class Manifest:
             raise ValueError("manifest 'rollout_id' must be a string or null")
         mkeys = data.get("manifest_keys", [])
         if not isinstance(mkeys, list) or not all(
-            isinstance(k, Mapping) and isinstance(k.get("keyid"), str)
-            and isinstance(k.get("public_key"), str) for k in mkeys
+            isinstance(k, Mapping)
+            and isinstance(k.get("keyid"), str)
+            and isinstance(k.get("public_key"), str)
+            for k in mkeys
         ):
             raise ValueError("manifest 'manifest_keys' must be a list of {keyid, public_key}")
         release_keys = data.get("release_keys")
@@ -209,7 +214,8 @@ class ManifestVerifier:
             verify_envelope(envelope, self.manifest_keys, payload_type=MANIFEST_PAYLOAD_TYPE)
         except EnvelopeError as exc:
             raise ManifestRejectedError(
-                "signature", f"manifest signature: {exc}",
+                "signature",
+                f"manifest signature: {exc}",
                 hint="The manifest was not signed by the pinned server key; re-enroll only "
                 "if the server key was rotated on purpose.",
             ) from exc
@@ -238,8 +244,12 @@ class ManifestVerifier:
             for bundle in manifest.bundles:
                 try:
                     verify_release(
-                        bundle.release_signatures, self.release_keys, name=bundle.name,
-                        version=bundle.version, sha256=bundle.sha256, size=bundle.size,
+                        bundle.release_signatures,
+                        self.release_keys,
+                        name=bundle.name,
+                        version=bundle.version,
+                        sha256=bundle.sha256,
+                        size=bundle.size,
                         threshold=self.release_threshold,
                     )
                 except ReleaseSignatureError as exc:

@@ -74,8 +74,7 @@ class EnrollRequest:
             raise ValueError("'labels' must map strings to strings")
         if token is not None and not isinstance(token, str):
             raise ValueError("'enrollment_token' must be a string")
-        return cls(device_id, public_key, dict(labels), str(data.get("agent_version") or ""),
-                   token)
+        return cls(device_id, public_key, dict(labels), str(data.get("agent_version") or ""), token)
 
 
 @dataclass(frozen=True)
@@ -135,11 +134,9 @@ class StatusReport:
         if not isinstance(data, Mapping):
             raise ValueError("status body must be a JSON object")
         try:
-            phase = Phase(data.get("phase"))
+            phase = Phase(str(data.get("phase")))
         except ValueError as exc:
-            raise ValueError(
-                f"'phase' must be one of {', '.join(p.value for p in Phase)}"
-            ) from exc
+            raise ValueError(f"'phase' must be one of {', '.join(p.value for p in Phase)}") from exc
         serial = data.get("serial")
         if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool)):
             raise ValueError("'serial' must be an integer")

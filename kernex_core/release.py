@@ -85,8 +85,10 @@ class ReleaseKeySet:
     def from_dict(cls, data: Any) -> ReleaseKeySet:
         if not isinstance(data, Mapping):
             raise EnvelopeError("release key set is not an object")
-        version, threshold, entries = data.get("version"), data.get("threshold", 1), data.get(
-            "keys"
+        version, threshold, entries = (
+            data.get("version"),
+            data.get("threshold", 1),
+            data.get("keys"),
         )
         if not isinstance(version, int) or not isinstance(threshold, int) or threshold < 1:
             raise EnvelopeError("release key set needs integer 'version' and 'threshold' >= 1")
@@ -107,14 +109,13 @@ class ReleaseKeySet:
         return cls(version=version, keys=parsed, threshold=threshold)
 
 
-def accept_release_key_set(
-    envelope: Envelope, current: ReleaseKeySet
-) -> ReleaseKeySet:
+def accept_release_key_set(envelope: Envelope, current: ReleaseKeySet) -> ReleaseKeySet:
     """Return the new key set if ``current`` signed it with a higher version; else raise."""
 
-
     verify_envelope(
-        envelope, current.keys, payload_type=RELEASE_KEYS_PAYLOAD_TYPE,
+        envelope,
+        current.keys,
+        payload_type=RELEASE_KEYS_PAYLOAD_TYPE,
         threshold=current.threshold,
     )
     try:
