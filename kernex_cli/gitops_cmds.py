@@ -1,0 +1,293 @@
+"""GitOps edits: ``kernex deploy``, ``kernex rollback``, ``kernex config set|unset``.
+
+Each edit is one commit in the fleet repository with a message that says what changed,
+made only after the edited revision validates, and followed by the plan of what it changes
+for each device. ``--dry-run`` prints the plan and writes nothing; ``--push`` pushes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from kernex_cli.fleet_edit import parse_scalar, set_value, unset_value
+from kernex_cli.gitrepo import FleetRepo
+from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json
+from kernex_core.errors import FleetInvalidError, KernexError
+
+BUNDLE_REF_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)@(?P<version>[A-Za-z0-9][A-Za-z0-9.+_-]*)$")
+
+REPO_OPTION = typer.Option(
+    Path("."), "--repo", "-r", help="The fleet repository (default: the current directory)."
+)
+GROUP_OPTION = typer.Option(None, "--group", "-g", help="Act on this group (groups/G.yaml).")
+DEVICE_OPTION = typer.Option(None, "--device", "-d", help="Act on this device (devices/D.yaml).")
+PUSH_OPTION = typer.Option(False, "--push", help="Push the commit to the remote 'origin'.")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Print the plan; change nothing.")
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str  # "group" or "device"
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.kind}s/{self.name}.yaml"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+def _scope(group: str | None, device: str | None) -> Scope:
+    if (group is None) == (device is None):
+        fail("give exactly one of --group or --device", code=EXIT_USAGE)
+    return Scope("group", group) if group is not None else Scope("device", device or "")
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    commit: str | None
+    plan: Any  # kernex_core.fleet.Plan
+
+
+def apply_edit(
+    repo: FleetRepo,
+    scope: Scope,
+    new_text: str | None,
+    message: str,
+    *,
+    dry_run: bool,
+    push: bool,
+) -> EditOutcome:
+    """Validate the edited revision, plan it against HEAD, then write, commit and push."""
+    from kernex_core.fleet import compute_plan, load_fleet
+    from kernex_server.git_tree import read_fleet_files
+
+    base_files = read_fleet_files(repo.path, "HEAD")
+    head_files = dict(base_files)
+    if new_text is None:
+        head_files.pop(scope.path, None)
+    else:
+        head_files[scope.path] = new_text.encode("utf-8")
+    base = load_fleet(base_files).resolve({})
+    head = load_fleet(head_files).resolve({})  # FleetInvalidError: nothing is written
+    plan = compute_plan(base, head)
+    if dry_run or not plan.has_changes:
+        return EditOutcome(None, plan)
+    target = repo.path / scope.path
+    if new_text is None:
+        target.unlink(missing_ok=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(new_text, encoding="utf-8")
+    commit = repo.commit([scope.path], message)
+    if push:
+        repo.push()
+    return EditOutcome(commit, plan)
+
+
+def _current_text(repo: FleetRepo, scope: Scope, *, create: bool) -> str:
+    if repo.is_dirty(scope.path):
+        fail(f"{scope.path} has uncommitted changes",
+             hint="Commit or stash them first, so this command commits only its own edit.")
+    raw = repo.show("HEAD", scope.path)
+    if raw is None:
+        if create and scope.kind == "device":
+            return ""
+        fail(f"{scope} does not exist ({scope.path} is not in HEAD)",
+             hint=f"List them with `ls {scope.kind}s/`, or add {scope.path} first.")
+    return raw.decode("utf-8")
+
+
+def _report(outcome: EditOutcome, what: str, *, as_json: bool, dry_run: bool) -> None:
+    from kernex_cli.plan_render import render_plan_text
+
+    if as_json:
+        print_json({"commit": outcome.commit, "dry_run": dry_run,
+                    "plan": outcome.plan.to_dict()})
+        return
+    if not outcome.plan.has_changes:
+        console.print(f"[bold]{what}[/]: nothing changes, no commit made.")
+        return
+    if outcome.commit:
+        console.print(f"[green]committed[/] {outcome.commit[:12]}  {what}")
+    else:
+        console.print(f"[yellow]dry run[/]: {what} (nothing written)")
+    render_plan_text(outcome.plan, console)
+
+
+def _run_edit(
+    repo_dir: Path, scope: Scope, edit: Any, message: str, *, dry_run: bool, push: bool,
+    as_json: bool,
+) -> None:
+    try:
+        repo = FleetRepo(repo_dir)
+        text = _current_text(repo, scope, create=True)
+        new_text = edit(text)
+        outcome = apply_edit(repo, scope, new_text, message, dry_run=dry_run, push=push)
+    except FleetInvalidError as exc:
+        for issue in exc.issues:
+            console.print(f"[red]{issue}[/]", highlight=False)
+        fail_from(exc)
+    except KernexError as exc:
+        fail_from(exc)
+    _report(outcome, message, as_json=as_json, dry_run=dry_run)
+
+
+def deploy(
+    ref: str = typer.Argument(..., metavar="BUNDLE@VERSION", help="e.g. hello@1.1.0"),
+    group: str | None = GROUP_OPTION,
+    device: str | None = DEVICE_OPTION,
+    repo: Path = REPO_OPTION,
+    push: bool = PUSH_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Set a bundle version for a group or a device, as a commit.
+
+    The version must be in the bundle catalog (bundles/NAME.yaml). The rest of the YAML
+    file, comments included, is kept as it was.
+
+    Example: kernex deploy hello@1.1.0 --group canary --push
+    """
+    m = BUNDLE_REF_RE.match(ref)
+    if not m:
+        fail(f"{ref!r} is not BUNDLE@VERSION", hint="For example: kernex deploy hello@1.1.0 "
+             "--group canary", code=EXIT_USAGE)
+    scope = _scope(group, device)
+    name, version = m.group("name"), m.group("version")
+    try:
+        _check_catalog(FleetRepo(repo), name, version)
+    except KernexError as exc:
+        fail_from(exc)
+    _run_edit(
+        repo, scope, lambda text: set_value(text, ["bundles", name], version, source=scope.path),
+        f"deploy {name}@{version} to {scope}", dry_run=dry_run, push=push, as_json=as_json,
+    )
+
+
+def _check_catalog(repo: FleetRepo, name: str, version: str) -> None:
+    from kernex_core.fleet import load_fleet
+    from kernex_server.git_tree import read_fleet_files
+
+    fleet = load_fleet(read_fleet_files(repo.path, "HEAD"))
+    versions = fleet.catalog.get(name)
+    if versions is None:
+        known = ", ".join(sorted(fleet.catalog)) or "none"
+        raise KernexError(f"bundle {name!r} is not in the catalog (bundles: {known})",
+                          hint="Publish it first: `kernex bundle push FILE`.")
+    if version not in versions:
+        raise KernexError(
+            f"{name} {version} is not in the catalog (versions: {', '.join(versions)})",
+            hint="Publish it first: `kernex bundle push FILE`.",
+        )
+
+
+def rollback(
+    group: str | None = GROUP_OPTION,
+    device: str | None = DEVICE_OPTION,
+    to: str | None = typer.Option(
+        None, "--to", help="Revision to restore (default: the one before the last change to "
+        "the group or device file)."
+    ),
+    repo: Path = REPO_OPTION,
+    push: bool = PUSH_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Restore a group's or device's desired state from an earlier revision, as a new commit.
+
+    History is never rewritten: the old state comes back as a new commit, which gets a
+    higher manifest serial on every device it touches.
+
+    Example: kernex rollback --group canary --push
+    """
+    scope = _scope(group, device)
+    try:
+        fleet_repo = FleetRepo(repo)
+        if to is None:
+            last = fleet_repo.last_change(scope.path)
+            if last is None:
+                fail(f"{scope.path} has no history to roll back",
+                     hint="Name a revision with --to REV.")
+            rev = fleet_repo.rev_parse(f"{last}^") if _has_parent(fleet_repo, last) else None
+        else:
+            rev = fleet_repo.rev_parse(to)
+        old = fleet_repo.show(rev, scope.path) if rev else None
+    except KernexError as exc:
+        fail_from(exc)
+    label = rev[:12] if rev else "its creation"
+    _run_edit(
+        repo, scope, lambda _text: old.decode("utf-8") if old is not None else None,
+        f"rollback {scope} to {label}", dry_run=dry_run, push=push, as_json=as_json,
+    )
+
+
+def _has_parent(repo: FleetRepo, commit: str) -> bool:
+    return len(repo.git("rev-list", "--parents", "-n", "1", commit).split()) > 1
+
+
+config_app = typer.Typer(help="Set or unset configuration keys for a group or a device.",
+                         no_args_is_help=True)
+
+
+@config_app.command("set")
+def config_set(
+    assignment: str = typer.Argument(..., metavar="KEY=VALUE",
+                                     help="Dotted key and a YAML value, e.g. log.level=debug"),
+    group: str | None = GROUP_OPTION,
+    device: str | None = DEVICE_OPTION,
+    repo: Path = REPO_OPTION,
+    push: bool = PUSH_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Set a configuration key, as a commit.
+
+    Example: kernex config set telemetry.interval=30 --group lab
+    """
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        fail(f"{assignment!r} is not KEY=VALUE", hint="For example: log.level=debug",
+             code=EXIT_USAGE)
+    scope = _scope(group, device)
+    value = parse_scalar(raw)
+    path = ["config", *key.split(".")]
+    _run_edit(
+        repo, scope, lambda text: set_value(text, path, value, source=scope.path),
+        f"config set {key}={raw} for {scope}", dry_run=dry_run, push=push, as_json=as_json,
+    )
+
+
+@config_app.command("unset")
+def config_unset(
+    key: str = typer.Argument(..., metavar="KEY", help="Dotted key, e.g. log.level"),
+    group: str | None = GROUP_OPTION,
+    device: str | None = DEVICE_OPTION,
+    repo: Path = REPO_OPTION,
+    push: bool = PUSH_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Remove a configuration key, as a commit.
+
+    Example: kernex config unset log.level --device dev-0001
+    """
+    scope = _scope(group, device)
+    path = ["config", *key.split(".")]
+    _run_edit(
+        repo, scope, lambda text: unset_value(text, path, source=scope.path),
+        f"config unset {key} for {scope}", dry_run=dry_run, push=push, as_json=as_json,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("rollback")(rollback)
+    app.add_typer(config_app, name="config")
