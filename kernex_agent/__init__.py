@@ -6,7 +6,18 @@ It imports ``kernex_core`` and httpx only, so a device installs little. The loop
 can run many agents (the fleet simulator).
 """
 
+import sys
+
 from kernex_core import __version__
+
+if "httpx" not in sys.modules:
+    # httpx imports its own command line (rich, click, pygments) whenever those are
+    # installed; the agent never uses it, so keep them out of a device's process.
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]
+    try:
+        import httpx  # noqa: F401
+    finally:
+        del sys.modules["httpx._main"]
 
 AGENT_VERSION = __version__
 
