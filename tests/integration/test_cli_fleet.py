@@ -91,7 +91,7 @@ BREAKAGES = [
      "groups/canary.yaml:13:16", "the last wave must be 100%"),
     ("kernex.yaml", "apiVersion: kernex/v1", "apiVersion: kernex/v2", "kernex.yaml:3:13",
      "apiVersion must be kernex/v1"),
-    ("groups/all.yaml", "priority: 0", "priority: [0", "groups/all.yaml:7:1",
+    ("groups/all.yaml", "priority: 0", "priority: [0", "groups/all.yaml:6:1",
      "YAML syntax error"),
     ("devices/lab-bench-1.yaml", "hello: 1.0.0", "helo: 1.0.0", "devices/lab-bench-1.yaml:5:3",
      "bundle 'helo' is not in the catalog"),
