@@ -1,0 +1,181 @@
+"""``kernex agent enroll|run|status``: the device side, a thin layer over kernex_agent.
+
+kernex_agent is imported inside the commands, so ``kernex --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json
+from kernex_core.errors import KernexError
+
+if TYPE_CHECKING:
+    from kernex_agent.enroll import EnrollResult
+
+agent_app = typer.Typer(
+    name="agent", help="Run a device: enroll it, converge it, show its state.", no_args_is_help=True
+)
+
+DATA_DIR_HELP = "Agent data directory [default: $KERNEX_AGENT_DIR or /var/lib/kernex-agent]."
+
+
+def _data_dir(value: Path | None) -> Path:
+    from kernex_agent.config import default_data_dir
+
+    return value or default_data_dir(os.environ)
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"label {pair!r} is not key=value", hint="Example: --label site=berlin", code=2)
+        out[key] = value
+    return out
+
+
+@agent_app.command("enroll")
+def enroll_cmd(
+    server: Annotated[
+        str, typer.Option("--server", help="Server URL, e.g. https://kernex.example")
+    ],
+    token: Annotated[str | None, typer.Option("--token", help="Enrollment token.")] = None,
+    wait_for_approval: Annotated[
+        bool,
+        typer.Option("--wait-for-approval", help="Without a token: wait until an admin accepts."),
+    ] = False,
+    device_id: Annotated[
+        str | None, typer.Option("--device-id", help="Default: the host name.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Device label key=value (repeatable).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+    server_key_fingerprint: Annotated[
+        str | None,
+        typer.Option("--server-key-fingerprint", help="Expected SHA256:... of the manifest key."),
+    ] = None,
+    release_key: Annotated[
+        list[Path] | None,
+        typer.Option("--release-key", help="Release public key (PEM) bundles must be signed by."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Make the device key, enroll with the server and pin its manifest key."""
+    import httpx
+
+    from kernex_agent.enroll import default_device_id, enroll
+
+    if (token is None) == (not wait_for_approval):
+        fail("give exactly one of --token or --wait-for-approval", code=EXIT_USAGE)
+    labels = _labels(label or [])
+    directory = _data_dir(data_dir)
+
+    async def go() -> EnrollResult:
+        async with httpx.AsyncClient() as http:
+            return await enroll(
+                http,
+                server_url=server,
+                data_dir=directory,
+                device_id=device_id or default_device_id(),
+                token=token,
+                labels=labels,
+                wait_for_approval=wait_for_approval,
+                expected_fingerprint=server_key_fingerprint,
+                release_key_files=release_key or [],
+                clock=time.time,
+                sleep=asyncio.sleep,
+            )
+
+    try:
+        result = asyncio.run(go())
+    except KernexError as exc:
+        fail_from(exc)
+    if json_out:
+        print_json({**result.__dict__, "state": result.state.value, "data_dir": str(directory)})
+        return
+    console.print(f"enrolled [bold]{result.device_id}[/] ({result.state.value}) in {directory}")
+    console.print(f"device key:         {result.device_key_id}")
+    console.print(f"server manifest key: {result.manifest_key_id}", highlight=False)
+    if not result.fingerprint_checked:
+        console.print(
+            "[yellow]compare the server manifest key above with `kernex server info` "
+            "(or pass --server-key-fingerprint)[/]"
+        )
+    if result.trust_mode == "manifest-only":
+        console.print(
+            "[yellow]no release keys pinned: bundles are trusted on the manifest "
+            "signature alone (pass --release-key)[/]"
+        )
+
+
+@agent_app.command("run")
+def run_cmd(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+    once: bool = typer.Option(False, "--once", help="One cycle, then exit (1 if it failed)."),
+) -> None:
+    """Run the agent loop: poll, verify, install, health-check, report."""
+    from kernex_agent.runner import run_agent, setup_logging
+
+    setup_logging(os.environ)
+    try:
+        code = asyncio.run(run_agent(_data_dir(data_dir), once=once, env=dict(os.environ)))
+    except KernexError as exc:
+        fail_from(exc)
+    raise typer.Exit(code)
+
+
+@agent_app.command("status")
+def status_cmd(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+    json_out: bool = typer.Option(False, "--json", help="Print the state as JSON."),
+) -> None:
+    """Show what is installed, the last manifest, the last error and the journal."""
+    from kernex_agent.runner import agent_status
+
+    try:
+        data = agent_status(_data_dir(data_dir))
+    except KernexError as exc:
+        fail_from(exc)
+    if json_out:
+        print_json(data)
+        return
+    from rich.table import Table
+
+    console.print(f"device [bold]{data['device_id']}[/] -> {data['server_url']}")
+    console.print(
+        f"trust: {data['trust_mode']}" + (f" ({data['trust_note']})" if data["trust_note"] else "")
+    )
+    table = Table("bundle", "version", "slot")
+    for name, bundle in sorted(data["installed"].items()):
+        table.add_row(name, bundle["version"], bundle["slot"])
+    console.print(table)
+    last = data["last_manifest"] or {}
+    console.print(
+        f"last manifest: serial {last.get('serial')} revision {last.get('revision')}"
+        f" (applied serial {data['applied_serial']})"
+    )
+    report = data["last_report"] or {}
+    console.print(f"last report: {report.get('phase')} at {report.get('reported_at')}")
+    if data["last_error"]:
+        console.print(
+            f"[red]last error[/] ({data['last_error_at']}): {data['last_error']}", highlight=False
+        )
+    journal = data["journal"]
+    console.print(
+        f"journal: {journal['step']} (serial {journal['serial']})" if journal else "journal: empty"
+    )
+    if data["queued_reports"]:
+        console.print(f"queued reports: {data['queued_reports']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(agent_app, name="agent")

@@ -1,0 +1,1 @@
+"""Kernex server: reconciles the fleet repository into a database and serves devices."""

@@ -1,0 +1,296 @@
+"""Attacks against the agent, played by the server simulator.
+
+Every test installs v1, snapshots the device's files, plays the attack and asserts the
+device's files are unchanged afterwards (``REPORTING`` for rejected manifests: only the
+report queue and status summary may change; ``BOOKKEEPING`` once a manifest was accepted
+and its bundle refused: also the failed-serial record, the journal and staging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from agent_helpers import BOOKKEEPING, Device, bundle_bytes, snapshot
+from agent_sim import ServerSimulator
+
+from kernex_core import keys
+from kernex_core.manifest import BundleEntry
+from kernex_core.protocol import Phase
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> tuple[ServerSimulator, Device]:
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim, read_timeout=0.3)
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)], config={"a": 1})
+    assert dev.cycle().phase is Phase.HEALTHY
+    return sim, dev
+
+
+def v2(sim: ServerSimulator, tmp_path: Path) -> BundleEntry:
+    blob = sim.add_bundle(bundle_bytes(tmp_path, "app", "2.0.0"), "app", "2.0.0")
+    return sim.entry(blob)
+
+
+def assert_rejected(dev: Device, reason: str, before: dict[str, str]) -> None:
+    result = dev.cycle()
+    assert not result.ok
+    assert result.phase is Phase.FAILED
+    report = dev.last_report()
+    assert report.phase is Phase.FAILED
+    assert f"manifest rejected ({reason})" in (report.error or "")
+    assert report.bundles == {"app": "1.0.0"}
+    assert snapshot(dev.data_dir) == before
+    assert dev.current_version("app") == "1.0.0"
+    assert dev.marker("app") == "1.0.0"
+
+
+def test_manifest_signed_by_another_key(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    sim.publish("dev-1", [v2(sim, tmp_path)], key=keys.generate_ed25519())
+    assert_rejected(dev, "signature", before)
+
+
+def test_tampered_manifest_payload(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    import base64
+    import json
+
+    def swap_version(raw: bytes) -> bytes:
+        env = json.loads(raw)
+        payload = json.loads(base64.b64decode(env["payload"]))
+        payload["bundles"][0]["version"] = "6.6.6"
+        env["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+        return json.dumps(env).encode()
+
+    sim.publish("dev-1", [v2(sim, tmp_path)], tamper=swap_version)
+    assert_rejected(dev, "signature", before)
+
+
+def test_manifest_for_another_device(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    sim.publish("dev-1", [v2(sim, tmp_path)], for_device="dev-2")
+    assert_rejected(dev, "device", before)
+
+
+def test_lower_serial_is_a_rollback_attack(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    sim.publish("dev-1", [sim.entry(sim.blobs[next(iter(sim.blobs))])], serial=5, config={"a": 1})
+    assert dev.cycle().ok
+    before = snapshot(dev.data_dir)
+    sim.publish("dev-1", [v2(sim, tmp_path)], serial=4)
+    assert_rejected(dev, "serial", before)
+
+
+def test_highest_serial_survives_a_restart(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    sim.publish("dev-1", [sim.entry(sim.blobs[next(iter(sim.blobs))])], serial=9, config={"a": 1})
+    assert dev.cycle().ok
+    dev.agent = dev.new_agent()
+    before = snapshot(dev.data_dir)
+    sim.publish("dev-1", [v2(sim, tmp_path)], serial=8)
+    assert_rejected(dev, "serial", before)
+
+
+def test_expired_manifest_is_a_freeze_attack(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    sim.publish("dev-1", [v2(sim, tmp_path)], expires_in=-1)
+    assert_rejected(dev, "expired", before)
+
+
+def test_missing_release_signature_when_release_keys_are_pinned(tmp_path: Path) -> None:
+    release = keys.generate_ed25519()
+    release_file = tmp_path / "release.pub"
+    release_file.write_text(keys.public_key_to_pem(release.public_key()))
+    sim = ServerSimulator(release_key=release)
+    dev = Device(tmp_path, sim, release_key_files=(release_file,))
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)], config={"a": 1})
+    assert dev.cycle().phase is Phase.HEALTHY
+    before = snapshot(dev.data_dir)
+    blob = sim.add_bundle(bundle_bytes(tmp_path, "app", "2.0.0"), "app", "2.0.0")
+    sim.publish("dev-1", [sim.entry(blob, sign=False)])
+    assert_rejected(dev, "release", before)
+    # A signature by a key the device does not pin is no better.
+    sim.release_key = keys.generate_ed25519()
+    sim.publish("dev-1", [sim.entry(blob)])
+    assert_rejected(dev, "release", before)
+
+
+def test_release_key_rotation_needs_a_pinned_signature(tmp_path: Path) -> None:
+    old, new, rogue = (keys.generate_ed25519() for _ in range(3))
+    release_file = tmp_path / "release.pub"
+    release_file.write_text(keys.public_key_to_pem(old.public_key()))
+    sim = ServerSimulator(release_key=new)
+    dev = Device(tmp_path, sim, release_key_files=(release_file,))
+    blob = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    # The server's word alone (a set signed by a key the device does not pin) is refused.
+    forged = sim.release_key_set([new.public_key()], 1, rogue)
+    sim.publish("dev-1", [sim.entry(blob)], release_keys=forged)
+    assert dev.cycle().phase is Phase.FAILED
+    assert "manifest rejected (release)" in (dev.last_report().error or "")
+    # Signed by the pinned key: accepted, and the bundle signed by the new key installs.
+    rotated = sim.release_key_set([new.public_key()], 1, old)
+    sim.publish("dev-1", [sim.entry(blob)], release_keys=rotated)
+    assert dev.cycle().phase is Phase.HEALTHY
+    anchors = dev.agent.anchors(dev.agent.load_state())
+    assert anchors.release_keys is not None
+    assert set(anchors.release_keys.keys) == {keys.fingerprint(new.public_key())}
+
+
+def test_manifest_key_rotation_announced_by_the_pinned_key(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    new_key = keys.generate_ed25519()
+    entry = sim.entry(sim.blobs[next(iter(sim.blobs))])
+    sim.publish("dev-1", [entry], config={"a": 1}, manifest_keys=[new_key.public_key()])
+    assert dev.cycle().ok
+    sim.publish("dev-1", [entry], config={"a": 2}, key=new_key)
+    assert dev.cycle().phase is Phase.HEALTHY
+    before = snapshot(dev.data_dir)
+    sim.publish("dev-1", [v2(sim, tmp_path)])  # the old key is no longer trusted
+    assert_rejected(dev, "signature", before)
+
+
+def bundle_failure(dev: Device, before: dict[str, str], fragment: str) -> None:
+    state_before = dev.agent.load_state()
+    result = dev.cycle()
+    assert not result.ok
+    assert result.phase is Phase.FAILED  # nothing ran: failed, not rolled back
+    report = dev.last_report()
+    assert fragment in (report.error or ""), report.error
+    assert report.bundles == {"app": "1.0.0"}
+    assert snapshot(dev.data_dir, BOOKKEEPING) == before
+    state = dev.agent.load_state()
+    assert state.installed == state_before.installed
+    assert state.applied_serial == state_before.applied_serial
+    assert not list((dev.data_dir / "staging").glob("*.bundle"))
+    assert dev.current_version("app") == "1.0.0"
+    assert dev.marker("app") == "1.0.0"
+
+
+def test_bundle_with_wrong_sha256(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    entry = v2(sim, tmp_path)
+    evil = bundle_bytes(tmp_path / "evil", "app", "2.0.0", install="#!/bin/sh\nexit 0\n")
+    sim.served_bytes[entry.sha256] = evil[: entry.size].ljust(entry.size, b"\0")
+    sim.publish("dev-1", [entry])
+    bundle_failure(dev, before, "has sha256")
+
+
+def test_bundle_with_wrong_size(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    entry = v2(sim, tmp_path)
+    sim.served_bytes[entry.sha256] = sim.blobs[entry.sha256].data + b"extra"
+    sim.publish("dev-1", [entry])
+    bundle_failure(dev, before, "sent more than the declared")
+
+
+def test_endless_body_is_cut_at_the_declared_size(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    entry = v2(sim, tmp_path)
+    sent = 0
+
+    async def endless(_start: int) -> AsyncIterator[bytes]:
+        nonlocal sent
+        while True:
+            sent += 65536
+            yield b"\0" * 65536
+
+    sim.bodies[entry.sha256] = endless
+    sim.publish("dev-1", [entry])
+    bundle_failure(dev, before, "sent more than the declared")
+    assert sent <= entry.size + 2 * 65536
+
+
+def test_slow_server_times_out(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    entry = v2(sim, tmp_path)
+
+    async def stalls(_start: int) -> AsyncIterator[bytes]:
+        yield sim.blobs[entry.sha256].data[:10]
+        await asyncio.sleep(60)
+        yield b""
+
+    sim.bodies[entry.sha256] = stalls
+    sim.publish("dev-1", [entry])
+    bundle_failure(dev, before, "timed out")
+
+
+def hostile(add: Callable[[tarfile.TarFile], None]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        meta = b"name: app\nversion: '2.0.0'\nhooks: {install: hooks/i, health: hooks/h}\n"
+        for name, data in (("kernex-bundle.yaml", meta), ("hooks/i", b""), ("hooks/h", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+        add(tar)
+    return raw.getvalue()
+
+
+def _file(name: str) -> Callable[[tarfile.TarFile], None]:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"pwn\n"))
+
+    return add
+
+
+def _link(name: str, target: str, kind: bytes) -> Callable[[tarfile.TarFile], None]:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = target
+        tar.addfile(info)
+
+    return add
+
+
+def _device(tar: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("dev/sda")
+    info.type = tarfile.BLKTYPE
+    info.devmajor, info.devminor = 8, 0
+    tar.addfile(info)
+
+
+@pytest.mark.parametrize(
+    ("add", "fragment"),
+    [
+        (_file("/etc/kernex-pwned"), "absolute"),
+        (_file("../../../kernex-pwned"), "escapes the bundle"),
+        (_file("hooks/../../kernex-pwned"), "escapes the bundle"),
+        (_link("evil", "/etc/passwd", tarfile.SYMTYPE), "symlink out of the bundle"),
+        (_link("evil", "../../../../etc", tarfile.SYMTYPE), "symlink out of the bundle"),
+        (_link("evil", "../../../../etc/passwd", tarfile.LNKTYPE), "hard link out of the bundle"),
+        (_device, "device node"),
+    ],
+    ids=["absolute", "dotdot", "nested-dotdot", "symlink-abs", "symlink-up", "hardlink", "device"],
+)
+def test_hostile_tarballs_are_refused(installed, tmp_path: Path, add, fragment: str) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    blob = sim.add_bundle(hostile(add), "app", "2.0.0")
+    sim.publish("dev-1", [sim.entry(blob)])
+    result = dev.cycle()
+    assert not result.ok
+    assert fragment in (dev.last_report().error or ""), dev.last_report().error
+    assert snapshot(dev.data_dir, BOOKKEEPING) == before
+    assert dev.current_version("app") == "1.0.0"
+    assert not (tmp_path / "kernex-pwned").exists()
+    assert not list((dev.data_dir / "bundles/app/slots").glob(".unpack-*"))
