@@ -37,8 +37,9 @@ def _yaml_for(text: str) -> YAML:
     if seq_match:
         # Find the parent key's indent: the nearest preceding "key:" line.
         before = text[: seq_match.start()].rstrip("\n").splitlines()
-        parent = next((ln for ln in reversed(before) if ln.strip() and ln.rstrip().endswith(":")),
-                      "")
+        parent = next(
+            (ln for ln in reversed(before) if ln.strip() and ln.rstrip().endswith(":")), ""
+        )
         offset = max(0, len(seq_match.group(1)) - (len(parent) - len(parent.lstrip())))
     yaml.indent(mapping=mapping, sequence=mapping + offset, offset=offset)
     return yaml
@@ -49,8 +50,10 @@ def _load(text: str, source: str) -> tuple[YAML, CommentedMap]:
     try:
         data = yaml.load(text) if text.strip() else CommentedMap()
     except YAMLError as exc:
-        raise EditError(f"{source}: not valid YAML ({exc})",
-                        hint=f"Fix {source} by hand, then run the command again.") from exc
+        raise EditError(
+            f"{source}: not valid YAML ({exc})",
+            hint=f"Fix {source} by hand, then run the command again.",
+        ) from exc
     if data is None:
         data = CommentedMap()
     if not isinstance(data, CommentedMap):

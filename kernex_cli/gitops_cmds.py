@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -19,16 +19,22 @@ from kernex_cli.gitrepo import FleetRepo
 from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json
 from kernex_core.errors import FleetInvalidError, KernexError
 
-BUNDLE_REF_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)@(?P<version>[A-Za-z0-9][A-Za-z0-9.+_-]*)$")
-
-REPO_OPTION = typer.Option(
-    Path("."), "--repo", "-r", help="The fleet repository (default: the current directory)."
+BUNDLE_REF_RE = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9._-]*)@(?P<version>[A-Za-z0-9][A-Za-z0-9.+_-]*)$"
 )
-GROUP_OPTION = typer.Option(None, "--group", "-g", help="Act on this group (groups/G.yaml).")
-DEVICE_OPTION = typer.Option(None, "--device", "-d", help="Act on this device (devices/D.yaml).")
-PUSH_OPTION = typer.Option(False, "--push", help="Push the commit to the remote 'origin'.")
-DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Print the plan; change nothing.")
-JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
+
+RepoOption = Annotated[
+    Path, typer.Option("--repo", "-C", help="The fleet repository (default: current directory).")
+]
+GroupOption = Annotated[
+    str | None, typer.Option("--group", "-g", help="Act on this group (groups/G.yaml).")
+]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", "-d", help="Act on this device (devices/D.yaml).")
+]
+PushOption = Annotated[bool, typer.Option("--push", help="Push the commit to 'origin'.")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,10 @@ def _scope(group: str | None, device: str | None) -> Scope:
 
 @dataclass(frozen=True)
 class EditOutcome:
+    base: str
     commit: str | None
-    plan: Any  # kernex_core.fleet.Plan
+    changed: bool  # the edit changes the file (a plan may still list no device: see below)
+    plan: Any  # kernex_core.fleet.Plan over the devices the repository lists
 
 
 def apply_edit(
@@ -65,11 +73,16 @@ def apply_edit(
     dry_run: bool,
     push: bool,
 ) -> EditOutcome:
-    """Validate the edited revision, plan it against HEAD, then write, commit and push."""
+    """Validate the edited revision, plan it against HEAD, then write, commit and push.
+
+    The plan covers the devices the repository lists; enrolled devices without a file are
+    resolved by the server, so a change the plan shows no device for is still committed.
+    """
     from kernex_core.fleet import compute_plan, load_fleet
     from kernex_server.git_tree import read_fleet_files
 
-    base_files = read_fleet_files(repo.path, "HEAD")
+    base_sha = repo.head()
+    base_files = read_fleet_files(repo.path, base_sha)
     head_files = dict(base_files)
     if new_text is None:
         head_files.pop(scope.path, None)
@@ -78,8 +91,10 @@ def apply_edit(
     base = load_fleet(base_files).resolve({})
     head = load_fleet(head_files).resolve({})  # FleetInvalidError: nothing is written
     plan = compute_plan(base, head)
-    if dry_run or not plan.has_changes:
-        return EditOutcome(None, plan)
+    old = base_files.get(scope.path)
+    changed = (None if new_text is None else new_text.encode("utf-8")) != old
+    if dry_run or not changed:
+        return EditOutcome(base_sha, None, changed, plan)
     target = repo.path / scope.path
     if new_text is None:
         target.unlink(missing_ok=True)
@@ -89,41 +104,64 @@ def apply_edit(
     commit = repo.commit([scope.path], message)
     if push:
         repo.push()
-    return EditOutcome(commit, plan)
+    return EditOutcome(base_sha, commit, changed, plan)
 
 
 def _current_text(repo: FleetRepo, scope: Scope, *, create: bool) -> str:
     if repo.is_dirty(scope.path):
-        fail(f"{scope.path} has uncommitted changes",
-             hint="Commit or stash them first, so this command commits only its own edit.")
+        fail(
+            f"{scope.path} has uncommitted changes",
+            hint="Commit or stash them first, so this command commits only its own edit.",
+        )
     raw = repo.show("HEAD", scope.path)
     if raw is None:
         if create and scope.kind == "device":
             return ""
-        fail(f"{scope} does not exist ({scope.path} is not in HEAD)",
-             hint=f"List them with `ls {scope.kind}s/`, or add {scope.path} first.")
+        fail(
+            f"{scope} does not exist ({scope.path} is not in HEAD)",
+            hint=f"List them with `ls {scope.kind}s/`, or add {scope.path} first.",
+        )
     return raw.decode("utf-8")
 
 
 def _report(outcome: EditOutcome, what: str, *, as_json: bool, dry_run: bool) -> None:
-    from kernex_cli.plan_render import render_plan_text
+    from kernex_cli.plan_render import render_text
 
     if as_json:
-        print_json({"commit": outcome.commit, "dry_run": dry_run,
-                    "plan": outcome.plan.to_dict()})
+        print_json(
+            {
+                "base": outcome.base,
+                "commit": outcome.commit,
+                "changed": outcome.changed,
+                "dry_run": dry_run,
+                "plan": outcome.plan.to_dict(),
+            }
+        )
         return
-    if not outcome.plan.has_changes:
-        console.print(f"[bold]{what}[/]: nothing changes, no commit made.")
+    if not outcome.changed:
+        console.print(f"[bold]{what}[/]: already so, no commit made.", highlight=False)
         return
     if outcome.commit:
-        console.print(f"[green]committed[/] {outcome.commit[:12]}  {what}")
+        console.print(f"[green]committed[/] {outcome.commit[:12]}  {what}", highlight=False)
     else:
-        console.print(f"[yellow]dry run[/]: {what} (nothing written)")
-    render_plan_text(outcome.plan, console)
+        console.print(f"[yellow]dry run[/]: {what} (nothing written)", highlight=False)
+    render_text(outcome.plan, outcome.base, outcome.commit or "edit", console)
+    if not outcome.plan.has_changes:
+        console.print(
+            "No device listed in the repository changes; enrolled devices that match are "
+            "resolved by the server (see `kernex status`).",
+            highlight=False,
+        )
 
 
 def _run_edit(
-    repo_dir: Path, scope: Scope, edit: Any, message: str, *, dry_run: bool, push: bool,
+    repo_dir: Path,
+    scope: Scope,
+    edit: Any,
+    message: str,
+    *,
+    dry_run: bool,
+    push: bool,
     as_json: bool,
 ) -> None:
     try:
@@ -141,13 +179,13 @@ def _run_edit(
 
 
 def deploy(
-    ref: str = typer.Argument(..., metavar="BUNDLE@VERSION", help="e.g. hello@1.1.0"),
-    group: str | None = GROUP_OPTION,
-    device: str | None = DEVICE_OPTION,
-    repo: Path = REPO_OPTION,
-    push: bool = PUSH_OPTION,
-    dry_run: bool = DRY_RUN_OPTION,
-    as_json: bool = JSON_OPTION,
+    ref: Annotated[str, typer.Argument(metavar="BUNDLE@VERSION", help="e.g. hello@1.1.0")],
+    group: GroupOption = None,
+    device: DeviceOption = None,
+    repo: RepoOption = Path("."),
+    push: PushOption = False,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Set a bundle version for a group or a device, as a commit.
 
@@ -158,8 +196,11 @@ def deploy(
     """
     m = BUNDLE_REF_RE.match(ref)
     if not m:
-        fail(f"{ref!r} is not BUNDLE@VERSION", hint="For example: kernex deploy hello@1.1.0 "
-             "--group canary", code=EXIT_USAGE)
+        fail(
+            f"{ref!r} is not BUNDLE@VERSION",
+            hint="For example: kernex deploy hello@1.1.0 --group canary",
+            code=EXIT_USAGE,
+        )
     scope = _scope(group, device)
     name, version = m.group("name"), m.group("version")
     try:
@@ -167,8 +208,13 @@ def deploy(
     except KernexError as exc:
         fail_from(exc)
     _run_edit(
-        repo, scope, lambda text: set_value(text, ["bundles", name], version, source=scope.path),
-        f"deploy {name}@{version} to {scope}", dry_run=dry_run, push=push, as_json=as_json,
+        repo,
+        scope,
+        lambda text: set_value(text, ["bundles", name], version, source=scope.path),
+        f"deploy {name}@{version} to {scope}",
+        dry_run=dry_run,
+        push=push,
+        as_json=as_json,
     )
 
 
@@ -180,8 +226,10 @@ def _check_catalog(repo: FleetRepo, name: str, version: str) -> None:
     versions = fleet.catalog.get(name)
     if versions is None:
         known = ", ".join(sorted(fleet.catalog)) or "none"
-        raise KernexError(f"bundle {name!r} is not in the catalog (bundles: {known})",
-                          hint="Publish it first: `kernex bundle push FILE`.")
+        raise KernexError(
+            f"bundle {name!r} is not in the catalog (bundles: {known})",
+            hint="Publish it first: `kernex bundle push FILE`.",
+        )
     if version not in versions:
         raise KernexError(
             f"{name} {version} is not in the catalog (versions: {', '.join(versions)})",
@@ -190,16 +238,18 @@ def _check_catalog(repo: FleetRepo, name: str, version: str) -> None:
 
 
 def rollback(
-    group: str | None = GROUP_OPTION,
-    device: str | None = DEVICE_OPTION,
+    group: GroupOption = None,
+    device: DeviceOption = None,
     to: str | None = typer.Option(
-        None, "--to", help="Revision to restore (default: the one before the last change to "
-        "the group or device file)."
+        None,
+        "--to",
+        help="Revision to restore (default: the one before the last change to "
+        "the group or device file).",
     ),
-    repo: Path = REPO_OPTION,
-    push: bool = PUSH_OPTION,
-    dry_run: bool = DRY_RUN_OPTION,
-    as_json: bool = JSON_OPTION,
+    repo: RepoOption = Path("."),
+    push: PushOption = False,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Restore a group's or device's desired state from an earlier revision, as a new commit.
 
@@ -214,8 +264,10 @@ def rollback(
         if to is None:
             last = fleet_repo.last_change(scope.path)
             if last is None:
-                fail(f"{scope.path} has no history to roll back",
-                     hint="Name a revision with --to REV.")
+                fail(
+                    f"{scope.path} has no history to roll back",
+                    hint="Name a revision with --to REV.",
+                )
             rev = fleet_repo.rev_parse(f"{last}^") if _has_parent(fleet_repo, last) else None
         else:
             rev = fleet_repo.rev_parse(to)
@@ -224,8 +276,13 @@ def rollback(
         fail_from(exc)
     label = rev[:12] if rev else "its creation"
     _run_edit(
-        repo, scope, lambda _text: old.decode("utf-8") if old is not None else None,
-        f"rollback {scope} to {label}", dry_run=dry_run, push=push, as_json=as_json,
+        repo,
+        scope,
+        lambda _text: old.decode("utf-8") if old is not None else None,
+        f"rollback {scope} to {label}",
+        dry_run=dry_run,
+        push=push,
+        as_json=as_json,
     )
 
 
@@ -233,20 +290,22 @@ def _has_parent(repo: FleetRepo, commit: str) -> bool:
     return len(repo.git("rev-list", "--parents", "-n", "1", commit).split()) > 1
 
 
-config_app = typer.Typer(help="Set or unset configuration keys for a group or a device.",
-                         no_args_is_help=True)
+config_app = typer.Typer(
+    help="Set or unset configuration keys for a group or a device.", no_args_is_help=True
+)
 
 
 @config_app.command("set")
 def config_set(
-    assignment: str = typer.Argument(..., metavar="KEY=VALUE",
-                                     help="Dotted key and a YAML value, e.g. log.level=debug"),
-    group: str | None = GROUP_OPTION,
-    device: str | None = DEVICE_OPTION,
-    repo: Path = REPO_OPTION,
-    push: bool = PUSH_OPTION,
-    dry_run: bool = DRY_RUN_OPTION,
-    as_json: bool = JSON_OPTION,
+    assignment: str = typer.Argument(
+        ..., metavar="KEY=VALUE", help="Dotted key and a YAML value, e.g. log.level=debug"
+    ),
+    group: GroupOption = None,
+    device: DeviceOption = None,
+    repo: RepoOption = Path("."),
+    push: PushOption = False,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Set a configuration key, as a commit.
 
@@ -254,26 +313,32 @@ def config_set(
     """
     key, sep, raw = assignment.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        fail(f"{assignment!r} is not KEY=VALUE", hint="For example: log.level=debug",
-             code=EXIT_USAGE)
+        fail(
+            f"{assignment!r} is not KEY=VALUE", hint="For example: log.level=debug", code=EXIT_USAGE
+        )
     scope = _scope(group, device)
     value = parse_scalar(raw)
     path = ["config", *key.split(".")]
     _run_edit(
-        repo, scope, lambda text: set_value(text, path, value, source=scope.path),
-        f"config set {key}={raw} for {scope}", dry_run=dry_run, push=push, as_json=as_json,
+        repo,
+        scope,
+        lambda text: set_value(text, path, value, source=scope.path),
+        f"config set {key}={raw} for {scope}",
+        dry_run=dry_run,
+        push=push,
+        as_json=as_json,
     )
 
 
 @config_app.command("unset")
 def config_unset(
-    key: str = typer.Argument(..., metavar="KEY", help="Dotted key, e.g. log.level"),
-    group: str | None = GROUP_OPTION,
-    device: str | None = DEVICE_OPTION,
-    repo: Path = REPO_OPTION,
-    push: bool = PUSH_OPTION,
-    dry_run: bool = DRY_RUN_OPTION,
-    as_json: bool = JSON_OPTION,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Dotted key, e.g. log.level")],
+    group: GroupOption = None,
+    device: DeviceOption = None,
+    repo: RepoOption = Path("."),
+    push: PushOption = False,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Remove a configuration key, as a commit.
 
@@ -282,8 +347,13 @@ def config_unset(
     scope = _scope(group, device)
     path = ["config", *key.split(".")]
     _run_edit(
-        repo, scope, lambda text: unset_value(text, path, source=scope.path),
-        f"config unset {key} for {scope}", dry_run=dry_run, push=push, as_json=as_json,
+        repo,
+        scope,
+        lambda text: unset_value(text, path, source=scope.path),
+        f"config unset {key} for {scope}",
+        dry_run=dry_run,
+        push=push,
+        as_json=as_json,
     )
 
 

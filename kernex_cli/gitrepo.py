@@ -22,8 +22,9 @@ class FleetRepo:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).resolve()
         if not self.path.is_dir():
-            raise GitError(f"{self.path} is not a directory",
-                           hint="Pass the fleet repository with --repo DIR.")
+            raise GitError(
+                f"{self.path} is not a directory", hint="Pass the fleet repository with --repo DIR."
+            )
         top = self._run("rev-parse", "--show-toplevel", check=False)
         if top.returncode != 0:
             raise GitError(
@@ -56,8 +57,10 @@ class FleetRepo:
     def rev_parse(self, rev: str) -> str:
         proc = self._run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
         if proc.returncode != 0:
-            raise GitError(f"unknown revision {rev!r}",
-                           hint="Name a commit, branch or tag (see `git log --oneline`).")
+            raise GitError(
+                f"unknown revision {rev!r}",
+                hint="Name a commit, branch or tag (see `git log --oneline`).",
+            )
         return proc.stdout.decode().strip()
 
     def show(self, rev: str, path: str) -> bytes | None:

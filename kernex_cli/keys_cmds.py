@@ -8,6 +8,7 @@ that no release key signed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,9 +21,9 @@ keys_app = typer.Typer(help="Release signing keys.", no_args_is_help=True)
 
 @keys_app.command("create-release-key")
 def create_release_key(
-    out: Path = typer.Argument(..., help="Where to write the private key (mode 0600)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Annotated[Path, typer.Argument(help="Where to write the private key (mode 0600).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Make an Ed25519 release key; writes OUT (private, 0600) and OUT.pub (public).
 
@@ -41,8 +42,7 @@ def create_release_key(
     atomic_write_text(pub_path, keys.public_key_to_pem(key.public_key()))
     fingerprint = keys.fingerprint(key.public_key())
     if as_json:
-        print_json({"private_key": str(out), "public_key": str(pub_path),
-                    "keyid": fingerprint})
+        print_json({"private_key": str(out), "public_key": str(pub_path), "keyid": fingerprint})
         return
     console.print(f"release key written to [bold]{out}[/] (private, mode 0600)")
     console.print(f"public key written to  [bold]{pub_path}[/]")

@@ -35,8 +35,9 @@ def commits(repo: Path) -> list[str]:
 def test_deploy_commits_one_line_change_and_keeps_comments(fleet: Path) -> None:
     before = (fleet / "groups/canary.yaml").read_text()
     assert "hello: 1.1.0" in before
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "--group", "canary", "--repo",
-                                 str(fleet)])
+    result = runner.invoke(
+        app, ["deploy", "hello@1.0.0", "--group", "canary", "--repo", str(fleet)]
+    )
     assert result.exit_code == 0, result.output
     after = (fleet / "groups/canary.yaml").read_text()
     assert commits(fleet)[0] == "deploy hello@1.0.0 to group canary"
@@ -51,8 +52,9 @@ def test_deploy_commits_one_line_change_and_keeps_comments(fleet: Path) -> None:
 
 
 def test_deploy_json_reports_the_commit_and_plan(fleet: Path) -> None:
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "canary", "-r", str(fleet),
-                                 "--json"])
+    result = runner.invoke(
+        app, ["deploy", "hello@1.0.0", "-g", "canary", "-C", str(fleet), "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["commit"] == git(fleet, "rev-parse", "HEAD").strip()
@@ -61,8 +63,9 @@ def test_deploy_json_reports_the_commit_and_plan(fleet: Path) -> None:
 
 def test_deploy_dry_run_writes_nothing(fleet: Path) -> None:
     head = git(fleet, "rev-parse", "HEAD")
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "canary", "-r", str(fleet),
-                                 "--dry-run"])
+    result = runner.invoke(
+        app, ["deploy", "hello@1.0.0", "-g", "canary", "-C", str(fleet), "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert "dry run" in result.output
     assert git(fleet, "rev-parse", "HEAD") == head
@@ -71,7 +74,7 @@ def test_deploy_dry_run_writes_nothing(fleet: Path) -> None:
 
 def test_deploy_refuses_a_version_missing_from_the_catalog(fleet: Path) -> None:
     head = git(fleet, "rev-parse", "HEAD")
-    result = runner.invoke(app, ["deploy", "hello@9.9.9", "-g", "canary", "-r", str(fleet)])
+    result = runner.invoke(app, ["deploy", "hello@9.9.9", "-g", "canary", "-C", str(fleet)])
     assert result.exit_code == 1
     assert "not in the catalog" in result.output
     assert "kernex bundle push" in result.output
@@ -79,21 +82,22 @@ def test_deploy_refuses_a_version_missing_from_the_catalog(fleet: Path) -> None:
 
 
 def test_deploy_usage_errors_exit_2(fleet: Path) -> None:
-    both = runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "canary", "-d", "x", "-r",
-                               str(fleet)])
+    both = runner.invoke(
+        app, ["deploy", "hello@1.0.0", "-g", "canary", "-d", "x", "-C", str(fleet)]
+    )
     assert both.exit_code == 2
-    bad_ref = runner.invoke(app, ["deploy", "hello", "-g", "canary", "-r", str(fleet)])
+    bad_ref = runner.invoke(app, ["deploy", "hello", "-g", "canary", "-C", str(fleet)])
     assert bad_ref.exit_code == 2
 
 
 def test_deploy_to_an_unknown_group_fails_clearly(fleet: Path) -> None:
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "nosuch", "-r", str(fleet)])
+    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "nosuch", "-C", str(fleet)])
     assert result.exit_code == 1
     assert "groups/nosuch.yaml" in result.output
 
 
 def test_deploy_to_a_device_creates_its_file(fleet: Path) -> None:
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-d", "dev-new", "-r", str(fleet)])
+    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-d", "dev-new", "-C", str(fleet)])
     assert result.exit_code == 0, result.output
     assert "hello: 1.0.0" in (fleet / "devices/dev-new.yaml").read_text()
     assert commits(fleet)[0] == "deploy hello@1.0.0 to device dev-new"
@@ -101,10 +105,12 @@ def test_deploy_to_a_device_creates_its_file(fleet: Path) -> None:
 
 def test_rollback_restores_the_state_before_the_last_change(fleet: Path) -> None:
     original = (fleet / "groups/canary.yaml").read_text()
-    assert runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "canary", "-r",
-                               str(fleet)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "canary", "-C", str(fleet)]).exit_code
+        == 0
+    )
     n = len(commits(fleet))
-    result = runner.invoke(app, ["rollback", "-g", "canary", "-r", str(fleet)])
+    result = runner.invoke(app, ["rollback", "-g", "canary", "-C", str(fleet)])
     assert result.exit_code == 0, result.output
     assert (fleet / "groups/canary.yaml").read_text() == original
     assert len(commits(fleet)) == n + 1  # a new commit; history is not rewritten
@@ -112,20 +118,18 @@ def test_rollback_restores_the_state_before_the_last_change(fleet: Path) -> None
 
 
 def test_rollback_to_an_unknown_revision_fails(fleet: Path) -> None:
-    result = runner.invoke(app, ["rollback", "-g", "canary", "--to", "nosuch", "-r",
-                                 str(fleet)])
+    result = runner.invoke(app, ["rollback", "-g", "canary", "--to", "nosuch", "-C", str(fleet)])
     assert result.exit_code == 1
     assert "unknown revision" in result.output
 
 
 def test_config_set_and_unset(fleet: Path) -> None:
-    result = runner.invoke(app, ["config", "set", "net.port=8080", "-g", "lab", "-r",
-                                 str(fleet)])
+    result = runner.invoke(app, ["config", "set", "net.port=8080", "-g", "lab", "-C", str(fleet)])
     assert result.exit_code == 0, result.output
     text = (fleet / "groups/lab.yaml").read_text()
     assert "port: 8080" in text  # a number, not the string '8080'
     assert commits(fleet)[0] == "config set net.port=8080 for group lab"
-    result = runner.invoke(app, ["config", "unset", "net.port", "-g", "lab", "-r", str(fleet)])
+    result = runner.invoke(app, ["config", "unset", "net.port", "-g", "lab", "-C", str(fleet)])
     assert result.exit_code == 0, result.output
     assert "net:" not in (fleet / "groups/lab.yaml").read_text()
 
@@ -137,8 +141,9 @@ def test_an_edit_that_would_make_the_fleet_invalid_writes_nothing(fleet: Path) -
     git(fleet, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "extra group")
     head = git(fleet, "rev-parse", "HEAD")
     # Setting a key canary also sets, at equal priority, is a conflict: refused.
-    result = runner.invoke(app, ["config", "set", "hello.log_level=info", "-g", "canary-extra",
-                                 "-r", str(fleet)])
+    result = runner.invoke(
+        app, ["config", "set", "hello.log_level=info", "-g", "canary-extra", "-C", str(fleet)]
+    )
     assert result.exit_code == 1, result.output
     assert "canary" in result.output
     assert git(fleet, "rev-parse", "HEAD") == head
@@ -149,7 +154,7 @@ def test_edits_refuse_a_file_with_uncommitted_changes(fleet: Path) -> None:
     (fleet / "groups/canary.yaml").write_text(
         (fleet / "groups/canary.yaml").read_text() + "\n# local note\n"
     )
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "canary", "-r", str(fleet)])
+    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-g", "canary", "-C", str(fleet)])
     assert result.exit_code == 1
     assert "uncommitted changes" in result.output
 

@@ -1,0 +1,5 @@
+"""``python -m kernex_cli``: the same as the ``kernex`` command."""
+
+from kernex_cli.main import main
+
+main()
