@@ -2,6 +2,7 @@
 
     KernexError                      root; carries a hint (what to do next)
     ├── FleetInvalidError            the fleet repository does not validate (all issues at once)
+    │   └── FleetConflictError       equal-priority groups set the same key for inventory devices
     ├── KeyFormatError               a key file or encoded key cannot be read
     ├── TrustError                   something signed failed verification
     │   ├── EnvelopeError            a DSSE envelope is malformed or not signed by a trusted key
@@ -81,6 +82,15 @@ class FleetInvalidError(KernexError):
             hint="Fix the errors listed (file:line:column) and run `kernex validate` again.",
         )
         self.issues = issues
+
+
+class FleetConflictError(FleetInvalidError):
+    """Resolving devices met two matching groups of equal priority that set the same key.
+
+    Raised by ``Fleet.resolve``/``resolve_device`` for devices the repository does not list
+    (their labels come from enrollment), with one issue per conflict; a revision that
+    raises it should be treated like an invalid one.
+    """
 
 
 class KeyFormatError(KernexError):

@@ -60,7 +60,7 @@ FleetLoader = Callable[[Mapping[str, bytes]], FleetLike]
 
 def default_fleet_loader() -> FleetLoader:
     """The core's ``load_fleet`` (imported late: the server starts without a repo too)."""
-    from kernex_core import fleet  # type: ignore[attr-defined,unused-ignore]
+    from kernex_core import fleet
 
     loader: FleetLoader = fleet.load_fleet
     return loader

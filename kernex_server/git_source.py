@@ -7,7 +7,6 @@ never from a working tree. Every GitPython error becomes ``GitSourceError``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Protocol
 
 import git
 
+from kernex_server import git_tree
 from kernex_server.errors import GitSourceError
 
 log = logging.getLogger("kernex.server.git")
@@ -68,24 +68,10 @@ class GitFleetSource:
             ) from exc
 
     def head(self) -> str:
-        try:
-            out = self._git().execute(
-                ["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{self.branch}^{{commit}}"]
-            )
-        except git.GitCommandError as exc:
-            raise GitSourceError(
-                f"branch {self.branch!r} not found in {self.url}",
-                hint="Check `branch` in server.toml, and that the branch has a commit.",
-            ) from exc
-        return str(out).strip()
+        return git_tree.resolve_commit(self.path, f"refs/heads/{self.branch}")
 
     def read(self, commit: str) -> Mapping[str, bytes]:
-        git_tree = importlib.import_module("kernex_server.git_tree")
-        try:
-            files: Mapping[str, bytes] = git_tree.read_fleet_files(str(self.path), commit)
-        except git.GitCommandError as exc:
-            raise GitSourceError(f"cannot read commit {commit}: {_stderr(exc)}") from exc
-        return files
+        return git_tree.read_fleet_files(self.path, commit)
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         try:

@@ -96,8 +96,8 @@ class Reconciler:
     def fleet(self) -> FleetLike | None:
         return self._loaded.fleet if self._loaded else None
 
-    def manifest_ttl(self) -> int:
-        fleet = self.fleet
+    def manifest_ttl(self, fleet: FleetLike | None = None) -> int:
+        fleet = fleet or self.fleet
         ttl = getattr(fleet.settings, "manifest_ttl", None) if fleet else None
         return int(ttl) if ttl else self.settings.manifest_ttl
 
@@ -168,8 +168,13 @@ class Reconciler:
         )
         if forced:
             log.warning("commit %s does not descend from %s (force-push)", head, previous)
-        admitted = self._admit_declared(s, fleet, now)
-        changed = self._apply(s, fleet, head, now)
+        try:
+            changed, admitted = self._apply(s, fleet, head, now)
+        except FleetInvalidError as exc:  # conflicts found while resolving devices
+            conflicts: tuple[Mapping[str, Any], ...] = tuple(i.to_dict() for i in exc.issues)
+            log.warning("commit %s does not resolve (%d errors)", head, len(conflicts))
+            self._record(s, head, INVALID, list(conflicts), previous, now)
+            return ReconcileResult(head, INVALID, errors=conflicts)
         self._record(s, head, DEPLOYED, [], previous, now, forced=forced, changed=len(changed))
         self._loaded = _Loaded(fleet, head)
         log.info("deployed %s: %d device(s) changed", head, len(changed))
@@ -214,31 +219,37 @@ class Reconciler:
             )
         )
 
-    def _admit_declared(self, s: Session, fleet: FleetLike, now: float) -> list[str]:
-        admitted = []
-        pending = s.scalars(select(Device).where(Device.state == EnrollmentState.PENDING.value))
-        for device in pending:
-            declared = fleet.devices.get(device.id)
-            if declared is not None and declared.key_fingerprint == device.fingerprint:
-                device.state = EnrollmentState.ACCEPTED.value
-                device.admitted_by = "fingerprint"
-                device.updated_at = now
-                admitted.append(device.id)
-        return admitted
-
-    def _apply(self, s: Session, fleet: FleetLike, commit: str, now: float) -> list[ServedManifest]:
-        accepted = s.scalars(
-            select(Device).where(Device.state == EnrollmentState.ACCEPTED.value)
+    def _apply(
+        self, s: Session, fleet: FleetLike, commit: str, now: float
+    ) -> tuple[list[ServedManifest], list[str]]:
+        """Resolve every accepted device (and every pending one whose key the repository
+        declares, which this admits); sign new manifests where the desired state changed."""
+        known = s.scalars(
+            select(Device).where(
+                Device.state.in_([EnrollmentState.ACCEPTED.value, EnrollmentState.PENDING.value])
+            )
         ).all()
+        admit = [
+            d
+            for d in known
+            if d.state == EnrollmentState.PENDING.value
+            and (spec := fleet.devices.get(d.id)) is not None
+            and spec.key_fingerprint == d.fingerprint
+        ]
+        accepted = [d for d in known if d.state == EnrollmentState.ACCEPTED.value] + admit
         inventory = {d.id: dict(d.labels or {}) for d in accepted}
-        desired = fleet.resolve(inventory)
-        ttl = self.manifest_ttl()
+        desired = fleet.resolve(inventory)  # raises before anything is changed
+        for device in admit:
+            device.state = EnrollmentState.ACCEPTED.value
+            device.admitted_by = "fingerprint"
+            device.updated_at = now
+        ttl = self.manifest_ttl(fleet)
         changed = []
-        for device_id in sorted(desired):
+        for device_id in sorted(inventory):  # the repo may list devices not enrolled yet
             served = self._issue(s, device_id, desired[device_id], commit, now, ttl)
             if served is not None:
                 changed.append(served)
-        return changed
+        return changed, [d.id for d in admit]
 
     def _issue(
         self,
