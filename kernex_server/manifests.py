@@ -40,7 +40,11 @@ class ManifestIssuer:
         self.key = key
         self.bundle_base_url = bundle_base_url
 
-    def bundle_url(self, sha256: str) -> str:
+    def bundle_url(self, sha256: str, catalog_url: str | None = None) -> str:
+        """The catalog's own URL for a version wins, then ``bundle_base_url``, then the
+        server's store (relative: the agent resolves it against the server URL)."""
+        if catalog_url:
+            return catalog_url
         if self.bundle_base_url:
             return self.bundle_base_url.rstrip("/") + "/" + sha256
         return BUNDLE_PATH.format(sha256=sha256)
@@ -61,7 +65,7 @@ class ManifestIssuer:
                 version=b.version,
                 sha256=b.sha256,
                 size=b.size,
-                url=self.bundle_url(b.sha256),
+                url=self.bundle_url(b.sha256, getattr(b, "url", None)),
                 release_signatures=tuple(b.release_signatures),
             )
             for _, b in sorted(desired.bundles.items())
