@@ -203,3 +203,16 @@ def test_heartbeat_updates_last_seen(server: Any) -> None:
     assert listed[0]["id"] == "dev-1"
     assert listed[0]["online"] is True
     assert listed[0]["last_seen"] is not None
+
+
+def test_remote_repository_is_cloned_and_fetched(start_server: Any, fleet_repo: Any) -> None:
+    server = start_server(repo=f"file://{fleet_repo.path}")
+    assert (server.kx.settings.clone_dir / "HEAD").is_file()
+    device = SimDevice("dev-1")
+    device.enroll(server.client, token=server.enrollment_token())
+    fleet_repo.write("kernex.yaml", kernex_yaml(greeting="fetched"))
+    commit = fleet_repo.commit("remote change")
+    result = server.reconcile()
+    assert result["commit"] == commit
+    got = verify_manifest(device.manifest(server.client).content, "dev-1", server.key)
+    assert got.config["app"]["greeting"] == "fetched"

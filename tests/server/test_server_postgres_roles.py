@@ -93,3 +93,19 @@ def test_missing_right_names_the_grant(make_role: Any) -> None:
     assert caught.value.hint is not None
     assert f"GRANT USAGE, CREATE ON SCHEMA public TO {role};" in caught.value.hint
     assert f"CREATE SCHEMA {role} AUTHORIZATION {role};" in caught.value.hint
+
+
+def test_one_reconciler_at_a_time_across_servers(start_server: Any, postgres_url: str) -> None:
+    server = start_server()
+    if server.kx.engine.dialect.name != "postgresql":
+        pytest.skip("advisory locks are a PostgreSQL feature")
+    from kernex_server.reconciler import ADVISORY_LOCK_KEY
+
+    other = sa.create_engine(postgres_url)
+    try:
+        with other.begin() as conn:  # another server holds the reconcile lock
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            assert server.kx.reconciler.reconcile(force=True).state == "skipped"
+        assert server.kx.reconciler.reconcile(force=True).state == "deployed"
+    finally:
+        other.dispose()
