@@ -198,6 +198,8 @@ async def _reconcile_once(kx: ServerContext) -> None:
         kx.cache.publish(resigned)
     except KernexError as exc:
         log.error("reconcile failed: %s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
+    except Exception:  # a database outage must not stop the loop; the next pass retries
+        log.exception("reconcile failed")
 
 
 async def _reconcile_loop(kx: ServerContext) -> None:
@@ -211,8 +213,8 @@ async def _heartbeat_loop(kx: ServerContext) -> None:
         await anyio.sleep(kx.settings.heartbeat_flush_interval)
         try:
             await kx.flush_heartbeats()
-        except KernexError as exc:
-            log.error("cannot record heartbeats: %s", exc.message)
+        except Exception:  # keep serving; the heartbeats of this batch are lost
+            log.exception("cannot record heartbeats")
 
 
 @public_endpoint
