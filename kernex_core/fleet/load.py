@@ -29,7 +29,7 @@ from kernex_core.fleet.model import (
     RolloutPolicy,
     TrustedSigner,
 )
-from kernex_core.fleet.resolve import CONFLICT_HINT, Conflict, Fleet, GroupIndex
+from kernex_core.fleet.resolve import CONFLICT_HINT, Conflict, Fleet
 from kernex_core.fleet.selector import (
     LABEL_KEY_RE,
     LABEL_VALUE_RE,
@@ -345,6 +345,8 @@ class _Checker:
             return None
         good = True
         for key, label in labels.items():
+            if type(label) is str and key in _GOOD_LABEL_KEYS and label in _GOOD_LABEL_VALUES:
+                continue  # most labels repeat across devices: skip the patterns
             if not isinstance(key, str):
                 good = False
                 continue
@@ -356,9 +358,22 @@ class _Checker:
                     at_key=True,
                 )
                 good = False
-            if self.string(label, (*path, key), LABEL_VALUE_RE, "label value") is None:
-                good = False
+            elif self.string(label, (*path, key), LABEL_VALUE_RE, "label value") is not None:
+                _remember(_GOOD_LABEL_KEYS, key)
+                _remember(_GOOD_LABEL_VALUES, label)
+                continue
+            good = False
         return labels if good else None
+
+
+_GOOD_LABEL_KEYS: set[str] = set()
+_GOOD_LABEL_VALUES: set[str] = set()
+_MAX_REMEMBERED = 100_000
+
+
+def _remember(cache: set[str], value: str) -> None:
+    if len(cache) < _MAX_REMEMBERED:
+        cache.add(value)
 
 
 _FORMAT_HINTS = {
@@ -421,13 +436,13 @@ class _Loader:
         groups = self._groups(by_kind["group"], settings)
         devices = self._devices(by_kind["device"])
         self._check_references(settings, groups, devices)
-        if not self.collector:
-            self._check_conflicts(groups, devices)
+        if self.collector or settings is None:  # settings is None only with an issue
+            raise FleetInvalidError(self.collector.issues(self.texts))
+        fleet = Fleet(settings, catalog, groups, devices)
+        self._check_conflicts(fleet)
         if self.collector:
             raise FleetInvalidError(self.collector.issues(self.texts))
-        if settings is None:  # only when an issue above explains why
-            raise FleetInvalidError(self.collector.issues(self.texts))
-        return Fleet(settings, catalog, groups, devices)
+        return fleet
 
     # -- kernex.yaml -------------------------------------------------------------------
 
@@ -742,20 +757,14 @@ class _Loader:
                     "push` first, so the commit pins its sha256.",
                 )
 
-    def _check_conflicts(
-        self, groups: Mapping[str, Group], devices: Mapping[str, DeviceSpec]
-    ) -> None:
+    def _check_conflicts(self, fleet: Fleet) -> None:
         """Equal-priority conflicts for the devices the repository lists."""
-        index = GroupIndex(groups.values())
         found: dict[tuple[str, str, KeyPath], tuple[Conflict, list[str]]] = {}
-        memo: dict[tuple[tuple[str, str], ...], list[Conflict]] = {}
-        for device_id, device in sorted(devices.items()):
-            key = tuple(sorted(device.labels.items()))
-            if key not in memo:
-                memo[key] = index.conflicts(index.match(device.labels))
-            for conflict in memo[key]:
-                ident = (conflict.first.name, conflict.second.name, conflict.key)
-                found.setdefault(ident, (conflict, []))[1].append(device_id)
+        if fleet.index.risky:
+            for device_id, device in sorted(fleet.devices.items()):
+                for conflict in fleet.conflicts_for(device.labels):
+                    ident = (conflict.first.name, conflict.second.name, conflict.key)
+                    found.setdefault(ident, (conflict, []))[1].append(device_id)
         for conflict, device_ids in found.values():
             self.collector.add(
                 f"groups/{conflict.second.name}.yaml",

@@ -201,7 +201,9 @@ def _renamed(template: DevicePlan, device_id: str) -> DevicePlan:
 
 def _diff(device_id: str, status: str, old: DesiredState, new: DesiredState) -> DevicePlan | None:
     if old is new or (
-        old.groups == new.groups and old.bundles == new.bundles and old.config == new.config
+        old.groups == new.groups
+        and old.bundles == new.bundles
+        and _strictly_equal(old.config, new.config)
     ):
         return None
     bundles = tuple(_bundle_changes(old, new))
@@ -211,6 +213,17 @@ def _diff(device_id: str, status: str, old: DesiredState, new: DesiredState) -> 
     if not (bundles or config or joined or left) and status == CHANGED:
         return None  # only the order of groups changed
     return DevicePlan(device_id, status, bundles, config, joined, left)
+
+
+def _strictly_equal(a: Any, b: Any) -> bool:
+    """Equal and of the same types throughout: ``1 == True`` in Python, not on the wire."""
+    if type(a) is not type(b) and not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+        return False
+    if isinstance(a, Mapping):
+        return a.keys() == b.keys() and all(_strictly_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_strictly_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _bundle_changes(old: DesiredState, new: DesiredState) -> list[BundleChange]:
@@ -249,7 +262,7 @@ def _config_changes(old: Any, new: Any, prefix: str) -> list[ConfigChange]:
             changes.extend(_leaves(before, path, REMOVED))
         elif isinstance(before, Mapping) and isinstance(after, Mapping):
             changes.extend(_config_changes(before, after, path))
-        elif before != after or type(before) is not type(after):
+        elif not _strictly_equal(before, after):
             changes.append(ConfigChange(path, CHANGED, before, after))
     return changes
 

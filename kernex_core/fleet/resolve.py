@@ -31,9 +31,11 @@ def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
-        elif isinstance(value, Mapping):
+        elif type(value) is dict or isinstance(value, Mapping):
             current = result.get(key)
-            result[key] = merge_patch(current if isinstance(current, Mapping) else {}, value)
+            if type(current) is not dict and not isinstance(current, Mapping):
+                current = {}
+            result[key] = merge_patch(current, value)
         else:
             result[key] = value
     return result
@@ -95,6 +97,14 @@ class GroupIndex:
     def __init__(self, groups: Iterable[Group]) -> None:
         self.ordered = sorted(groups, key=lambda g: (g.priority, g.name))
         self.footprints = {g.name: _Footprint(g) for g in self.ordered}
+        # Pairs of equal-priority groups whose keys overlap: only these can ever conflict.
+        self.risky: set[tuple[str, str]] = set()
+        for i, first in enumerate(self.ordered):
+            for second in self.ordered[i + 1 :]:
+                if second.priority != first.priority:
+                    break
+                if self.footprints[first.name].overlap(self.footprints[second.name]):
+                    self.risky.add((first.name, second.name))
         self._by_pair: dict[tuple[str, str], list[int]] = {}
         self._always: list[int] = []
         for position, group in enumerate(self.ordered):
@@ -117,10 +127,14 @@ class GroupIndex:
     def conflicts(self, groups: Sequence[Group]) -> list[Conflict]:
         """Conflicts among ``groups`` (in application order, as ``match`` returns them)."""
         found: list[Conflict] = []
+        if not self.risky:
+            return found
         for i, first in enumerate(groups):
             for second in groups[i + 1 :]:
                 if second.priority != first.priority:
                     break
+                if (first.name, second.name) not in self.risky:
+                    continue
                 overlap = self.footprints[first.name].overlap(self.footprints[second.name])
                 found.extend(Conflict(first, second, key) for key in overlap)
         return found
@@ -156,7 +170,8 @@ class Fleet:
         self.groups = groups
         self.devices = devices
         self.index = GroupIndex(groups.values())
-        self._layers: dict[tuple[tuple[str, str], ...], _Layered] = {}
+        self._matches: dict[tuple[tuple[str, str], ...], _Layered] = {}
+        self._layers: dict[tuple[str, ...], _Layered] = {}
 
     def resolve_device(self, device_id: str, labels: Mapping[str, str]) -> DesiredState:
         """Desired state of one device; its repo labels override the ``labels`` given.
@@ -196,6 +211,10 @@ class Fleet:
     def matching_groups(self, labels: Mapping[str, str]) -> tuple[Group, ...]:
         return self._layered(labels).groups
 
+    def conflicts_for(self, labels: Mapping[str, str]) -> list[Conflict]:
+        """Equal-priority conflicts among the groups matching ``labels`` (cached)."""
+        return self._layered(labels).conflicts
+
     def _resolve(
         self, device_id: str, reported: Mapping[str, str]
     ) -> tuple[DesiredState, list[Conflict]]:
@@ -210,20 +229,29 @@ class Fleet:
         return self._state(bundles, config, layered.groups), layered.conflicts
 
     def _layered(self, labels: Mapping[str, str]) -> _Layered:
+        # Two caches: label set -> layers, and matching groups -> layers, since many
+        # label sets (one per site, say) end up with the same groups.
         key = tuple(sorted(labels.items()))
-        layered = self._layers.get(key)
+        layered = self._matches.get(key)
         if layered is None:
             groups = self.index.match(labels)
-            defaults = self.settings.defaults
-            bundles = dict(defaults.bundles)
-            config = merge_patch({}, defaults.config)
-            for group in groups:
-                bundles.update(group.bundles)
-                if group.config:
-                    config = merge_patch(config, group.config)
-            layered = _Layered(groups, bundles, config, self.index.conflicts(groups))
-            self._layers[key] = layered
+            names = tuple(g.name for g in groups)
+            layered = self._layers.get(names)
+            if layered is None:
+                layered = self._layer(groups)
+                self._layers[names] = layered
+            self._matches[key] = layered
         return layered
+
+    def _layer(self, groups: tuple[Group, ...]) -> _Layered:
+        defaults = self.settings.defaults
+        bundles = dict(defaults.bundles)
+        config = merge_patch({}, defaults.config)
+        for group in groups:
+            bundles.update(group.bundles)
+            if group.config:
+                config = merge_patch(config, group.config)
+        return _Layered(groups, bundles, config, self.index.conflicts(groups))
 
     def _state(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LABEL_KEY_RE = re.compile(
     r"^(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -50,13 +50,37 @@ class Requirement:
         return self.key not in labels
 
 
+_OPCODES = {"=": 0, "in": 0, "!=": 1, "notin": 1, "exists": 2, "!": 3}
+
+
 @dataclass(frozen=True)
 class Selector:
     text: str
     requirements: tuple[Requirement, ...]
 
+    def __post_init__(self) -> None:
+        # Matching runs for every device and group: a flat tuple beats method calls.
+        plan = tuple((_OPCODES[r.operator], r.key, r.values) for r in self.requirements)
+        object.__setattr__(self, "_plan", plan)
+
     def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(r.matches(labels) for r in self.requirements)
+        for opcode, key, values in self._plan:
+            if opcode == 0:
+                if labels.get(key) not in values:
+                    return False
+            elif opcode == 1:
+                if labels.get(key) in values:
+                    return False
+            elif opcode == 2:
+                if key not in labels:
+                    return False
+            elif key in labels:
+                return False
+        return True
+
+    _plan: tuple[tuple[int, str, frozenset[str]], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
 
     def required_pairs(self) -> frozenset[tuple[str, str]] | None:
         """Label pairs of which a device must carry one, for indexing; None if unknown."""
