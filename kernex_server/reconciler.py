@@ -244,9 +244,12 @@ class Reconciler:
             device.admitted_by = "fingerprint"
             device.updated_at = now
         ttl = self.manifest_ttl(fleet)
+        current = {m.device_id: m for m in s.scalars(select(DeviceManifest))}  # one query
         changed = []
         for device_id in sorted(inventory):  # the repo may list devices not enrolled yet
-            served = self._issue(s, device_id, desired[device_id], commit, now, ttl)
+            served = self._issue(
+                s, device_id, desired[device_id], commit, now, ttl, current.get(device_id)
+            )
             if served is not None:
                 changed.append(served)
         return changed, [d.id for d in admit]
@@ -259,8 +262,8 @@ class Reconciler:
         commit: str,
         now: float,
         ttl: int,
+        existing: DeviceManifest | None,
     ) -> ServedManifest | None:
-        existing = s.get(DeviceManifest, device_id)
         draft = self.issuer.build(device_id, desired, serial=0, revision=commit, now=now, ttl=ttl)
         digest = draft.desired_digest()
         if existing is not None and existing.desired_digest == digest:
@@ -307,7 +310,15 @@ class Reconciler:
                 except KernexError as exc:
                     log.error("cannot resolve device %s: %s", device_id, exc)
                     return None
-                served = self._issue(s, device_id, desired, loaded.commit, now, self.manifest_ttl())
+                served = self._issue(
+                    s,
+                    device_id,
+                    desired,
+                    loaded.commit,
+                    now,
+                    self.manifest_ttl(),
+                    s.get(DeviceManifest, device_id),
+                )
                 if served is None:
                     row = s.get(DeviceManifest, device_id)
                     if row is not None:
