@@ -1,0 +1,119 @@
+"""``kernex server``: init, run and migrate the Kernex server.
+
+The server package is imported inside the commands, so ``kernex --help`` stays fast and
+a device installation without the server's dependencies can still run the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kernex_cli.output import console, fail_from, print_json
+from kernex_core.errors import KernexError
+
+server_app = typer.Typer(help="Run the Kernex server: init, run, migrate.", no_args_is_help=True)
+
+DATA_DIR_HELP = "Data directory (default: $KERNEX_DATA_DIR or ./kernex-data)."
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(server_app, name="server")
+
+
+def _data_dir(option: Path | None) -> Path:
+    from kernex_server.settings import data_dir_from
+
+    return data_dir_from(str(option) if option else None, os.environ)
+
+
+@server_app.command("init")
+def init(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+    repo: Annotated[
+        str, typer.Option("--repo", help="Fleet repository: a local path or a URL.")
+    ] = "",
+    branch: Annotated[str, typer.Option("--branch", help="Branch to deploy.")] = "main",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Create the data directory, the manifest key, settings and the first admin token."""
+    from kernex_server.setup import init_data_dir
+
+    try:
+        result = init_data_dir(_data_dir(data_dir), repo=repo, branch=branch, env=dict(os.environ))
+    except KernexError as exc:
+        fail_from(exc)
+    if as_json:
+        print_json(
+            {
+                "data_dir": str(result.data_dir),
+                "manifest_key_id": result.manifest_key_id,
+                "admin_token": result.admin_token,
+            }
+        )
+        return
+    console.print(f"data directory  {result.data_dir}", highlight=False)
+    console.print(f"manifest key    {result.manifest_key_id}", highlight=False)
+    if result.admin_token:
+        console.print("admin token     (shown once; store it now):", highlight=False)
+        typer.echo(result.admin_token)
+    else:
+        console.print("admin token     (already created earlier; not shown again)")
+
+
+@server_app.command("migrate")
+def migrate_cmd(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+) -> None:
+    """Bring the database schema up to date."""
+    from kernex_server.database import current_revision, make_engine, migrate
+    from kernex_server.settings import Settings
+
+    try:
+        settings = Settings.load(_data_dir(data_dir), dict(os.environ))
+        engine = make_engine(settings.effective_database_url(), schema=settings.database_schema)
+        try:
+            migrate(engine, schema=settings.database_schema)
+            revision = current_revision(engine)
+        finally:
+            engine.dispose()
+    except KernexError as exc:
+        fail_from(exc)
+    console.print(f"database schema at revision {revision}", highlight=False)
+
+
+@server_app.command("run")
+def run(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8443,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Serve devices and admins (reconciling the fleet repository in the background)."""
+    import logging
+
+    import uvicorn
+
+    from kernex_server.app import create_app
+    from kernex_server.database import make_engine, migrate
+    from kernex_server.settings import Settings
+
+    try:
+        settings = Settings.load(_data_dir(data_dir), dict(os.environ))
+        engine = make_engine(settings.effective_database_url(), schema=settings.database_schema)
+        try:
+            migrate(engine, schema=settings.database_schema)
+        finally:
+            engine.dispose()
+        app = create_app(settings)
+    except KernexError as exc:
+        fail_from(exc)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)

@@ -1,0 +1,206 @@
+"""Who is calling: devices (RFC 9421 signatures) and admins (bearer tokens with roles).
+
+Device requests are verified with ``kernex_core.httpsig`` against the enrolled key;
+keys and enrollment states are cached in memory (dropped on a state change, and
+re-read after ``KEY_CACHE_SECONDS`` so several server processes converge), so the hot
+path does not touch the database. Heartbeats (``last_seen``) are collected in memory and
+written in batches.
+
+Admin routes declare the least role they need with ``@requires(Role.OPERATOR)``; the
+role order is viewer < operator < admin. A test walks the routes to check every admin
+route declares one.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kernex_core import httpsig, keys
+from kernex_core.errors import KeyFormatError, RequestSignatureError
+from kernex_core.protocol import EnrollmentState
+from kernex_server.store import Store, TokenIdentity
+
+KEY_CACHE_SECONDS = 60.0
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Role(IntEnum):
+    VIEWER = 1
+    OPERATOR = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        return cls[name.upper()]
+
+
+class AuthError(Exception):
+    """Raised inside handlers; turned into a 401/403 JSON answer."""
+
+    def __init__(self, status: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.hint = hint
+
+
+def requires(role: Role) -> Callable[[Endpoint], Endpoint]:
+    """Guard an admin endpoint: a bearer token of at least ``role``."""
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            identity = await request.app.state.kx.admin_auth.authenticate(request)
+            if Role.parse(identity.role) < role:
+                raise AuthError(
+                    403,
+                    f"token {identity.name!r} has role {identity.role}, this needs "
+                    f"{role.name.lower()}",
+                )
+            request.state.identity = identity
+            return await endpoint(request)
+
+        guarded.required_role = role  # type: ignore[attr-defined]
+        return guarded
+
+    return wrap
+
+
+def device_endpoint(endpoint: Endpoint) -> Endpoint:
+    """Mark an endpoint as device-authenticated (it calls ``DeviceAuth`` itself)."""
+    endpoint.device_auth = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+def public_endpoint(endpoint: Endpoint) -> Endpoint:
+    endpoint.public = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+class AdminAuth:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def authenticate(self, request: Request) -> TokenIdentity:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError(
+                401,
+                "admin API needs `Authorization: Bearer <token>`",
+                hint="Use the admin token printed by `kernex server init`.",
+            )
+        identity = await anyio.to_thread.run_sync(
+            lambda: self.store.authenticate_token(token.strip(), now=self.clock())
+        )
+        if identity is None:
+            raise AuthError(401, "token is unknown, expired or revoked")
+        return identity
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    device_id: str
+    key: keys.PublicKey
+    state: str
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class AuthenticatedDevice:
+    device_id: str
+    state: str
+
+
+class DeviceAuth:
+    def __init__(
+        self, store: Store, *, max_skew: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.max_skew = max_skew
+        self.clock = clock
+        self.nonces = httpsig.NonceCache(window_seconds=2 * max_skew)
+        self._keys: dict[str, DeviceKey] = {}
+        self.heartbeats: dict[str, float] = {}
+
+    def forget(self, device_id: str) -> None:
+        self._keys.pop(device_id, None)
+
+    async def _key(self, device_id: str) -> DeviceKey | None:
+        now = self.clock()
+        cached = self._keys.get(device_id)
+        if cached is not None and now - cached.loaded_at < KEY_CACHE_SECONDS:
+            return cached
+        record = await anyio.to_thread.run_sync(self.store.get_device, device_id)
+        if record is None:
+            self._keys.pop(device_id, None)
+            return None
+        try:
+            key = keys.load_public_key_pem(record.public_key, source=f"device {device_id}")
+        except KeyFormatError:
+            return None
+        entry = DeviceKey(device_id, key, record.state, now)
+        self._keys[device_id] = entry
+        return entry
+
+    async def authenticate(
+        self, request: Request, body: bytes, *, require_accepted: bool = True
+    ) -> AuthenticatedDevice:
+        headers = request.headers
+        try:
+            parsed = httpsig.parse_signature(headers)
+        except RequestSignatureError as exc:
+            raise AuthError(401, exc.message, hint=exc.hint) from exc
+        entry = await self._key(parsed.keyid)
+        now = self.clock()
+        try:
+            httpsig.verify_request(
+                request.method,
+                request.url.path,
+                headers,
+                body,
+                lambda kid: entry.key if entry is not None and kid == entry.device_id else None,
+                now=now,
+                nonces=self.nonces,
+                max_skew=self.max_skew,
+            )
+        except RequestSignatureError as exc:
+            raise AuthError(401, exc.message, hint=exc.hint) from exc
+        if entry is None:  # verify_request raised unknown_key already
+            raise AuthError(401, "unknown device")
+        self.heartbeats[entry.device_id] = now
+        if require_accepted and entry.state != EnrollmentState.ACCEPTED.value:
+            raise AuthError(
+                403,
+                f"device {entry.device_id} is {entry.state}",
+                hint="An admin must accept the device (`kernex devices accept`)."
+                if entry.state == EnrollmentState.PENDING.value
+                else None,
+            )
+        return AuthenticatedDevice(entry.device_id, entry.state)
+
+    def take_heartbeats(self) -> Mapping[str, float]:
+        seen, self.heartbeats = self.heartbeats, {}
+        return seen
+
+    def pending_heartbeat(self, device_id: str) -> float | None:
+        return self.heartbeats.get(device_id)
+
+
+def error_body(message: str, hint: str | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": message}
+    if hint:
+        body["hint"] = hint
+    body.update(extra)
+    return body

@@ -1,0 +1,97 @@
+"""The content-addressed bundle store: ``<data dir>/blobs/sha256/<aa>/<hex>``.
+
+An upload streams into a temporary file in the store (same file system), hashing as it
+goes; only when the digest and size are known and match the declared ones is the file
+fsynced and renamed into place. Storing the same bytes twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from kernex_core.fsutil import fsync_dir
+from kernex_server.errors import BundleStoreError
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    created: bool  # False when the store already had these bytes
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, sha256: str) -> Path:
+        if not SHA256_RE.match(sha256):
+            raise BundleStoreError(f"{sha256!r} is not a sha256 hex digest")
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return SHA256_RE.match(sha256) is not None and self.path_for(sha256).is_file()
+
+    async def put_stream(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        expected_sha256: str | None = None,
+        max_bytes: int,
+    ) -> StoredBlob:
+        """Store the streamed bytes; raise ``BundleStoreError`` on mismatch or overflow."""
+        if expected_sha256 is not None and not SHA256_RE.match(expected_sha256):
+            raise BundleStoreError(
+                f"declared digest {expected_sha256!r} is not 64 lowercase hex digits"
+            )
+        tmp_dir = self.root / "tmp"
+        await anyio.to_thread.run_sync(lambda: tmp_dir.mkdir(parents=True, exist_ok=True))
+        fd, tmp_name = tempfile.mkstemp(prefix="upload.", dir=tmp_dir)
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                fh = anyio.wrap_file(raw)
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BundleStoreError(
+                            f"bundle is larger than the {max_bytes} byte limit",
+                            hint="Raise max_bundle_bytes in server.toml if this is intended.",
+                        )
+                    digest.update(chunk)
+                    await fh.write(chunk)
+                await fh.flush()
+                await anyio.to_thread.run_sync(os.fsync, raw.fileno())
+            sha = digest.hexdigest()
+            if expected_sha256 is not None and sha != expected_sha256:
+                raise BundleStoreError(
+                    f"uploaded bytes have sha256 {sha}, not the declared {expected_sha256}",
+                    hint="The upload was corrupted or the wrong file was sent; nothing was stored.",
+                )
+            return await anyio.to_thread.run_sync(self._commit, tmp, sha, size)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _commit(self, tmp: Path, sha: str, size: int) -> StoredBlob:
+        target = self.path_for(sha)
+        if target.is_file() and target.stat().st_size == size:
+            return StoredBlob(sha, size, created=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        return StoredBlob(sha, size, created=True)

@@ -1,0 +1,184 @@
+"""The device protocol endpoints (see ``kernex_core.protocol`` and docs/protocol.md)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from kernex_core import httpsig, keys
+from kernex_core.errors import KeyFormatError, RequestSignatureError
+from kernex_core.protocol import (
+    BUNDLE_PATH,
+    DEVICE_ID_PATTERN,
+    ENROLL_PATH,
+    MANIFEST_PATH,
+    MAX_WAIT_SECONDS,
+    STATUS_PATH,
+    EnrollmentState,
+    EnrollRequest,
+    EnrollResponse,
+    StatusReport,
+)
+from kernex_server.auth import AuthError, device_endpoint
+from kernex_server.bundles import SHA256_RE
+from kernex_server.http import ApiError, json_response, parse_json, read_body
+
+if TYPE_CHECKING:
+    from kernex_server.app import ServerContext
+
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+
+
+def _kx(request: Request) -> ServerContext:
+    kx: ServerContext = request.app.state.kx
+    return kx
+
+
+@device_endpoint
+async def enroll(request: Request) -> Response:
+    kx = _kx(request)
+    body = await read_body(request, kx.settings.max_body_bytes)
+    try:
+        enroll_request = EnrollRequest.from_dict(parse_json(body))
+    except ValueError as exc:
+        raise ApiError(400, f"invalid enrollment: {exc}") from exc
+    device_id = enroll_request.device_id
+    if not _DEVICE_ID_RE.match(device_id):
+        raise ApiError(
+            400,
+            f"device id {device_id!r} is not valid",
+            hint="Use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit.",
+        )
+    try:
+        public_key = keys.load_public_key_pem(enroll_request.public_key, source="device key")
+    except KeyFormatError as exc:
+        raise ApiError(400, exc.message, hint=exc.hint) from exc
+    # The request is signed by the key it enrolls: proof of possession.
+    try:
+        httpsig.verify_request(
+            request.method,
+            request.url.path,
+            request.headers,
+            body,
+            lambda kid: public_key if kid == device_id else None,
+            now=kx.clock(),
+            nonces=kx.device_auth.nonces,
+            max_skew=kx.settings.max_skew,
+        )
+    except RequestSignatureError as exc:
+        raise AuthError(401, exc.message, hint=exc.hint) from exc
+    fleet = kx.reconciler.fleet
+    declared_entry = fleet.devices.get(device_id) if fleet is not None else None
+    declared = declared_entry.key_fingerprint if declared_entry is not None else None
+    outcome = await anyio.to_thread.run_sync(
+        lambda: kx.enroller.enroll(
+            enroll_request, public_key, declared_fingerprint=declared, now=kx.clock()
+        )
+    )
+    kx.device_auth.forget(device_id)
+    if outcome.device.state == EnrollmentState.ACCEPTED.value:
+        await kx.issue_for(device_id)
+    response = EnrollResponse(
+        device_id=device_id,
+        state=EnrollmentState(outcome.device.state),
+        manifest_public_key=keys.public_key_to_pem(kx.manifest_public_key),
+        manifest_key_id=keys.fingerprint(kx.manifest_public_key),
+    )
+    return json_response(response.to_dict(), status=201 if outcome.created else 200)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    if not raw.isdigit() or int(raw) > MAX_WAIT_SECONDS:
+        raise ApiError(400, f"wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}")
+    return float(raw)
+
+
+async def _own_device(request: Request) -> tuple[ServerContext, str, bytes]:
+    kx = _kx(request)
+    body = await read_body(request, kx.settings.max_body_bytes)
+    who = await kx.device_auth.authenticate(request, body)
+    device_id = request.path_params["device_id"]
+    if who.device_id != device_id:
+        raise AuthError(403, f"device {who.device_id} may not act for device {device_id}")
+    return kx, device_id, body
+
+
+@device_endpoint
+async def manifest(request: Request) -> Response:
+    kx, device_id, _ = await _own_device(request)
+    wait = _wait_seconds(request)
+    if_none_match = request.headers.get("if-none-match")
+    served = kx.cache.get(device_id)
+    if wait > 0 and (served is None or _matches(if_none_match, served.etag)):
+        served = await kx.cache.wait_for_change(
+            device_id, served.etag if served else "", timeout=wait
+        )
+    if served is None:
+        raise ApiError(
+            404,
+            f"no manifest for device {device_id} yet",
+            hint="The server has no deployed revision for this device; poll again.",
+        )
+    headers = {"ETag": served.etag, "Cache-Control": "no-cache"}
+    if _matches(if_none_match, served.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(served.envelope, media_type="application/json", headers=headers)
+
+
+@device_endpoint
+async def status(request: Request) -> Response:
+    kx, device_id, body = await _own_device(request)
+    try:
+        report = StatusReport.from_dict(parse_json(body))
+    except ValueError as exc:
+        raise ApiError(422, f"invalid status report: {exc}") from exc
+    await anyio.to_thread.run_sync(
+        lambda: kx.store.record_status(
+            device_id, report, now=kx.clock(), keep=kx.settings.status_history
+        )
+    )
+    return Response(status_code=204)
+
+
+@device_endpoint
+async def bundle(request: Request) -> Response:
+    kx = _kx(request)
+    body = await read_body(request, kx.settings.max_body_bytes)
+    await kx.device_auth.authenticate(request, body)
+    sha256 = request.path_params["sha256"]
+    if not SHA256_RE.match(sha256):
+        raise ApiError(400, "bundle address must be a lowercase sha256 hex digest")
+    path = kx.blobs.path_for(sha256)
+    stat = await anyio.to_thread.run_sync(lambda: path.stat() if path.is_file() else None)
+    if stat is None:
+        raise ApiError(404, f"no bundle {sha256} in the store", hint="Upload it first.")
+    return FileResponse(
+        path,
+        stat_result=stat,
+        media_type="application/octet-stream",
+        headers={"ETag": f'"{sha256}"', "Cache-Control": "private, max-age=31536000, immutable"},
+    )
+
+
+routes = [
+    Route(ENROLL_PATH, enroll, methods=["POST"]),
+    Route(MANIFEST_PATH, manifest, methods=["GET"]),
+    Route(STATUS_PATH, status, methods=["POST"]),
+    Route(BUNDLE_PATH, bundle, methods=["GET"]),
+]

@@ -1,0 +1,154 @@
+"""Enrollment: admit a device's key under its id, once.
+
+Admission, in order: a valid enrollment token (its use is counted), a key fingerprint
+declared in ``devices/<id>.yaml`` of the deployed revision, or else the device waits as
+``pending`` for an admin. The same id with another key is refused (409, no takeover);
+the same key again is idempotent and may complete a pending admission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from kernex_core import keys
+from kernex_core.protocol import EnrollmentState, EnrollRequest
+from kernex_server.errors import EnrollmentError
+from kernex_server.models import Device, EnrollmentToken
+from kernex_server.store import DeviceRecord, hash_token
+
+
+@dataclass(frozen=True)
+class EnrollOutcome:
+    device: DeviceRecord
+    created: bool
+    newly_accepted: bool
+
+
+class Enroller:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def enroll(
+        self,
+        request: EnrollRequest,
+        public_key: keys.PublicKey,
+        *,
+        declared_fingerprint: str | None,
+        now: float,
+    ) -> EnrollOutcome:
+        fingerprint = keys.fingerprint(public_key)
+        if declared_fingerprint is not None and declared_fingerprint != fingerprint:
+            raise EnrollmentError(
+                f"devices/{request.device_id}.yaml declares key {declared_fingerprint}, "
+                f"this request has {fingerprint}",
+                status=403,
+                hint="Enroll with the key the fleet repository declares, or change "
+                "`key_fingerprint` there.",
+            )
+        try:
+            with self.sessions.begin() as s:
+                return self._enroll(s, request, public_key, fingerprint, declared_fingerprint, now)
+        except IntegrityError as exc:  # a concurrent enrollment of the same id won
+            raise EnrollmentError(
+                f"device {request.device_id} was enrolled concurrently",
+                status=409,
+                hint="Retry the enrollment.",
+            ) from exc
+
+    def _enroll(
+        self,
+        s: Session,
+        request: EnrollRequest,
+        public_key: keys.PublicKey,
+        fingerprint: str,
+        declared: str | None,
+        now: float,
+    ) -> EnrollOutcome:
+        row = s.get(Device, request.device_id)
+        if row is not None and row.fingerprint != fingerprint:
+            raise EnrollmentError(
+                f"device id {request.device_id} is already enrolled with another key",
+                status=409,
+                hint="Pick another device id, or have an admin remove the old device first.",
+            )
+        admitted_by = self._admission(s, request, fingerprint, declared, now, row)
+        if row is None:
+            row = Device(
+                id=request.device_id,
+                public_key=keys.public_key_to_pem(public_key),
+                fingerprint=fingerprint,
+                algorithm=keys.algorithm_of(public_key),
+                labels=dict(request.labels),
+                state=EnrollmentState.PENDING.value,
+                agent_version=request.agent_version[:64],
+                enrolled_at=now,
+                updated_at=now,
+                last_seen=now,
+            )
+            s.add(row)
+            created = True
+        else:
+            row.labels = dict(request.labels)
+            row.agent_version = request.agent_version[:64]
+            row.last_seen = now
+            row.updated_at = now
+            created = False
+        newly = False
+        if admitted_by is not None and row.state == EnrollmentState.PENDING.value:
+            row.state = EnrollmentState.ACCEPTED.value
+            row.admitted_by = admitted_by
+            newly = True
+        s.flush()
+        return EnrollOutcome(DeviceRecord.of(row), created, newly)
+
+    def _admission(
+        self,
+        s: Session,
+        request: EnrollRequest,
+        fingerprint: str,
+        declared: str | None,
+        now: float,
+        row: Device | None,
+    ) -> str | None:
+        if row is not None and row.state != EnrollmentState.PENDING.value:
+            return None  # accepted stays; rejected and revoked need an admin
+        if request.enrollment_token:
+            return self._use_token(s, request.enrollment_token, now)
+        if declared is not None and declared == fingerprint:
+            return "fingerprint"
+        return None
+
+    def _use_token(self, s: Session, token: str, now: float) -> str:
+        row = s.scalar(
+            select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(token))
+        )
+        usable = (
+            row is not None
+            and row.revoked_at is None
+            and (row.expires_at is None or row.expires_at > now)
+            and (row.max_uses is None or row.uses < row.max_uses)
+        )
+        if not usable or row is None:
+            raise EnrollmentError(
+                "enrollment token is unknown, expired, revoked or used up",
+                status=403,
+                hint="Ask an admin for a new token (`kernex tokens create --enrollment`).",
+            )
+        # Conditional update: two devices racing for the last use cannot both win.
+        cond = EnrollmentToken.max_uses.is_(None) | (
+            EnrollmentToken.uses < EnrollmentToken.max_uses
+        )
+        result = s.execute(
+            update(EnrollmentToken)
+            .where(EnrollmentToken.id == row.id)
+            .where(cond)
+            .values(uses=EnrollmentToken.uses + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise EnrollmentError("enrollment token is used up", status=403)
+        return f"token:{row.name}"

@@ -1,0 +1,55 @@
+"""HTTP helpers shared by the route modules: bounded bodies, JSON answers, API errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from kernex_server.auth import error_body
+
+
+class ApiError(Exception):
+    """Raised inside handlers; answered as ``{"error": ..., "hint": ...}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, *, hint: str | None = None, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.hint = hint
+        self.extra = extra
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes without buffering them."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body over the {limit} byte limit")
+    chunks = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, f"request body over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from exc
+
+
+def json_response(value: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(value, status_code=status)
+
+
+def error_response(status: int, message: str, hint: str | None = None, **extra: Any) -> Response:
+    return JSONResponse(error_body(message, hint, **extra), status_code=status)

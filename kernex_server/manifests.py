@@ -1,0 +1,137 @@
+"""Manifest issuing (build + sign) and the in-memory cache that serves them.
+
+Building is pure: a desired state, a serial, a revision and a clock reading give a
+``Manifest``; ``ManifestIssuer`` signs it with the server's manifest key. The
+``ManifestCache`` lives on the event loop: the hot path of ``GET .../manifest`` reads it
+without touching the database, and long polls wait on one ``asyncio.Event`` per device,
+which costs nothing while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import anyio
+
+from kernex_core import keys
+from kernex_core.manifest import BundleEntry, Manifest, sign_manifest
+from kernex_core.protocol import BUNDLE_PATH
+from kernex_server.desired import DesiredStateLike
+
+
+@dataclass(frozen=True)
+class ServedManifest:
+    device_id: str
+    serial: int
+    envelope: bytes
+    expires_at: float
+
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.envelope).hexdigest() + '"'
+
+
+class ManifestIssuer:
+    def __init__(self, key: keys.PrivateKey, *, bundle_base_url: str = "") -> None:
+        self.key = key
+        self.bundle_base_url = bundle_base_url
+
+    def bundle_url(self, sha256: str, catalog_url: str | None = None) -> str:
+        """The catalog's own URL for a version wins, then ``bundle_base_url``, then the
+        server's store (relative: the agent resolves it against the server URL)."""
+        if catalog_url:
+            return catalog_url
+        if self.bundle_base_url:
+            return self.bundle_base_url.rstrip("/") + "/" + sha256
+        return BUNDLE_PATH.format(sha256=sha256)
+
+    def build(
+        self,
+        device_id: str,
+        desired: DesiredStateLike,
+        *,
+        serial: int,
+        revision: str,
+        now: float,
+        ttl: int,
+    ) -> Manifest:
+        bundles = tuple(
+            BundleEntry(
+                name=b.name,
+                version=b.version,
+                sha256=b.sha256,
+                size=b.size,
+                url=self.bundle_url(b.sha256, getattr(b, "url", None)),
+                release_signatures=tuple(b.release_signatures),
+            )
+            for _, b in sorted(desired.bundles.items())
+        )
+        return Manifest(
+            device_id=device_id,
+            serial=serial,
+            revision=revision,
+            issued_at=int(now),
+            expires_at=int(now) + ttl,
+            bundles=bundles,
+            config=json.loads(json.dumps(dict(desired.config))),
+        )
+
+    def sign(self, manifest: Manifest) -> bytes:
+        return sign_manifest(manifest, self.key).to_json()
+
+    def resign(self, manifest: Manifest, *, now: float, ttl: int) -> tuple[Manifest, bytes]:
+        """Same content and serial, fresh validity: the agent treats it as a refresh."""
+        fresh = replace(manifest, issued_at=int(now), expires_at=int(now) + ttl)
+        return fresh, self.sign(fresh)
+
+
+class ManifestCache:
+    """Signed manifests by device, and the long polls waiting for them to change.
+
+    Touch only from the event loop thread.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, ServedManifest] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, device_id: str) -> ServedManifest | None:
+        return self._items.get(device_id)
+
+    def publish(self, manifests: Iterable[ServedManifest]) -> None:
+        for served in manifests:
+            self._items[served.device_id] = served
+            event = self._changed.pop(served.device_id, None)
+            if event is not None:
+                event.set()
+
+    def drop(self, device_id: str) -> None:
+        self._items.pop(device_id, None)
+        event = self._changed.pop(device_id, None)
+        if event is not None:
+            event.set()
+
+    def waiting(self) -> int:
+        return len(self._changed)
+
+    async def wait_for_change(
+        self, device_id: str, etag: str, timeout: float
+    ) -> ServedManifest | None:
+        """Return the device's manifest once its ETag differs from ``etag``, or after
+        ``timeout`` seconds whatever is current."""
+        current = self._items.get(device_id)
+        if current is not None and current.etag != etag:
+            return current
+        event = self._changed.get(device_id)
+        if event is None:
+            event = self._changed[device_id] = asyncio.Event()
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        return self._items.get(device_id)

@@ -1,0 +1,161 @@
+"""SQLAlchemy 2 models: the server's record of devices, manifests, revisions and status.
+
+Times are Unix seconds (float) in UTC, so SQLite and PostgreSQL store them alike. JSON
+columns hold small documents (labels, installed bundles, validation errors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(80), index=True)
+    algorithm: Mapped[str] = mapped_column(String(32))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    admitted_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class DeviceManifest(Base):
+    """The signed manifest currently served to one device; ``serial`` never decreases."""
+
+    __tablename__ = "device_manifests"
+
+    device_id: Mapped[str] = mapped_column(
+        String(63), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    serial: Mapped[int] = mapped_column(BigInteger)
+    desired_digest: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Deployment(Base):
+    """One new desired state for one device (a new serial): the deployment history."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(
+        String(63), ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    serial: Mapped[int] = mapped_column(BigInteger)
+    revision: Mapped[str] = mapped_column(String(64))
+    desired_digest: Mapped[str] = mapped_column(String(64))
+    bundles: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # name -> version
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class DeviceStatus(Base):
+    """The latest status report of a device."""
+
+    __tablename__ = "device_status"
+
+    device_id: Mapped[str] = mapped_column(
+        String(63), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[str] = mapped_column(String(16))
+    serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    bundles: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    config_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    reported_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class StatusReportRow(Base):
+    """Status history, bounded per device by the ``status_history`` setting."""
+
+    __tablename__ = "status_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(
+        String(63), ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    phase: Mapped[str] = mapped_column(String(16))
+    serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    bundles: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    config_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    reported_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class Revision(Base):
+    """One commit the reconciler looked at, deployed or not, and why."""
+
+    __tablename__ = "revisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    commit: Mapped[str] = mapped_column(String(64), index=True)
+    branch: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))  # deployed | invalid | unsigned
+    errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)  # not a descendant
+    previous: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    devices_changed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(120))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ApiToken(Base):
+    """Admin-plane bearer tokens, stored as SHA-256 hashes; ``role`` orders the rights."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class BundleBlob(Base):
+    """A bundle's bytes in the content-addressed store."""
+
+    __tablename__ = "bundle_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    uploaded_at: Mapped[float] = mapped_column(Float)
+    uploaded_by: Mapped[str | None] = mapped_column(String(120), nullable=True)

@@ -1,0 +1,356 @@
+"""The reconciler: Git -> core -> database -> signed manifests.
+
+Each pass reads the branch head from the ``FleetSource``; a commit not seen before is
+checked (signature when required), validated and resolved by the core for every accepted
+device, and recorded as a ``Revision``. Only devices whose desired state digest changed
+get a new serial and a newly signed manifest. An invalid or unsigned commit is recorded
+with its errors and changes nothing: the last good revision keeps being served.
+
+It runs in worker threads, one pass at a time per process; on PostgreSQL a transaction
+advisory lock makes it one pass at a time across every server sharing the database.
+The passes return the manifests that changed; the caller publishes them to the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from kernex_core.envelope import Envelope
+from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_core.manifest import Manifest
+from kernex_core.protocol import EnrollmentState
+from kernex_server.desired import DesiredStateLike, FleetLike, FleetLoader
+from kernex_server.git_source import FleetSource
+from kernex_server.manifests import ManifestIssuer, ServedManifest
+from kernex_server.models import Deployment, Device, DeviceManifest, Revision
+from kernex_server.settings import Settings
+
+log = logging.getLogger("kernex.server.reconciler")
+
+ADVISORY_LOCK_KEY = 0x6B65726E6578  # "kernex"
+
+DEPLOYED = "deployed"
+INVALID = "invalid"
+UNSIGNED = "unsigned"
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    commit: str | None
+    state: str  # deployed | invalid | unsigned | unchanged | skipped | no_source
+    changed: tuple[ServedManifest, ...] = ()
+    admitted: tuple[str, ...] = ()  # pending devices admitted by a declared key fingerprint
+    errors: tuple[Mapping[str, Any], ...] = ()
+    forced: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "state": self.state,
+            "devices_changed": len(self.changed),
+            "admitted": list(self.admitted),
+            "errors": [dict(e) for e in self.errors],
+            "forced": self.forced,
+        }
+
+
+@dataclass
+class _Loaded:
+    fleet: FleetLike
+    commit: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        issuer: ManifestIssuer,
+        source: FleetSource | None,
+        load_fleet: FleetLoader | None,
+        *,
+        postgres: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.issuer = issuer
+        self.source = source
+        self.load_fleet = load_fleet
+        self.postgres = postgres
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+
+    @property
+    def fleet(self) -> FleetLike | None:
+        return self._loaded.fleet if self._loaded else None
+
+    def manifest_ttl(self, fleet: FleetLike | None = None) -> int:
+        fleet = fleet or self.fleet
+        ttl = getattr(fleet.settings, "manifest_ttl", None) if fleet else None
+        return int(ttl) if ttl else self.settings.manifest_ttl
+
+    def offline_after(self) -> int:
+        fleet = self.fleet
+        value = getattr(fleet.settings, "offline_after", None) if fleet else None
+        return int(value) if value else self.settings.offline_after
+
+    # -- one pass ----------------------------------------------------------------------
+
+    def reconcile(self, *, force: bool = False) -> ReconcileResult:
+        source, load_fleet = self.source, self.load_fleet
+        if source is None or load_fleet is None:
+            return ReconcileResult(None, "no_source")
+        with self._lock:
+            source.sync()
+            head = source.head()
+            now = self.clock()
+            with self.sessions.begin() as s:
+                if not self._try_lock(s):
+                    return ReconcileResult(head, "skipped")
+                last = s.scalar(select(Revision).order_by(Revision.id.desc()).limit(1))
+                good = s.scalar(
+                    select(Revision)
+                    .where(Revision.state == DEPLOYED)
+                    .order_by(Revision.id.desc())
+                    .limit(1)
+                )
+                if self._loaded is None and good is not None:
+                    self._load_known_good(good.commit)
+                if last is not None and last.commit == head and not force:
+                    return ReconcileResult(head, "unchanged")
+                return self._pass(s, source, load_fleet, head, good, now)
+
+    def _pass(
+        self,
+        s: Session,
+        source: FleetSource,
+        load_fleet: FleetLoader,
+        head: str,
+        good: Revision | None,
+        now: float,
+    ) -> ReconcileResult:
+        previous = good.commit if good else None
+        if self.settings.require_signed_commits:
+            problem = source.verify_commit(head)
+            if problem is not None:
+                log.warning("not deploying %s: %s", head, problem)
+                errors: tuple[Mapping[str, Any], ...] = ({"message": problem},)
+                self._record(s, head, UNSIGNED, list(errors), previous, now)
+                return ReconcileResult(head, UNSIGNED, errors=errors)
+        try:
+            fleet = load_fleet(source.read(head))
+        except FleetInvalidError as exc:
+            issues: tuple[Mapping[str, Any], ...] = tuple(i.to_dict() for i in exc.issues)
+            log.warning("commit %s is invalid (%d errors); serving %s", head, len(issues), previous)
+            for issue in exc.issues:
+                log.warning("  %s", issue)
+            self._record(s, head, INVALID, list(issues), previous, now)
+            return ReconcileResult(head, INVALID, errors=issues)
+        except KernexError as exc:
+            failure: tuple[Mapping[str, Any], ...] = ({"message": exc.message, "hint": exc.hint},)
+            log.warning("commit %s cannot be loaded: %s", head, exc.message)
+            self._record(s, head, INVALID, list(failure), previous, now)
+            return ReconcileResult(head, INVALID, errors=failure)
+        forced = (
+            previous is not None and previous != head and not source.is_ancestor(previous, head)
+        )
+        if forced:
+            log.warning("commit %s does not descend from %s (force-push)", head, previous)
+        try:
+            changed, admitted = self._apply(s, fleet, head, now)
+        except FleetInvalidError as exc:  # conflicts found while resolving devices
+            conflicts: tuple[Mapping[str, Any], ...] = tuple(i.to_dict() for i in exc.issues)
+            log.warning("commit %s does not resolve (%d errors)", head, len(conflicts))
+            self._record(s, head, INVALID, list(conflicts), previous, now)
+            return ReconcileResult(head, INVALID, errors=conflicts)
+        self._record(s, head, DEPLOYED, [], previous, now, forced=forced, changed=len(changed))
+        self._loaded = _Loaded(fleet, head)
+        log.info("deployed %s: %d device(s) changed", head, len(changed))
+        return ReconcileResult(head, DEPLOYED, tuple(changed), tuple(admitted), forced=forced)
+
+    def _try_lock(self, s: Session) -> bool:
+        if not self.postgres:
+            return True
+        got = s.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        return bool(got)
+
+    def _load_known_good(self, commit: str) -> None:
+        if self.source is None or self.load_fleet is None:
+            return
+        try:
+            self._loaded = _Loaded(self.load_fleet(self.source.read(commit)), commit)
+        except KernexError as exc:
+            log.error("cannot reload deployed revision %s: %s", commit, exc)
+
+    def _record(
+        self,
+        s: Session,
+        commit: str,
+        state: str,
+        errors: list[Any],
+        previous: str | None,
+        now: float,
+        *,
+        forced: bool = False,
+        changed: int = 0,
+    ) -> None:
+        s.add(
+            Revision(
+                commit=commit,
+                branch=self.settings.branch,
+                state=state,
+                errors=errors,
+                forced=forced,
+                previous=previous,
+                devices_changed=changed,
+                created_at=now,
+            )
+        )
+
+    def _apply(
+        self, s: Session, fleet: FleetLike, commit: str, now: float
+    ) -> tuple[list[ServedManifest], list[str]]:
+        """Resolve every accepted device (and every pending one whose key the repository
+        declares, which this admits); sign new manifests where the desired state changed."""
+        known = s.scalars(
+            select(Device).where(
+                Device.state.in_([EnrollmentState.ACCEPTED.value, EnrollmentState.PENDING.value])
+            )
+        ).all()
+        admit = [
+            d
+            for d in known
+            if d.state == EnrollmentState.PENDING.value
+            and (spec := fleet.devices.get(d.id)) is not None
+            and spec.key_fingerprint == d.fingerprint
+        ]
+        accepted = [d for d in known if d.state == EnrollmentState.ACCEPTED.value] + admit
+        inventory = {d.id: dict(d.labels or {}) for d in accepted}
+        desired = fleet.resolve(inventory)  # raises before anything is changed
+        for device in admit:
+            device.state = EnrollmentState.ACCEPTED.value
+            device.admitted_by = "fingerprint"
+            device.updated_at = now
+        ttl = self.manifest_ttl(fleet)
+        current = {m.device_id: m for m in s.scalars(select(DeviceManifest))}  # one query
+        changed = []
+        for device_id in sorted(inventory):  # the repo may list devices not enrolled yet
+            served = self._issue(
+                s, device_id, desired[device_id], commit, now, ttl, current.get(device_id)
+            )
+            if served is not None:
+                changed.append(served)
+        return changed, [d.id for d in admit]
+
+    def _issue(
+        self,
+        s: Session,
+        device_id: str,
+        desired: DesiredStateLike,
+        commit: str,
+        now: float,
+        ttl: int,
+        existing: DeviceManifest | None,
+    ) -> ServedManifest | None:
+        draft = self.issuer.build(device_id, desired, serial=0, revision=commit, now=now, ttl=ttl)
+        digest = draft.desired_digest()
+        if existing is not None and existing.desired_digest == digest:
+            return None
+        serial = (existing.serial if existing else 0) + 1
+        manifest = replace(draft, serial=serial)
+        envelope = self.issuer.sign(manifest)
+        if existing is None:
+            existing = DeviceManifest(device_id=device_id)
+            s.add(existing)
+        existing.serial = serial
+        existing.desired_digest = digest
+        existing.revision = commit
+        existing.envelope = envelope.decode("utf-8")
+        existing.issued_at = manifest.issued_at
+        existing.expires_at = manifest.expires_at
+        s.add(
+            Deployment(
+                device_id=device_id,
+                serial=serial,
+                revision=commit,
+                desired_digest=digest,
+                bundles={b.name: b.version for b in manifest.bundles},
+                created_at=now,
+            )
+        )
+        return ServedManifest(device_id, serial, envelope, manifest.expires_at)
+
+    # -- single devices and upkeep -----------------------------------------------------
+
+    def issue_for(self, device_id: str) -> ServedManifest | None:
+        """Resolve one (just accepted or enrolled) device against the deployed revision."""
+        with self._lock:
+            loaded = self._loaded
+            if loaded is None:
+                return None
+            now = self.clock()
+            with self.sessions.begin() as s:
+                device = s.get(Device, device_id)
+                if device is None or device.state != EnrollmentState.ACCEPTED.value:
+                    return None
+                try:
+                    desired = loaded.fleet.resolve_device(device_id, dict(device.labels or {}))
+                except KernexError as exc:
+                    log.error("cannot resolve device %s: %s", device_id, exc)
+                    return None
+                served = self._issue(
+                    s,
+                    device_id,
+                    desired,
+                    loaded.commit,
+                    now,
+                    self.manifest_ttl(),
+                    s.get(DeviceManifest, device_id),
+                )
+                if served is None:
+                    row = s.get(DeviceManifest, device_id)
+                    if row is not None:
+                        served = served_from_row(row)
+                return served
+
+    def resign_expiring(self) -> list[ServedManifest]:
+        """Re-sign manifests close to expiry: same serial and content, new validity."""
+        ttl = self.manifest_ttl()
+        with self._lock:
+            now = self.clock()
+            threshold = now + ttl * self.settings.resign_when_left
+            out = []
+            with self.sessions.begin() as s:
+                if not self._try_lock(s):
+                    return []
+                rows = s.scalars(
+                    select(DeviceManifest).where(DeviceManifest.expires_at < threshold)
+                )
+                for row in rows:
+                    old = Manifest.from_dict(
+                        json.loads(Envelope.from_json(row.envelope.encode()).payload)
+                    )
+                    fresh, envelope = self.issuer.resign(old, now=now, ttl=ttl)
+                    row.envelope = envelope.decode("utf-8")
+                    row.issued_at = fresh.issued_at
+                    row.expires_at = fresh.expires_at
+                    out.append(ServedManifest(row.device_id, row.serial, envelope, row.expires_at))
+            if out:
+                log.info("re-signed %d manifest(s) close to expiry", len(out))
+            return out
+
+
+def served_from_row(row: DeviceManifest) -> ServedManifest:
+    return ServedManifest(row.device_id, row.serial, row.envelope.encode("utf-8"), row.expires_at)

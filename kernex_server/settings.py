@@ -1,0 +1,153 @@
+"""Server settings: a typed dataclass, read from ``<data dir>/server.toml``.
+
+The environment is read once, at the edge (``from_environ``), and only for
+``KERNEX_DATA_DIR`` and ``KERNEX_DATABASE_URL``; tests build settings from a dict with
+``Settings.from_mapping``. Nothing secret lives here: the manifest key is a file in the
+data directory and admin tokens are stored as hashes in the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernex_server.errors import ServerSetupError
+
+SETTINGS_FILE = "server.toml"
+MANIFEST_KEY_FILE = "keys/manifest.key"
+DEFAULT_DATA_DIR = "kernex-data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    repo: str = ""  # fleet repository: a local path or a URL (cloned into the data dir)
+    branch: str = "main"
+    database_url: str = ""  # empty: SQLite file kernex.db in the data dir
+    database_schema: str = ""  # PostgreSQL schema for tables; empty: the role's search_path
+    poll_interval: float = 30.0  # seconds between fetch + reconcile of the fleet repository
+    manifest_ttl: int = 7 * 24 * 3600  # seconds a signed manifest stays valid
+    resign_when_left: float = 0.5  # re-sign once less than this fraction of the ttl is left
+    offline_after: int = 300  # seconds without a request before a device counts as offline
+    status_history: int = 200  # status reports kept per device (older ones are dropped)
+    bundle_base_url: str = ""  # when set, manifests point at <base>/<sha256> instead of /v1
+    require_signed_commits: bool = False  # deploy only commits `git verify-commit` accepts
+    allowed_signers_file: str = ""  # SSH allowed-signers file (relative to the data dir)
+    max_body_bytes: int = 256 * 1024  # bytes of a JSON request body (enroll, status, admin)
+    max_bundle_bytes: int = 4 * 1024**3  # bytes of one uploaded bundle
+    max_skew: int = 300  # seconds of clock skew accepted on signed device requests
+    heartbeat_flush_interval: float = 5.0  # seconds between writes of last_seen batches
+
+    @property
+    def manifest_key_path(self) -> Path:
+        return self.data_dir / MANIFEST_KEY_FILE
+
+    @property
+    def settings_path(self) -> Path:
+        return self.data_dir / SETTINGS_FILE
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def clone_dir(self) -> Path:
+        return self.data_dir / "fleet.git"
+
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'kernex.db'}"
+
+    def signers_path(self) -> Path | None:
+        if not self.allowed_signers_file:
+            return None
+        return self.data_dir / self.allowed_signers_file
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        """Build settings from plain values (a parsed file, or a dict in tests)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ServerSetupError(
+                f"unknown setting(s): {', '.join(unknown)}",
+                hint=f"Known settings: {', '.join(sorted(fields))}.",
+            )
+        if "data_dir" not in values:
+            raise ServerSetupError("settings need a data_dir")
+        converted: dict[str, Any] = {}
+        for name, raw in values.items():
+            default = fields[name].default
+            converted[name] = _convert(name, raw, default)
+        return cls(**converted)
+
+    @classmethod
+    def load(cls, data_dir: Path, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``server.toml`` from ``data_dir``; ``env`` may override the database URL."""
+        data_dir = Path(data_dir).resolve()
+        path = data_dir / SETTINGS_FILE
+        if not path.is_file():
+            raise ServerSetupError(
+                f"no settings file at {path}",
+                hint=f"Run `kernex server init --data-dir {data_dir}` first.",
+            )
+        try:
+            values = tomllib.loads(path.read_text("utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ServerSetupError(
+                f"cannot read {path}: {exc}", hint="Fix the TOML syntax."
+            ) from exc
+        values = {**values, "data_dir": data_dir}
+        env = env or {}
+        if env.get("KERNEX_DATABASE_URL"):
+            values["database_url"] = env["KERNEX_DATABASE_URL"]
+        return cls.from_mapping(values)
+
+
+def data_dir_from(option: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(option or env.get("KERNEX_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
+
+
+def _convert(name: str, raw: Any, default: Any) -> Any:
+    if name == "data_dir":
+        return Path(raw)
+    expected = type(default)
+    if expected is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, expected) or (expected is int and isinstance(raw, bool)):
+        raise ServerSetupError(
+            f"setting {name!r} must be {expected.__name__}, got {type(raw).__name__}",
+            hint=f"Default: {default!r}.",
+        )
+    return raw
+
+
+def render_settings_file(repo: str, branch: str) -> str:
+    """The ``server.toml`` that ``kernex server init`` writes: every setting, commented."""
+    lines = [
+        "# Kernex server settings. Times are in seconds. See docs/server.md.",
+        f"repo = {_toml_str(repo)}",
+        f"branch = {_toml_str(branch)}",
+    ]
+    for f in dataclasses.fields(Settings):
+        if f.name in {"data_dir", "repo", "branch"}:
+            continue
+        value = f.default
+        text = (
+            _toml_str(value)
+            if isinstance(value, str)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+        lines.append(f"# {f.name} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

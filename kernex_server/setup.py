@@ -1,0 +1,62 @@
+"""``kernex server init``: the data directory, manifest key, settings and first admin token.
+
+Nothing secret has a default: the key and the token are generated here. The key file is
+mode 0600; the admin token is shown once and stored only as a hash.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernex_core import keys
+from kernex_core.fsutil import atomic_write_bytes, atomic_write_text
+from kernex_server.database import make_engine, migrate, session_factory
+from kernex_server.errors import ServerSetupError
+from kernex_server.settings import Settings, render_settings_file
+from kernex_server.store import Store
+
+FIRST_TOKEN_NAME = "admin"  # noqa: S105 - a name, not a secret
+
+
+@dataclass(frozen=True)
+class InitResult:
+    data_dir: Path
+    manifest_key_id: str
+    admin_token: str | None  # None when the database already had tokens
+
+
+def init_data_dir(
+    data_dir: Path, *, repo: str, branch: str, env: dict[str, str] | None = None
+) -> InitResult:
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    key_path = data_dir / "keys" / "manifest.key"
+    settings_path = data_dir / "server.toml"
+    if not settings_path.exists():
+        atomic_write_text(settings_path, render_settings_file(repo, branch), mode=0o644)
+    if key_path.exists():
+        key = keys.load_private_key_pem(key_path.read_bytes(), source=str(key_path))
+    else:
+        key_path.parent.mkdir(mode=0o700, exist_ok=True)
+        key = keys.generate_ed25519()
+        atomic_write_bytes(key_path, keys.private_key_to_pem(key), mode=0o600)
+    settings = Settings.load(data_dir, env)
+    if repo and settings.repo != repo:
+        raise ServerSetupError(
+            f"{settings_path} already names repo {settings.repo!r}",
+            hint="Edit server.toml to change the fleet repository.",
+        )
+    engine = make_engine(settings.effective_database_url(), schema=settings.database_schema)
+    try:
+        migrate(engine, schema=settings.database_schema)
+        store = Store(session_factory(engine))
+        token = None
+        if store.count_api_tokens() == 0:
+            token = store.create_api_token(FIRST_TOKEN_NAME, "admin", now=time.time())
+    finally:
+        engine.dispose()
+    return InitResult(data_dir, keys.fingerprint(key.public_key()), token)

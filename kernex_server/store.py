@@ -1,0 +1,376 @@
+"""Data access for the server: small synchronous methods, each one transaction.
+
+Called from worker threads (``anyio.to_thread``), never on the event loop. Methods take
+and return plain values or frozen records, so nothing lazy leaks out of a session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from kernex_core.protocol import EnrollmentState, StatusReport
+from kernex_server.models import (
+    ApiToken,
+    BundleBlob,
+    Deployment,
+    Device,
+    DeviceManifest,
+    DeviceStatus,
+    EnrollmentToken,
+    Revision,
+    StatusReportRow,
+)
+
+TOKEN_PREFIX = "kx_"  # noqa: S105 - a name, not a secret
+ENROLL_TOKEN_PREFIX = "kxe_"  # noqa: S105 - a name, not a secret
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    id: str
+    public_key: str
+    fingerprint: str
+    algorithm: str
+    labels: Mapping[str, str]
+    state: str
+    admitted_by: str | None
+    agent_version: str
+    enrolled_at: float
+    last_seen: float | None
+
+    @classmethod
+    def of(cls, row: Device) -> DeviceRecord:
+        return cls(
+            row.id,
+            row.public_key,
+            row.fingerprint,
+            row.algorithm,
+            dict(row.labels or {}),
+            row.state,
+            row.admitted_by,
+            row.agent_version,
+            row.enrolled_at,
+            row.last_seen,
+        )
+
+
+@dataclass(frozen=True)
+class TokenIdentity:
+    """Who an admin-plane bearer token belongs to."""
+
+    name: str
+    role: str
+
+
+def _status_dict(row: DeviceStatus | StatusReportRow) -> dict[str, Any]:
+    return {
+        "phase": row.phase,
+        "serial": row.serial,
+        "revision": row.revision,
+        "bundles": dict(row.bundles or {}),
+        "config_hash": row.config_hash,
+        "error": row.error,
+        "log_tail": row.log_tail,
+        "agent_version": row.agent_version,
+        "reported_at": row.reported_at,
+        "received_at": row.received_at,
+    }
+
+
+def revision_dict(row: Revision) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "commit": row.commit,
+        "branch": row.branch,
+        "state": row.state,
+        "errors": list(row.errors or []),
+        "forced": row.forced,
+        "previous": row.previous,
+        "devices_changed": row.devices_changed,
+        "created_at": row.created_at,
+    }
+
+
+class Store:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    # -- devices -----------------------------------------------------------------------
+
+    def get_device(self, device_id: str) -> DeviceRecord | None:
+        with self.sessions() as s:
+            row = s.get(Device, device_id)
+            return DeviceRecord.of(row) if row else None
+
+    def list_devices(self) -> list[DeviceRecord]:
+        with self.sessions() as s:
+            return [DeviceRecord.of(r) for r in s.scalars(select(Device).order_by(Device.id))]
+
+    def set_device_state(
+        self, device_id: str, state: EnrollmentState, *, by: str, now: float
+    ) -> DeviceRecord | None:
+        with self.sessions.begin() as s:
+            row = s.get(Device, device_id)
+            if row is None:
+                return None
+            row.state = state.value
+            row.updated_at = now
+            if state is EnrollmentState.ACCEPTED:
+                row.admitted_by = by
+            return DeviceRecord.of(row)
+
+    def touch(self, seen: Mapping[str, float]) -> None:
+        """Record heartbeats (device id -> last request time) in one transaction."""
+        if not seen:
+            return
+        with self.sessions.begin() as s:
+            for device_id, when in seen.items():
+                s.execute(
+                    update(Device)
+                    .where(Device.id == device_id)
+                    .where((Device.last_seen.is_(None)) | (Device.last_seen < when))
+                    .values(last_seen=when)
+                )
+
+    # -- status ------------------------------------------------------------------------
+
+    def record_status(self, device_id: str, report: StatusReport, *, now: float, keep: int) -> None:
+        values: dict[str, Any] = {
+            "phase": report.phase.value,
+            "serial": report.serial,
+            "revision": report.revision,
+            "bundles": dict(report.bundles),
+            "config_hash": report.config_hash,
+            "error": report.error,
+            "log_tail": report.log_tail,
+            "agent_version": report.agent_version,
+            "reported_at": report.reported_at,
+            "received_at": now,
+        }
+        with self.sessions.begin() as s:
+            current = s.get(DeviceStatus, device_id)
+            if current is None:
+                s.add(DeviceStatus(device_id=device_id, **values))
+            else:
+                for name, value in values.items():
+                    setattr(current, name, value)
+            s.add(StatusReportRow(device_id=device_id, **values))
+            s.flush()
+            cutoff = s.scalar(
+                select(StatusReportRow.id)
+                .where(StatusReportRow.device_id == device_id)
+                .order_by(StatusReportRow.id.desc())
+                .offset(keep)
+                .limit(1)
+            )
+            if cutoff is not None:
+                s.execute(
+                    delete(StatusReportRow)
+                    .where(StatusReportRow.device_id == device_id)
+                    .where(StatusReportRow.id <= cutoff)
+                )
+            device = s.get(Device, device_id)
+            if device is not None:
+                device.last_seen = max(device.last_seen or 0.0, now)
+                if report.agent_version:
+                    device.agent_version = report.agent_version[:64]
+
+    def current_status(self, device_id: str) -> dict[str, Any] | None:
+        with self.sessions() as s:
+            row = s.get(DeviceStatus, device_id)
+            return _status_dict(row) if row else None
+
+    def status_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(StatusReportRow)
+                .where(StatusReportRow.device_id == device_id)
+                .order_by(StatusReportRow.id.desc())
+                .limit(limit)
+            )
+            return [_status_dict(r) for r in rows]
+
+    def deployments(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The device's deployment history, newest first."""
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(Deployment)
+                .where(Deployment.device_id == device_id)
+                .order_by(Deployment.serial.desc(), Deployment.id.desc())
+                .limit(limit)
+            )
+            return [
+                {
+                    "serial": r.serial,
+                    "revision": r.revision,
+                    "bundles": dict(r.bundles or {}),
+                    "desired_digest": r.desired_digest,
+                    "created_at": r.created_at,
+                }
+                for r in rows
+            ]
+
+    def device_overview(self) -> list[dict[str, Any]]:
+        """Every device with its desired serial and the serial it last reported."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Device, DeviceManifest.serial, DeviceManifest.revision, DeviceStatus)
+                .outerjoin(DeviceManifest, DeviceManifest.device_id == Device.id)
+                .outerjoin(DeviceStatus, DeviceStatus.device_id == Device.id)
+                .order_by(Device.id)
+            ).all()
+            out = []
+            for device, serial, revision, status in rows:
+                out.append(
+                    {
+                        "device": DeviceRecord.of(device),
+                        "desired_serial": serial,
+                        "desired_revision": revision,
+                        "status": _status_dict(status) if status else None,
+                    }
+                )
+            return out
+
+    # -- manifests ---------------------------------------------------------------------
+
+    def all_manifests(self) -> list[DeviceManifest]:
+        """Signed manifests of accepted devices (to fill the cache at start)."""
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(DeviceManifest)
+                .join(Device, Device.id == DeviceManifest.device_id)
+                .where(Device.state == EnrollmentState.ACCEPTED.value)
+            )
+            return list(rows)
+
+    # -- revisions ---------------------------------------------------------------------
+
+    def revisions(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(Revision).order_by(Revision.id.desc()).limit(limit))
+            return [revision_dict(r) for r in rows]
+
+    # -- enrollment tokens -------------------------------------------------------------
+
+    def create_enrollment_token(
+        self,
+        name: str,
+        *,
+        now: float,
+        expires_at: float | None,
+        max_uses: int | None,
+        created_by: str,
+    ) -> tuple[str, dict[str, Any]]:
+        token = new_token(ENROLL_TOKEN_PREFIX)
+        with self.sessions.begin() as s:
+            row = EnrollmentToken(
+                name=name,
+                token_hash=hash_token(token),
+                created_at=now,
+                created_by=created_by,
+                expires_at=expires_at,
+                max_uses=max_uses,
+                uses=0,
+            )
+            s.add(row)
+            s.flush()
+            return token, _enroll_token_dict(row)
+
+    def list_enrollment_tokens(self) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(EnrollmentToken).order_by(EnrollmentToken.id.desc()))
+            return [_enroll_token_dict(r) for r in rows]
+
+    def revoke_enrollment_token(self, token_id: int, *, now: float) -> bool:
+        with self.sessions.begin() as s:
+            row = s.get(EnrollmentToken, token_id)
+            if row is None:
+                return False
+            row.revoked_at = row.revoked_at or now
+            return True
+
+    # -- admin tokens ------------------------------------------------------------------
+
+    def create_api_token(
+        self, name: str, role: str, *, now: float, expires_at: float | None = None
+    ) -> str:
+        token = new_token(TOKEN_PREFIX)
+        with self.sessions.begin() as s:
+            s.add(
+                ApiToken(
+                    name=name,
+                    role=role,
+                    token_hash=hash_token(token),
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+        return token
+
+    def count_api_tokens(self) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(ApiToken)) or 0)
+
+    def authenticate_token(self, token: str, *, now: float) -> TokenIdentity | None:
+        with self.sessions.begin() as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+            if row is None or row.revoked_at is not None:
+                return None
+            if row.expires_at is not None and row.expires_at <= now:
+                return None
+            if row.last_used_at is None or now - row.last_used_at > 60:
+                row.last_used_at = now
+            return TokenIdentity(row.name, row.role)
+
+    # -- bundles -----------------------------------------------------------------------
+
+    def record_blob(self, sha256: str, size: int, *, now: float, by: str) -> None:
+        with self.sessions.begin() as s:
+            if s.get(BundleBlob, sha256) is None:
+                s.add(BundleBlob(sha256=sha256, size=size, uploaded_at=now, uploaded_by=by))
+
+    def list_blobs(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Uploaded bundles, newest first."""
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(BundleBlob)
+                .order_by(BundleBlob.uploaded_at.desc(), BundleBlob.sha256)
+                .limit(limit)
+            )
+            return [
+                {
+                    "sha256": r.sha256,
+                    "size": r.size,
+                    "uploaded_at": r.uploaded_at,
+                    "uploaded_by": r.uploaded_by,
+                }
+                for r in rows
+            ]
+
+
+def _enroll_token_dict(row: EnrollmentToken) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "created_at": row.created_at,
+        "created_by": row.created_by,
+        "expires_at": row.expires_at,
+        "max_uses": row.max_uses,
+        "uses": row.uses,
+        "revoked_at": row.revoked_at,
+    }

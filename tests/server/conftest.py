@@ -1,0 +1,120 @@
+"""Fixtures for the server tests: databases (SQLite and PostgreSQL), repo, app."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from serverkit import FleetRepo
+from starlette.testclient import TestClient
+
+from kernex_core import keys
+from kernex_server.app import create_app
+from kernex_server.settings import Settings
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Settings for one fresh database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield {"database_url": f"sqlite:///{tmp_path / 'test.db'}"}
+        return
+    url = request.getfixturevalue("postgres_url")
+    schema = f"kx_test_{secrets.token_hex(6)}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield {"database_url": url, "database_schema": schema}
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+@pytest.fixture
+def fleet_repo(tmp_path: Path) -> FleetRepo:
+    return FleetRepo(tmp_path / "fleet")
+
+
+@pytest.fixture
+def manifest_key() -> keys.PrivateKey:
+    return keys.generate_ed25519()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database: dict[str, str], fleet_repo: FleetRepo) -> Any:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "repo": str(fleet_repo.path),
+            "poll_interval": 3600.0,
+            **database,
+            **overrides,
+        }
+        return Settings.from_mapping(values)
+
+    return build
+
+
+class Server:
+    """The in-process app with its admin token, under a TestClient."""
+
+    def __init__(self, client: TestClient, token: str, key: keys.PrivateKey) -> None:
+        self.client = client
+        self.token = token
+        self.key = key
+        self.kx = client.app.state.kx  # type: ignore[attr-defined]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def admin_post(self, path: str, **kw: Any) -> Any:
+        response = self.client.post(path, headers=self.auth, **kw)
+        assert response.status_code < 300, response.text
+        return response.json() if response.content else None
+
+    def admin_get(self, path: str) -> Any:
+        response = self.client.get(path, headers=self.auth)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def reconcile(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.admin_post("/v1/admin/reconcile")
+        return result
+
+    def enrollment_token(self, **body: Any) -> str:
+        token: str = self.admin_post("/v1/admin/enrollment-tokens", json=body)["token"]
+        return token
+
+
+@pytest.fixture
+def start_server(manifest_key: keys.PrivateKey, make_settings: Any) -> Iterator[Any]:
+    clients: list[TestClient] = []
+
+    def start(**overrides: Any) -> Server:
+        settings = make_settings(**overrides)
+        app = create_app(settings, manifest_key=manifest_key, background=False)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        token = app.state.kx.store.create_api_token(
+            f"test-{secrets.token_hex(3)}", "admin", now=time.time()
+        )
+        return Server(client, token, manifest_key)
+
+    yield start
+    for client in reversed(clients):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def server(start_server: Any) -> Server:
+    srv: Server = start_server()
+    return srv

@@ -1,0 +1,60 @@
+"""`kernex server init|migrate|run` through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from kernex_cli.main import app
+from kernex_server.settings import Settings
+from kernex_server.store import hash_token
+
+runner = CliRunner()
+
+
+def test_init_makes_key_settings_and_a_token_shown_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = runner.invoke(
+        app, ["server", "init", "--data-dir", str(data), "--repo", "/srv/fleet", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    token = out["admin_token"]
+    assert token.startswith("kx_")
+    key = data / "keys" / "manifest.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in key.read_bytes()
+    settings = Settings.load(data, {})
+    assert settings.repo == "/srv/fleet"
+    assert settings.branch == "main"
+    db = (data / "kernex.db").read_bytes()
+    assert token.encode() not in db  # only the hash is stored
+    assert hash_token(token).encode() in db
+
+    again = runner.invoke(app, ["server", "init", "--data-dir", str(data), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["admin_token"] is None
+    assert json.loads(again.output)["manifest_key_id"] == out["manifest_key_id"]
+
+
+def test_migrate_and_refusals(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    missing = runner.invoke(app, ["server", "run", "--data-dir", str(data)])
+    assert missing.exit_code == 1
+    assert "no settings file" in missing.output
+    assert "kernex server init" in missing.output
+    assert runner.invoke(app, ["server", "init", "--data-dir", str(data)]).exit_code == 0
+    migrated = runner.invoke(app, ["server", "migrate", "--data-dir", str(data)])
+    assert migrated.exit_code == 0, migrated.output
+    assert "0001" in migrated.output
+    (data / "keys" / "manifest.key").unlink()
+    no_key = runner.invoke(app, ["server", "run", "--data-dir", str(data)])
+    assert no_key.exit_code == 1
+    assert "no manifest key" in no_key.output
+    (data / "server.toml").write_text("pol_interval = 3\n")
+    typo = runner.invoke(app, ["server", "migrate", "--data-dir", str(data)])
+    assert typo.exit_code == 1
+    assert "unknown setting(s): pol_interval" in typo.output
