@@ -12,7 +12,14 @@ import typer
 
 from kernex_core import __version__
 
-COMMAND_MODULES = ("fleet_cmds", "gitops_cmds", "keys_cmds", "server_cmds", "agent_cmds")
+COMMAND_MODULES = (
+    "fleet_cmds",
+    "gitops_cmds",
+    "keys_cmds",
+    "client",
+    "server_cmds",
+    "agent_cmds",
+)
 
 app = typer.Typer(
     name="kernex",
