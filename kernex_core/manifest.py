@@ -241,20 +241,27 @@ class ManifestVerifier:
                 hint="Check the device clock and that the server is re-signing manifests.",
             )
         if self.release_keys is not None:
-            for bundle in manifest.bundles:
-                try:
-                    verify_release(
-                        bundle.release_signatures,
-                        self.release_keys,
-                        name=bundle.name,
-                        version=bundle.version,
-                        sha256=bundle.sha256,
-                        size=bundle.size,
-                        threshold=self.release_threshold,
-                    )
-                except ReleaseSignatureError as exc:
-                    raise ManifestRejectedError("release", str(exc), hint=exc.hint) from exc
+            check_release_signatures(manifest, self.release_keys, self.release_threshold)
         return manifest
+
+
+def check_release_signatures(
+    manifest: Manifest, release_keys: Mapping[str, keys.PublicKey], threshold: int = 1
+) -> None:
+    """Every bundle must be signed by ``threshold`` of the pinned release keys."""
+    for bundle in manifest.bundles:
+        try:
+            verify_release(
+                bundle.release_signatures,
+                release_keys,
+                name=bundle.name,
+                version=bundle.version,
+                sha256=bundle.sha256,
+                size=bundle.size,
+                threshold=threshold,
+            )
+        except ReleaseSignatureError as exc:
+            raise ManifestRejectedError("release", str(exc), hint=exc.hint) from exc
 
 
 def manifest_keys_from(manifest: Manifest) -> dict[str, keys.PublicKey]:
