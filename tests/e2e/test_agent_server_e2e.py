@@ -1,0 +1,204 @@
+"""The whole device path with real parts: a `kernex server run` process, a real Git
+repository, real bundles in the server's store, and `kernex agent` processes over loopback.
+
+v1 installs (its install hook writes a file); v2's health hook fails, so the agent rolls
+back to v1 by itself and reports `rolled_back`; the server shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serverkit import FleetRepo, kernex_yaml, sha
+
+from kernex_core.bundle import build_bundle
+
+pytestmark = pytest.mark.e2e
+KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
+
+INSTALL = (
+    '#!/bin/sh\necho "installing $KERNEX_VERSION"\n'
+    'echo "$KERNEX_VERSION" > "$KERNEX_DATA_DIR/app.installed"\n'
+)
+HEALTH_OK = "#!/bin/sh\nexit 0\n"
+HEALTH_FAIL = '#!/bin/sh\necho "app $KERNEX_VERSION: port 8080 never opened" >&2\nexit 3\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_bundle(root: Path, version: str, health: str) -> bytes:
+    src = root / f"app-{version}"
+    (src / "hooks").mkdir(parents=True)
+    for name, body in (("install", INSTALL), ("health", health)):
+        (src / "hooks" / name).write_text(body)
+        (src / "hooks" / name).chmod(0o755)
+    (src / "payload.txt").write_text(f"app {version}\n")
+    (src / "kernex-bundle.yaml").write_text(
+        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
+        "  health: hooks/health\n"
+    )
+    return build_bundle(src)
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    repo = FleetRepo(tmp_path / "fleet")
+    data = tmp_path / "server"
+    env = {**os.environ, "KERNEX_DATA_DIR": str(data)}
+    env.pop("KERNEX_DATABASE_URL", None)
+    init = subprocess.run(
+        [*KERNEX, "server", "init", "--repo", str(repo.path), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = json.loads(init.stdout)["admin_token"]
+    with (data / "server.toml").open("a") as fh:
+        fh.write("poll_interval = 0.5\nheartbeat_flush_interval = 0.2\n")
+    port = free_port()
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [*KERNEX, "server", "run", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()}")
+        try:
+            return httpx.get(f"{base}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for("the server to start", up, timeout=30)
+        client = httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        yield {"base": base, "client": client, "repo": repo}
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+
+
+def test_agent_installs_v1_then_rolls_back_a_failing_v2(
+    server: dict[str, Any], tmp_path: Path
+) -> None:
+    client: httpx.Client = server["client"]
+    repo: FleetRepo = server["repo"]
+    v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
+    v2 = make_bundle(tmp_path, "1.1.0", HEALTH_FAIL)
+    for blob in (v1, v2):
+        put = client.put(f"/v1/admin/bundles/{sha(blob)}", content=blob)
+        assert put.status_code in (200, 201), put.text
+    repo.write(
+        "bundles/app.yaml",
+        "name: app\nversions:\n"
+        f"  1.0.0:\n    sha256: {sha(v1)}\n    size: {len(v1)}\n"
+        f"  1.1.0:\n    sha256: {sha(v2)}\n    size: {len(v2)}\n",
+    )
+    repo.write("kernex.yaml", kernex_yaml(version="1.0.0"))
+    repo.commit("app 1.0.0 with real bundles")
+
+    enroll_token = client.post("/v1/admin/enrollment-tokens", json={"max_uses": 1}).json()
+    agent_dir = tmp_path / "device"
+    enrolled = subprocess.run(
+        [
+            *KERNEX,
+            "agent",
+            "enroll",
+            "--server",
+            server["base"],
+            "--token",
+            enroll_token["token"],
+            "--device-id",
+            "edge-1",
+            "--label",
+            "ring=canary",
+            "--data-dir",
+            str(agent_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+    assert (agent_dir / "device.key").stat().st_mode & 0o777 == 0o600
+
+    agent_log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [*KERNEX, "agent", "run", "--data-dir", str(agent_dir)],
+        stdout=agent_log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def device() -> dict[str, Any]:
+        shown = client.get("/v1/admin/devices/edge-1")
+        assert shown.status_code == 200, shown.text
+        return dict(shown.json())
+
+    def reported(phase: str, serial: int | None = None) -> Callable[[], bool]:
+        def probe() -> bool:
+            status = device().get("status") or {}
+            return status.get("phase") == phase and (
+                serial is None or status.get("serial") == serial
+            )
+
+        return probe
+
+    try:
+        wait_for("v1 healthy", reported("healthy"))
+        assert (agent_dir / "app.installed").read_text().strip() == "1.0.0"
+        v1_serial = device()["desired_serial"]
+        v1_slot = os.readlink(agent_dir / "bundles" / "app" / "current")
+        assert device()["status"]["bundles"] == {"app": "1.0.0"}
+
+        repo.write("kernex.yaml", kernex_yaml(version="1.1.0"))
+        commit = repo.commit("app 1.1.0, whose health check fails")
+        wait_for("the server to deploy v2", lambda: device()["desired_revision"] == commit)
+        v2_serial = device()["desired_serial"]
+        assert v2_serial > v1_serial
+
+        wait_for("the agent to roll back", reported("rolled_back", v2_serial))
+        status = device()["status"]
+        assert "port 8080 never opened" in (status["log_tail"] or "") + (status["error"] or "")
+        assert status["bundles"] == {"app": "1.0.0"}
+        # v1 runs again: the current link points at its slot and v1's install ran last
+        assert os.readlink(agent_dir / "bundles" / "app" / "current") == v1_slot
+        assert (agent_dir / "app.installed").read_text().strip() == "1.0.0"
+        assert agent.poll() is None  # the daemon keeps running after a failed update
+    finally:
+        agent.terminate()
+        agent.wait(timeout=15)
+        agent_log.close()
