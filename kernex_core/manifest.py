@@ -223,6 +223,8 @@ class ManifestVerifier:
             manifest = Manifest.from_dict(json.loads(envelope.payload))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestRejectedError("format", f"manifest payload: {exc}") from exc
+        except RecursionError as exc:
+            raise ManifestRejectedError("format", "manifest payload is nested too deeply") from exc
         if manifest.device_id != self.device_id:
             raise ManifestRejectedError(
                 "device", f"manifest is for device {manifest.device_id!r}, not {self.device_id!r}"
