@@ -294,3 +294,72 @@ def test_hostile_tarballs_are_refused(installed, tmp_path: Path, add, fragment: 
     assert dev.current_version("app") == "1.0.0"
     assert not (tmp_path / "kernex-pwned").exists()
     assert not list((dev.data_dir / "bundles/app/slots").glob(".unpack-*"))
+
+
+def test_endless_manifest_body_is_cut_at_the_limit(installed) -> None:
+    """A server that streams a manifest without end must not fill the device's memory."""
+    import httpx
+
+    from kernex_agent.agent import Agent
+    from kernex_core.manifest import MAX_MANIFEST_BYTES
+
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    sent = 0
+    chunk = 65536
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while sent < 16 * MAX_MANIFEST_BYTES:  # finite, so a failing test ends
+            sent += chunk
+            yield b" " * chunk
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/manifest"):
+            return httpx.Response(200, content=endless())
+        return await sim.handle(request)
+
+    agent = Agent(
+        dev.config,
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        clock=sim.clock,
+        hooks=dev.hooks,
+    )
+    result = asyncio.run(agent.run_once())
+    assert not result.ok
+    assert "manifest rejected (size)" in (result.error or ""), result.error
+    assert sent <= MAX_MANIFEST_BYTES + 2 * chunk
+    assert snapshot(dev.data_dir) == before
+    assert dev.current_version("app") == "1.0.0"
+
+
+def test_endless_error_body_is_not_read_whole(installed) -> None:
+    """An error answer (here to a status report) is read only as far as the error text."""
+    import httpx
+
+    from kernex_agent.agent import Agent
+
+    sim, dev = installed
+    sent = 0
+    chunk = 65536
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while sent < 64 * 1024 * 1024:
+            sent += chunk
+            yield b"x" * chunk
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            return httpx.Response(500, content=endless())
+        return await sim.handle(request)
+
+    agent = Agent(
+        dev.config,
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        clock=sim.clock,
+        hooks=dev.hooks,
+    )
+    asyncio.run(agent.run_once())
+    assert 0 < sent <= 2 * 1024 * 1024
+    assert list((dev.data_dir / "reports").glob("*.json"))  # kept for later, not lost
