@@ -363,3 +363,19 @@ def test_endless_error_body_is_not_read_whole(installed) -> None:
     asyncio.run(agent.run_once())
     assert 0 < sent <= 2 * 1024 * 1024
     assert list((dev.data_dir / "reports").glob("*.json"))  # kept for later, not lost
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [("../../kernex-escape", "2.0.0"), ("app", "../../../../kernex-escape")],
+    ids=["name", "version"],
+)
+def test_bundle_name_or_version_cannot_walk_out_of_the_data_dir(
+    installed, tmp_path: Path, name: str, version: str
+) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    blob = sim.add_bundle(bundle_bytes(tmp_path, "app", "2.0.0"), name, version)
+    sim.publish("dev-1", [sim.entry(blob)])
+    assert_rejected(dev, "format", before)
+    assert not list(tmp_path.rglob("kernex-escape*"))

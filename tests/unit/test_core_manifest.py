@@ -138,6 +138,12 @@ def test_release_signatures_are_required_when_release_keys_are_pinned(
         {"name": "app", "version": "1", "sha256": "XYZ", "size": 1, "url": "/b"},
         {"name": "app", "version": "1", "sha256": SHA, "size": -1, "url": "/b"},
         {"name": "", "version": "1", "sha256": SHA, "size": 1, "url": "/b"},
+        # Names and versions become path components on the device.
+        {"name": "../../etc", "version": "1", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app/x", "version": "1", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app", "version": "../../../tmp/x", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app", "version": "1/../../x", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app", "version": "..", "sha256": SHA, "size": 1, "url": "/b"},
     ],
 )
 def test_bad_bundle_entries_are_format_errors(
