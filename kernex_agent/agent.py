@@ -50,7 +50,14 @@ from kernex_agent.state import (
 from kernex_agent.storage import DeviceFS, read_link
 from kernex_agent.trust import TrustAnchors, accept_manifest
 from kernex_core import keys
-from kernex_core.bundle import METADATA_NAME, BundleMeta, ExtractLimits, Hook, parse_metadata
+from kernex_core.bundle import (
+    METADATA_NAME,
+    BundleMeta,
+    ExtractLimits,
+    Hook,
+    file_sha256,
+    parse_metadata,
+)
 from kernex_core.canonical import canonical_json
 from kernex_core.errors import BundleError, KernexError, ManifestRejectedError
 from kernex_core.manifest import MAX_MANIFEST_BYTES, Manifest
@@ -301,6 +308,8 @@ class Agent:
 
     async def _download(self, step: BundleStep, journal: Journal) -> None:
         final = self.layout.staging / f"{step.sha256}.bundle"
+        if final.exists() and not _has_sha256(final, step.sha256):
+            self.fs.unlink(final)  # a leftover that is not these bytes: fetch them again
         if not final.exists():
             part = self.layout.staging / f"{step.sha256}.part"
             await self.client.download(
@@ -323,9 +332,12 @@ class Agent:
         scratch = slots / f".unpack-{step.slot}"
         self.fs.remove_tree(scratch)
         self.fs.remove_tree(slot_dir)
-        meta = self.fs.extract(
-            self.layout.staging / f"{step.sha256}.bundle", scratch, self.extract_limits
-        )
+        staged = self.layout.staging / f"{step.sha256}.bundle"
+        try:
+            meta = self.fs.extract(staged, scratch, self.extract_limits, sha256=step.sha256)
+        except BundleError:
+            self.fs.unlink(staged)  # never unpack these bytes again without a new download
+            raise
         if meta.name != step.name:
             raise BundleError(
                 f"bundle {step.name}@{step.version} calls itself {meta.name!r} in {METADATA_NAME}",
@@ -335,11 +347,11 @@ class Agent:
         step.step = "unpacked"
         journal.hooks_started = True  # durable before any hook runs
         self._write_journal(journal, "unpacked")
-        staged = self.layout.staged_config()
-        await self._run_hook("install", meta.install, meta, slot_dir, staged)
+        config = self.layout.staged_config()
+        await self._run_hook("install", meta.install, meta, slot_dir, config)
         step.step = "installed"
         self._write_journal(journal, "installed")
-        await self._run_hook("health", meta.health, meta, slot_dir, staged)
+        await self._run_hook("health", meta.health, meta, slot_dir, config)
         step.step = "health_ok"
         self._write_journal(journal, "health_ok")
         self.fs.switch_link(self.layout.current(step.name), f"slots/{step.slot}")
@@ -639,6 +651,11 @@ def load_slot_meta(slot_dir: Path) -> BundleMeta:
         return parse_metadata((slot_dir / METADATA_NAME).read_bytes())
     except OSError as exc:
         raise BundleError(f"slot {slot_dir} has no readable {METADATA_NAME}: {exc}") from exc
+
+
+def _has_sha256(path: Path, sha256: str) -> bool:
+    with open(path, "rb") as fh:
+        return file_sha256(fh) == sha256
 
 
 def _load_key(path: Path) -> keys.PrivateKey:

@@ -379,3 +379,59 @@ def test_bundle_name_or_version_cannot_walk_out_of_the_data_dir(
     sim.publish("dev-1", [sim.entry(blob)])
     assert_rejected(dev, "format", before)
     assert not list(tmp_path.rglob("kernex-escape*"))
+
+
+def test_staged_bundle_is_verified_again_before_it_is_unpacked(installed, tmp_path: Path) -> None:
+    """A file at the staged name (left by a power cut, bit rot or a local writer) is not
+    trusted: only bytes whose sha256 matches the manifest are unpacked and run."""
+    sim, dev = installed
+    entry = v2(sim, tmp_path)
+    evil = bundle_bytes(
+        tmp_path / "evil",
+        "app",
+        "2.0.0",
+        install='#!/bin/sh\necho pwned > "$MARKER_DIR/app.installed"\n',
+    )
+    staging = dev.data_dir / "staging"
+    staging.mkdir(exist_ok=True)
+    (staging / f"{entry.sha256}.bundle").write_bytes(evil)
+    sim.publish("dev-1", [entry])
+    result = dev.cycle()
+    assert result.phase is Phase.HEALTHY, result.error
+    assert dev.marker("app") == "2.0.0"
+    assert dev.current_version("app") == "2.0.0"
+    assert len(sim.bundle_fetches()) == 2  # v1, then v2 fetched again instead of trusted
+
+
+def test_bundle_swapped_between_verify_and_unpack_is_not_run(tmp_path: Path) -> None:
+    """The bytes unpacked are the bytes whose sha256 was checked, even if the staged file
+    is replaced after the download verified it."""
+    from kernex_agent.storage import DeviceFS
+    from kernex_core.bundle import BundleMeta, ExtractLimits
+
+    evil = bundle_bytes(
+        tmp_path / "evil",
+        "app",
+        "1.0.0",
+        install='#!/bin/sh\necho pwned > "$MARKER_DIR/app.installed"\n',
+    )
+
+    class SwappingFS(DeviceFS):  # plays a writer racing the agent
+        def extract(
+            self, archive: Path, dest: Path, limits: ExtractLimits, **kw: str
+        ) -> BundleMeta:
+            swapped = archive.with_name("swap.tmp")
+            swapped.write_bytes(evil)
+            swapped.replace(archive)
+            return super().extract(archive, dest, limits, **kw)
+
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim, fs=SwappingFS())
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)])
+    result = dev.cycle()
+    assert not result.ok
+    assert "sha256" in (result.error or ""), result.error
+    assert dev.marker("app") is None
+    assert dev.current_version("app") is None
+    assert not (dev.data_dir / "staging" / f"{v1.sha256}.bundle").exists()
