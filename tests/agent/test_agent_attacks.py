@@ -262,6 +262,13 @@ def _link(name: str, target: str, kind: bytes) -> Callable[[tarfile.TarFile], No
     return add
 
 
+def _link_chain(tar: tarfile.TarFile) -> None:
+    # Each link looks inside the tree on its own; followed on disk, the pair leads out.
+    _link("sub/up", "..", tarfile.SYMTYPE)(tar)
+    _link("sub/up/out", "..", tarfile.SYMTYPE)(tar)
+    _file("sub/up/out/kernex-pwned")(tar)
+
+
 def _device(tar: tarfile.TarFile) -> None:
     info = tarfile.TarInfo("dev/sda")
     info.type = tarfile.BLKTYPE
@@ -278,9 +285,19 @@ def _device(tar: tarfile.TarFile) -> None:
         (_link("evil", "/etc/passwd", tarfile.SYMTYPE), "symlink out of the bundle"),
         (_link("evil", "../../../../etc", tarfile.SYMTYPE), "symlink out of the bundle"),
         (_link("evil", "../../../../etc/passwd", tarfile.LNKTYPE), "hard link out of the bundle"),
+        (_link_chain, "outside the destination"),
         (_device, "device node"),
     ],
-    ids=["absolute", "dotdot", "nested-dotdot", "symlink-abs", "symlink-up", "hardlink", "device"],
+    ids=[
+        "absolute",
+        "dotdot",
+        "nested-dotdot",
+        "symlink-abs",
+        "symlink-up",
+        "hardlink",
+        "symlink-chain",
+        "device",
+    ],
 )
 def test_hostile_tarballs_are_refused(installed, tmp_path: Path, add, fragment: str) -> None:
     sim, dev = installed
