@@ -62,7 +62,7 @@ from kernex_core.canonical import canonical_json
 from kernex_core.errors import BundleError, KernexError, ManifestRejectedError
 from kernex_core.manifest import MAX_MANIFEST_BYTES, Manifest
 from kernex_core.protocol import MAX_ERROR_CHARS, MAX_LOG_TAIL_BYTES, Phase, StatusReport
-from kernex_core.timefmt import format_time
+from kernex_core.timefmt import format_time, parse_time
 
 log = logging.getLogger("kernex.agent")
 
@@ -173,6 +173,14 @@ class Agent:
             self._note_error(_describe(exc))
             return CycleResult(False, error=_describe(exc))
         if fetch.raw is None:
+            expired_at = _expired_at(state, now)
+            if expired_at is not None:  # a 304 is not signed: it cannot extend a manifest
+                error = (
+                    f"no fresh manifest: the last one expired at {expired_at} and the server "
+                    "answers 'not modified' (freeze attack, or a server that stopped signing)"
+                )
+                await self.report(Phase.FAILED, state, error=error)
+                return CycleResult(False, Phase.FAILED, error)
             return CycleResult(True)
         try:
             manifest, anchors = accept_manifest(fetch.raw, self.anchors(state), now)
@@ -204,6 +212,8 @@ class Agent:
         return await self.apply(manifest, state, now)
 
     def _etag_to_send(self, state: AgentState, now: float) -> str | None:
+        if _expired_at(state, now) is not None:
+            return None  # the last manifest expired: only a freshly signed one will do
         last = state.last_manifest or {}
         converged = state.applied_digest is not None and last.get("digest") == state.applied_digest
         waiting = state.failed is not None and state.failed.serial == last.get("serial")
@@ -667,6 +677,15 @@ def _load_key(path: Path) -> keys.PrivateKey:
             hint="Run `kernex agent enroll` first, or pass --data-dir.",
         ) from exc
     return keys.load_private_key_pem(data, source=str(path))
+
+
+def _expired_at(state: AgentState, now: float) -> str | None:
+    """When the last accepted manifest expired (RFC 3339), or None if it has not."""
+    expires_at = (state.last_manifest or {}).get("expires_at")
+    try:
+        return expires_at if expires_at and now >= parse_time(expires_at) else None
+    except ValueError:
+        return None
 
 
 def _steady_phase(state: AgentState) -> Phase:

@@ -452,3 +452,44 @@ def test_bundle_swapped_between_verify_and_unpack_is_not_run(tmp_path: Path) -> 
     assert dev.marker("app") is None
     assert dev.current_version("app") is None
     assert not (dev.data_dir / "staging" / f"{v1.sha256}.bundle").exists()
+
+
+def test_not_modified_forever_is_a_freeze_attack(tmp_path: Path) -> None:
+    """Answers to manifest requests are not signed: whoever answers 304 to every poll must
+    not keep the device on a manifest past its expiry without the device noticing."""
+    import httpx
+
+    from kernex_agent.agent import Agent
+
+    now = [1_800_000_000.0]
+    sim = ServerSimulator(clock=lambda: now[0])
+    dev = Device(tmp_path, sim)
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)], expires_in=3600)
+    assert dev.cycle().phase is Phase.HEALTHY
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    sent_etags: list[str | None] = []
+
+    async def frozen(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/manifest"):
+            sent_etags.append(request.headers.get("if-none-match"))
+            return httpx.Response(304)
+        return await sim.handle(request)
+
+    agent = Agent(
+        dev.config,
+        httpx.AsyncClient(transport=httpx.MockTransport(frozen)),
+        clock=sim.clock,
+        hooks=dev.hooks,
+    )
+    assert asyncio.run(agent.run_once()).ok  # before expiry, 304 is fine
+    now[0] += 3600
+    result = asyncio.run(agent.run_once())
+    assert not result.ok
+    assert "expired" in (result.error or ""), result.error
+    assert sent_etags[-1] is None  # after expiry the device asks for a fresh manifest
+    report = dev.last_report()
+    assert report.phase is Phase.FAILED
+    assert "expired" in (report.error or "")
+    assert snapshot(dev.data_dir, BOOKKEEPING) == before  # the last good state stays
+    assert dev.current_version("app") == "1.0.0"
