@@ -50,12 +50,19 @@ from kernex_agent.state import (
 from kernex_agent.storage import DeviceFS, read_link
 from kernex_agent.trust import TrustAnchors, accept_manifest
 from kernex_core import keys
-from kernex_core.bundle import METADATA_NAME, BundleMeta, ExtractLimits, Hook, parse_metadata
+from kernex_core.bundle import (
+    METADATA_NAME,
+    BundleMeta,
+    ExtractLimits,
+    Hook,
+    file_sha256,
+    parse_metadata,
+)
 from kernex_core.canonical import canonical_json
 from kernex_core.errors import BundleError, KernexError, ManifestRejectedError
 from kernex_core.manifest import MAX_MANIFEST_BYTES, Manifest
 from kernex_core.protocol import MAX_ERROR_CHARS, MAX_LOG_TAIL_BYTES, Phase, StatusReport
-from kernex_core.timefmt import format_time
+from kernex_core.timefmt import format_time, parse_time
 
 log = logging.getLogger("kernex.agent")
 
@@ -166,6 +173,14 @@ class Agent:
             self._note_error(_describe(exc))
             return CycleResult(False, error=_describe(exc))
         if fetch.raw is None:
+            expired_at = _expired_at(state, now)
+            if expired_at is not None:  # a 304 is not signed: it cannot extend a manifest
+                error = (
+                    f"no fresh manifest: the last one expired at {expired_at} and the server "
+                    "answers 'not modified' (freeze attack, or a server that stopped signing)"
+                )
+                await self.report(Phase.FAILED, state, error=error)
+                return CycleResult(False, Phase.FAILED, error)
             return CycleResult(True)
         try:
             manifest, anchors = accept_manifest(fetch.raw, self.anchors(state), now)
@@ -197,6 +212,8 @@ class Agent:
         return await self.apply(manifest, state, now)
 
     def _etag_to_send(self, state: AgentState, now: float) -> str | None:
+        if _expired_at(state, now) is not None:
+            return None  # the last manifest expired: only a freshly signed one will do
         last = state.last_manifest or {}
         converged = state.applied_digest is not None and last.get("digest") == state.applied_digest
         waiting = state.failed is not None and state.failed.serial == last.get("serial")
@@ -301,6 +318,8 @@ class Agent:
 
     async def _download(self, step: BundleStep, journal: Journal) -> None:
         final = self.layout.staging / f"{step.sha256}.bundle"
+        if final.exists() and not _has_sha256(final, step.sha256):
+            self.fs.unlink(final)  # a leftover that is not these bytes: fetch them again
         if not final.exists():
             part = self.layout.staging / f"{step.sha256}.part"
             await self.client.download(
@@ -323,9 +342,12 @@ class Agent:
         scratch = slots / f".unpack-{step.slot}"
         self.fs.remove_tree(scratch)
         self.fs.remove_tree(slot_dir)
-        meta = self.fs.extract(
-            self.layout.staging / f"{step.sha256}.bundle", scratch, self.extract_limits
-        )
+        staged = self.layout.staging / f"{step.sha256}.bundle"
+        try:
+            meta = self.fs.extract(staged, scratch, self.extract_limits, sha256=step.sha256)
+        except BundleError:
+            self.fs.unlink(staged)  # never unpack these bytes again without a new download
+            raise
         if meta.name != step.name:
             raise BundleError(
                 f"bundle {step.name}@{step.version} calls itself {meta.name!r} in {METADATA_NAME}",
@@ -335,11 +357,11 @@ class Agent:
         step.step = "unpacked"
         journal.hooks_started = True  # durable before any hook runs
         self._write_journal(journal, "unpacked")
-        staged = self.layout.staged_config()
-        await self._run_hook("install", meta.install, meta, slot_dir, staged)
+        config = self.layout.staged_config()
+        await self._run_hook("install", meta.install, meta, slot_dir, config)
         step.step = "installed"
         self._write_journal(journal, "installed")
-        await self._run_hook("health", meta.health, meta, slot_dir, staged)
+        await self._run_hook("health", meta.health, meta, slot_dir, config)
         step.step = "health_ok"
         self._write_journal(journal, "health_ok")
         self.fs.switch_link(self.layout.current(step.name), f"slots/{step.slot}")
@@ -641,6 +663,11 @@ def load_slot_meta(slot_dir: Path) -> BundleMeta:
         raise BundleError(f"slot {slot_dir} has no readable {METADATA_NAME}: {exc}") from exc
 
 
+def _has_sha256(path: Path, sha256: str) -> bool:
+    with open(path, "rb") as fh:
+        return file_sha256(fh) == sha256
+
+
 def _load_key(path: Path) -> keys.PrivateKey:
     try:
         data = path.read_bytes()
@@ -650,6 +677,15 @@ def _load_key(path: Path) -> keys.PrivateKey:
             hint="Run `kernex agent enroll` first, or pass --data-dir.",
         ) from exc
     return keys.load_private_key_pem(data, source=str(path))
+
+
+def _expired_at(state: AgentState, now: float) -> str | None:
+    """When the last accepted manifest expired (RFC 3339), or None if it has not."""
+    expires_at = (state.last_manifest or {}).get("expires_at")
+    try:
+        return expires_at if expires_at and now >= parse_time(expires_at) else None
+    except ValueError:
+        return None
 
 
 def _steady_phase(state: AgentState) -> Phase:

@@ -32,6 +32,15 @@ from kernex_core.protocol import (
     StatusReport,
 )
 
+MAX_ANSWER_BYTES = 64 * 1024  # bytes read of an enrollment, status or error answer
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status_code: int
+    headers: httpx.Headers
+    content: bytes  # at most the request's max_bytes + 1
+
 
 @dataclass(frozen=True)
 class ManifestFetch:
@@ -77,21 +86,35 @@ class DeviceClient:
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
         timeout: float,
-    ) -> httpx.Response:
+        max_bytes: int = MAX_ANSWER_BYTES,
+    ) -> _Answer:
+        """Send a signed request; read at most ``max_bytes`` + 1 bytes of the answer.
+
+        The body is streamed, never read whole, so a server that sends without end cannot
+        fill the device's memory; a longer body comes back cut at ``max_bytes`` + 1.
+        """
         url = self.resolve(path)
         hdrs = {**(headers or {}), **self._signed(method, url, body)}
+        hdrs["Accept-Encoding"] = "identity"
         if body:
             hdrs["Content-Type"] = "application/json"
         try:
             async with asyncio.timeout(timeout):
-                return await self.http.request(
+                async with self.http.stream(
                     method,
                     url,
                     content=body or None,
                     headers=hdrs,
                     params=params,
                     timeout=httpx.Timeout(timeout),
-                )
+                ) as resp:
+                    content = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        content += chunk
+                        if len(content) > max_bytes:
+                            del content[max_bytes + 1 :]
+                            break
+                    return _Answer(resp.status_code, resp.headers, bytes(content))
         except TimeoutError as exc:
             raise ServerUnreachableError(f"{method} {path}: no answer in {timeout:g} s") from exc
         except httpx.HTTPError as exc:
@@ -103,8 +126,8 @@ class DeviceClient:
         if resp.status_code >= 400:
             return resp.status_code, None, _error_text(resp)
         try:
-            return resp.status_code, EnrollResponse.from_dict(resp.json()), ""
-        except (ValueError, KeyError) as exc:
+            return resp.status_code, EnrollResponse.from_dict(json.loads(resp.content)), ""
+        except (ValueError, KeyError, RecursionError) as exc:
             raise ServerResponseError(
                 resp.status_code, f"enrollment answer is malformed: {exc}"
             ) from exc
@@ -118,6 +141,7 @@ class DeviceClient:
             headers=headers,
             params={"wait": wait},
             timeout=wait + self.request_timeout,
+            max_bytes=max_bytes,
         )
         if resp.status_code == 304:
             return ManifestFetch(None, etag)
@@ -128,8 +152,7 @@ class DeviceClient:
                 hint="401/403: the device is not admitted or was revoked "
                 "(`kernex devices accept`).",
             )
-        if len(resp.content) > max_bytes:
-            return ManifestFetch(resp.content[: max_bytes + 1], resp.headers.get("etag"))
+        # A body over max_bytes comes cut at max_bytes + 1: the verifier refuses it ("size").
         return ManifestFetch(resp.content, resp.headers.get("etag"))
 
     async def send_status(self, report: StatusReport) -> int:
@@ -233,11 +256,11 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
-def _error_text(resp: httpx.Response) -> str:
+def _error_text(resp: _Answer) -> str:
     try:
-        data = resp.json()
-    except ValueError:
-        return resp.text[:500]
+        data = json.loads(resp.content)
+    except (ValueError, RecursionError):
+        return resp.content[:500].decode("utf-8", "replace")
     if isinstance(data, dict):
         return str(data.get("error") or data.get("detail") or data)[:500]
     return str(data)[:500]

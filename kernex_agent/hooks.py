@@ -86,14 +86,23 @@ class SubprocessHookRunner:
                 await proc.wait()
                 await reader
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await _kill_group(proc)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             return HookResult(None, True, tail.text())
+        except BaseException:
+            # Cancelled (the agent is stopping): the hook must not run on unsupervised.
+            await asyncio.shield(_kill_group(proc))
+            raise
         finally:
             if not reader.done():
                 reader.cancel()
         return HookResult(proc.returncode, False, tail.text())
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """Kill the hook's session (process group) and reap the hook."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()

@@ -62,8 +62,10 @@ class DeviceFS:
         if link.parent.exists():
             fsync_dir(link.parent)
 
-    def extract(self, archive: Path, dest: Path, limits: ExtractLimits) -> BundleMeta:
-        return extract_bundle(archive, dest, limits)
+    def extract(
+        self, archive: Path, dest: Path, limits: ExtractLimits, *, sha256: str | None = None
+    ) -> BundleMeta:
+        return extract_bundle(archive, dest, limits, sha256=sha256)
 
 
 def read_link(link: Path) -> str | None:

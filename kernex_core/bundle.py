@@ -24,6 +24,7 @@ member count and total unpacked size are bounded (a tar bomb). Python's own
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import posixpath
@@ -34,7 +35,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -218,20 +219,34 @@ def _check_member(member: tarfile.TarInfo) -> str:
     return norm
 
 
-def _open(path: Path) -> tarfile.TarFile:
+def _open(fh: BinaryIO) -> tarfile.TarFile:
     try:
-        return tarfile.open(path, mode="r:gz")
+        return tarfile.open(fileobj=fh, mode="r:gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleError(f"bundle is not a readable tar.gz: {exc}", hint=_HINT) from exc
 
 
+def file_sha256(fh: BinaryIO) -> str:
+    """Hex SHA-256 of an open file, read from its start."""
+    fh.seek(0)
+    digest = hashlib.sha256()
+    while chunk := fh.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_archive(path: Path, limits: ExtractLimits | None = None) -> BundleMeta:
     """Check every member and the metadata without writing anything; return the metadata."""
-    limits = limits or ExtractLimits()
+    with open(path, "rb") as fh:
+        return _check_members(fh, limits or ExtractLimits())
+
+
+def _check_members(fh: BinaryIO, limits: ExtractLimits) -> BundleMeta:
+    fh.seek(0)
     meta_raw: bytes | None = None
     total = 0
     count = 0
-    with _open(path) as tar:
+    with _open(fh) as tar:
         try:
             for member in tar:
                 count += 1
@@ -248,10 +263,10 @@ def check_archive(path: Path, limits: ExtractLimits | None = None) -> BundleMeta
                             "(tar bomb?)"
                         )
                     if norm == METADATA_NAME:
-                        fh = tar.extractfile(member)
-                        if fh is None:  # pragma: no cover - isfile() guarantees a stream
+                        member_fh = tar.extractfile(member)
+                        if member_fh is None:  # pragma: no cover - isfile() gives a stream
                             raise BundleError(f"cannot read {METADATA_NAME}")
-                        meta_raw = fh.read(MAX_METADATA_BYTES + 1)
+                        meta_raw = member_fh.read(MAX_METADATA_BYTES + 1)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise BundleError(f"bundle archive is corrupt: {exc}", hint=_HINT) from exc
     if meta_raw is None:
@@ -259,15 +274,31 @@ def check_archive(path: Path, limits: ExtractLimits | None = None) -> BundleMeta
     return parse_metadata(meta_raw)
 
 
-def extract_bundle(path: Path, dest: Path, limits: ExtractLimits | None = None) -> BundleMeta:
-    """Check the archive, then unpack it into ``dest`` (which must not exist yet)."""
-    meta = check_archive(path, limits)
-    dest.mkdir(mode=0o755)
-    with _open(path) as tar:
-        try:
-            tar.extractall(dest, filter="data")
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise BundleError(f"bundle could not be unpacked: {exc}", hint=_HINT) from exc
+def extract_bundle(
+    path: Path, dest: Path, limits: ExtractLimits | None = None, *, sha256: str | None = None
+) -> BundleMeta:
+    """Check the archive, then unpack it into ``dest`` (which must not exist yet).
+
+    With ``sha256``, the archive's digest is checked first; the file is opened once and
+    the digest, the checks and the unpacking all read that one open file, so renaming
+    other bytes over ``path`` meanwhile changes nothing.
+    """
+    with open(path, "rb") as fh:
+        if sha256 is not None:
+            got = file_sha256(fh)
+            if got != sha256:
+                raise BundleError(
+                    f"staged bundle {path.name} has sha256 {got}, expected {sha256}",
+                    hint="The staged file changed after it was verified; it is fetched again.",
+                )
+        meta = _check_members(fh, limits or ExtractLimits())
+        dest.mkdir(mode=0o755)
+        fh.seek(0)
+        with _open(fh) as tar:
+            try:
+                tar.extractall(dest, filter="data")
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                raise BundleError(f"bundle could not be unpacked: {exc}", hint=_HINT) from exc
     for hook in meta.hooks().values():
         target = dest / hook.argv[0]
         if not target.is_file() or target.is_symlink():

@@ -85,6 +85,8 @@ class Envelope:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EnvelopeError(f"envelope is not JSON: {exc}") from exc
+        except RecursionError as exc:  # parsed before any signature check: hostile input
+            raise EnvelopeError("envelope JSON is nested too deeply") from exc
         return cls.from_dict(data)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernex_core import keys
+from kernex_core.bundle import NAME_RE, VERSION_RE
 from kernex_core.canonical import canonical_digest, canonical_json
 from kernex_core.envelope import Envelope, Signature, sign_envelope, verify_envelope
 from kernex_core.errors import (
@@ -71,6 +72,11 @@ class BundleEntry:
         )
         if not all(isinstance(v, str) and v for v in (name, version, url)):
             raise ValueError("bundle entry needs non-empty 'name', 'version' and 'url'")
+        # The device uses both as path components: refuse anything but the bundle rules.
+        if not NAME_RE.match(str(name)):
+            raise ValueError(f"bundle name {name!r} is not a valid bundle name")
+        if not VERSION_RE.match(str(version)):
+            raise ValueError(f"bundle {name}: version {version!r} is not a valid version")
         if not isinstance(sha, str) or not SHA256_RE.match(sha):
             raise ValueError(f"bundle {name}: sha256 must be 64 lowercase hex digits")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -223,6 +229,8 @@ class ManifestVerifier:
             manifest = Manifest.from_dict(json.loads(envelope.payload))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestRejectedError("format", f"manifest payload: {exc}") from exc
+        except RecursionError as exc:
+            raise ManifestRejectedError("format", "manifest payload is nested too deeply") from exc
         if manifest.device_id != self.device_id:
             raise ManifestRejectedError(
                 "device", f"manifest is for device {manifest.device_id!r}, not {self.device_id!r}"

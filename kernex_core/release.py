@@ -120,7 +120,7 @@ def accept_release_key_set(envelope: Envelope, current: ReleaseKeySet) -> Releas
     )
     try:
         new = ReleaseKeySet.from_dict(json.loads(envelope.payload))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise EnvelopeError(f"release key set payload is not JSON: {exc}") from exc
     if new.version <= current.version:
         raise EnvelopeError(

@@ -262,6 +262,13 @@ def _link(name: str, target: str, kind: bytes) -> Callable[[tarfile.TarFile], No
     return add
 
 
+def _link_chain(tar: tarfile.TarFile) -> None:
+    # Each link looks inside the tree on its own; followed on disk, the pair leads out.
+    _link("sub/up", "..", tarfile.SYMTYPE)(tar)
+    _link("sub/up/out", "..", tarfile.SYMTYPE)(tar)
+    _file("sub/up/out/kernex-pwned")(tar)
+
+
 def _device(tar: tarfile.TarFile) -> None:
     info = tarfile.TarInfo("dev/sda")
     info.type = tarfile.BLKTYPE
@@ -278,9 +285,19 @@ def _device(tar: tarfile.TarFile) -> None:
         (_link("evil", "/etc/passwd", tarfile.SYMTYPE), "symlink out of the bundle"),
         (_link("evil", "../../../../etc", tarfile.SYMTYPE), "symlink out of the bundle"),
         (_link("evil", "../../../../etc/passwd", tarfile.LNKTYPE), "hard link out of the bundle"),
+        (_link_chain, "outside the destination"),
         (_device, "device node"),
     ],
-    ids=["absolute", "dotdot", "nested-dotdot", "symlink-abs", "symlink-up", "hardlink", "device"],
+    ids=[
+        "absolute",
+        "dotdot",
+        "nested-dotdot",
+        "symlink-abs",
+        "symlink-up",
+        "hardlink",
+        "symlink-chain",
+        "device",
+    ],
 )
 def test_hostile_tarballs_are_refused(installed, tmp_path: Path, add, fragment: str) -> None:
     sim, dev = installed
@@ -294,3 +311,185 @@ def test_hostile_tarballs_are_refused(installed, tmp_path: Path, add, fragment: 
     assert dev.current_version("app") == "1.0.0"
     assert not (tmp_path / "kernex-pwned").exists()
     assert not list((dev.data_dir / "bundles/app/slots").glob(".unpack-*"))
+
+
+def test_endless_manifest_body_is_cut_at_the_limit(installed) -> None:
+    """A server that streams a manifest without end must not fill the device's memory."""
+    import httpx
+
+    from kernex_agent.agent import Agent
+    from kernex_core.manifest import MAX_MANIFEST_BYTES
+
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    sent = 0
+    chunk = 65536
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while sent < 16 * MAX_MANIFEST_BYTES:  # finite, so a failing test ends
+            sent += chunk
+            yield b" " * chunk
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/manifest"):
+            return httpx.Response(200, content=endless())
+        return await sim.handle(request)
+
+    agent = Agent(
+        dev.config,
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        clock=sim.clock,
+        hooks=dev.hooks,
+    )
+    result = asyncio.run(agent.run_once())
+    assert not result.ok
+    assert "manifest rejected (size)" in (result.error or ""), result.error
+    assert sent <= MAX_MANIFEST_BYTES + 2 * chunk
+    assert snapshot(dev.data_dir) == before
+    assert dev.current_version("app") == "1.0.0"
+
+
+def test_endless_error_body_is_not_read_whole(installed) -> None:
+    """An error answer (here to a status report) is read only as far as the error text."""
+    import httpx
+
+    from kernex_agent.agent import Agent
+
+    sim, dev = installed
+    sent = 0
+    chunk = 65536
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while sent < 64 * 1024 * 1024:
+            sent += chunk
+            yield b"x" * chunk
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            return httpx.Response(500, content=endless())
+        return await sim.handle(request)
+
+    agent = Agent(
+        dev.config,
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        clock=sim.clock,
+        hooks=dev.hooks,
+    )
+    asyncio.run(agent.run_once())
+    assert 0 < sent <= 2 * 1024 * 1024
+    assert list((dev.data_dir / "reports").glob("*.json"))  # kept for later, not lost
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [("../../kernex-escape", "2.0.0"), ("app", "../../../../kernex-escape")],
+    ids=["name", "version"],
+)
+def test_bundle_name_or_version_cannot_walk_out_of_the_data_dir(
+    installed, tmp_path: Path, name: str, version: str
+) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir)
+    blob = sim.add_bundle(bundle_bytes(tmp_path, "app", "2.0.0"), name, version)
+    sim.publish("dev-1", [sim.entry(blob)])
+    assert_rejected(dev, "format", before)
+    assert not list(tmp_path.rglob("kernex-escape*"))
+
+
+def test_staged_bundle_is_verified_again_before_it_is_unpacked(installed, tmp_path: Path) -> None:
+    """A file at the staged name (left by a power cut, bit rot or a local writer) is not
+    trusted: only bytes whose sha256 matches the manifest are unpacked and run."""
+    sim, dev = installed
+    entry = v2(sim, tmp_path)
+    evil = bundle_bytes(
+        tmp_path / "evil",
+        "app",
+        "2.0.0",
+        install='#!/bin/sh\necho pwned > "$MARKER_DIR/app.installed"\n',
+    )
+    staging = dev.data_dir / "staging"
+    staging.mkdir(exist_ok=True)
+    (staging / f"{entry.sha256}.bundle").write_bytes(evil)
+    sim.publish("dev-1", [entry])
+    result = dev.cycle()
+    assert result.phase is Phase.HEALTHY, result.error
+    assert dev.marker("app") == "2.0.0"
+    assert dev.current_version("app") == "2.0.0"
+    assert len(sim.bundle_fetches()) == 2  # v1, then v2 fetched again instead of trusted
+
+
+def test_bundle_swapped_between_verify_and_unpack_is_not_run(tmp_path: Path) -> None:
+    """The bytes unpacked are the bytes whose sha256 was checked, even if the staged file
+    is replaced after the download verified it."""
+    from kernex_agent.storage import DeviceFS
+    from kernex_core.bundle import BundleMeta, ExtractLimits
+
+    evil = bundle_bytes(
+        tmp_path / "evil",
+        "app",
+        "1.0.0",
+        install='#!/bin/sh\necho pwned > "$MARKER_DIR/app.installed"\n',
+    )
+
+    class SwappingFS(DeviceFS):  # plays a writer racing the agent
+        def extract(
+            self, archive: Path, dest: Path, limits: ExtractLimits, **kw: str
+        ) -> BundleMeta:
+            swapped = archive.with_name("swap.tmp")
+            swapped.write_bytes(evil)
+            swapped.replace(archive)
+            return super().extract(archive, dest, limits, **kw)
+
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim, fs=SwappingFS())
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)])
+    result = dev.cycle()
+    assert not result.ok
+    assert "sha256" in (result.error or ""), result.error
+    assert dev.marker("app") is None
+    assert dev.current_version("app") is None
+    assert not (dev.data_dir / "staging" / f"{v1.sha256}.bundle").exists()
+
+
+def test_not_modified_forever_is_a_freeze_attack(tmp_path: Path) -> None:
+    """Answers to manifest requests are not signed: whoever answers 304 to every poll must
+    not keep the device on a manifest past its expiry without the device noticing."""
+    import httpx
+
+    from kernex_agent.agent import Agent
+
+    now = [1_800_000_000.0]
+    sim = ServerSimulator(clock=lambda: now[0])
+    dev = Device(tmp_path, sim)
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)], expires_in=3600)
+    assert dev.cycle().phase is Phase.HEALTHY
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    sent_etags: list[str | None] = []
+
+    async def frozen(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/manifest"):
+            sent_etags.append(request.headers.get("if-none-match"))
+            return httpx.Response(304)
+        return await sim.handle(request)
+
+    agent = Agent(
+        dev.config,
+        httpx.AsyncClient(transport=httpx.MockTransport(frozen)),
+        clock=sim.clock,
+        hooks=dev.hooks,
+    )
+    assert asyncio.run(agent.run_once()).ok  # before expiry, 304 is fine
+    now[0] += 3600
+    result = asyncio.run(agent.run_once())
+    assert not result.ok
+    assert "expired" in (result.error or ""), result.error
+    assert sent_etags[-1] is None  # after expiry the device asks for a fresh manifest
+    report = dev.last_report()
+    assert report.phase is Phase.FAILED
+    assert "expired" in (report.error or "")
+    assert snapshot(dev.data_dir, BOOKKEEPING) == before  # the last good state stays
+    assert dev.current_version("app") == "1.0.0"

@@ -138,6 +138,12 @@ def test_release_signatures_are_required_when_release_keys_are_pinned(
         {"name": "app", "version": "1", "sha256": "XYZ", "size": 1, "url": "/b"},
         {"name": "app", "version": "1", "sha256": SHA, "size": -1, "url": "/b"},
         {"name": "", "version": "1", "sha256": SHA, "size": 1, "url": "/b"},
+        # Names and versions become path components on the device.
+        {"name": "../../etc", "version": "1", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app/x", "version": "1", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app", "version": "../../../tmp/x", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app", "version": "1/../../x", "sha256": SHA, "size": 1, "url": "/b"},
+        {"name": "app", "version": "..", "sha256": SHA, "size": 1, "url": "/b"},
     ],
 )
 def test_bad_bundle_entries_are_format_errors(
@@ -151,4 +157,17 @@ def test_bad_bundle_entries_are_format_errors(
 
     kid = keys.fingerprint(server_key.public_key())
     raw = sign_envelope(MANIFEST_PAYLOAD_TYPE, canonical_json(payload), {kid: server_key})
+    assert _reason(raw.to_json(), verifier(server_key)) == "format"
+
+
+def test_deeply_nested_json_is_a_format_error_not_a_crash(server_key: keys.PrivateKey) -> None:
+    # Parsed before any signature check: anyone between device and server can send it.
+    assert _reason(b"[" * 200_000, verifier(server_key)) == "format"
+    assert _reason(b'{"a":' * 200_000, verifier(server_key)) == "format"
+    # A signed payload nested too deep (a breached server key) is refused the same way.
+    from kernex_core.envelope import sign_envelope
+    from kernex_core.manifest import MANIFEST_PAYLOAD_TYPE
+
+    kid = keys.fingerprint(server_key.public_key())
+    raw = sign_envelope(MANIFEST_PAYLOAD_TYPE, b"[" * 200_000, {kid: server_key})
     assert _reason(raw.to_json(), verifier(server_key)) == "format"
