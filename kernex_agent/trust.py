@@ -15,9 +15,14 @@ from typing import Any
 
 from kernex_core import keys
 from kernex_core.envelope import Envelope
-from kernex_core.errors import EnvelopeError, ManifestRejectedError, ReleaseSignatureError
-from kernex_core.manifest import Manifest, ManifestVerifier, manifest_keys_from
-from kernex_core.release import ReleaseKeySet, accept_release_key_set, verify_release
+from kernex_core.errors import EnvelopeError
+from kernex_core.manifest import (
+    Manifest,
+    ManifestVerifier,
+    check_release_signatures,
+    manifest_keys_from,
+)
+from kernex_core.release import ReleaseKeySet, accept_release_key_set
 
 log = logging.getLogger("kernex.agent")
 
@@ -67,19 +72,7 @@ def accept_manifest(raw: bytes, anchors: TrustAnchors, now: float) -> tuple[Mani
     manifest = verifier.verify(raw, now)
     release = _rotate_release_keys(manifest, anchors.release_keys)
     if release is not None:
-        for bundle in manifest.bundles:
-            try:
-                verify_release(
-                    bundle.release_signatures,
-                    release.keys,
-                    name=bundle.name,
-                    version=bundle.version,
-                    sha256=bundle.sha256,
-                    size=bundle.size,
-                    threshold=release.threshold,
-                )
-            except ReleaseSignatureError as exc:
-                raise ManifestRejectedError("release", str(exc), hint=exc.hint) from exc
+        check_release_signatures(manifest, release.keys, release.threshold)
     manifest_keys = dict(anchors.manifest_keys)
     if manifest.manifest_keys:
         # Rotation: a manifest signed by a pinned key names the keys to trust from now on.
