@@ -606,7 +606,8 @@ class Agent:
     def _enqueue(self, report: StatusReport) -> None:
         queue = self.layout.reports
         self.fs.mkdir(queue)
-        names = sorted(p.name for p in queue.glob("*.json"))
+        # Only our own numbered files count; anything else in the folder is left alone.
+        names = sorted(p.name for p in queue.glob("*.json") if p.stem.isdigit())
         seq = int(names[-1].split(".")[0]) + 1 if names else 1
         self.fs.write_atomic(queue / f"{seq:012d}.json", dump_json(report.to_dict()))
         for old in names[: max(0, len(names) + 1 - self.config.max_queued_reports)]:

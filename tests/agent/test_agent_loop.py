@@ -158,6 +158,18 @@ def test_reports_are_queued_while_unreachable_and_sent_oldest_first(tmp_path: Pa
     assert times == sorted(times)
 
 
+def test_a_stray_file_in_the_report_queue_does_not_stop_reporting(tmp_path: Path) -> None:
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim)
+    dev.cycle()
+    (dev.data_dir / "reports").mkdir(exist_ok=True)
+    (dev.data_dir / "reports" / "notes.json").write_text("{}")
+    sim.unreachable = True
+    run(dev.agent.report(Phase.FAILED, dev.agent.load_state(), error="offline"))
+    queued = sorted(p.name for p in (dev.data_dir / "reports").iterdir())
+    assert queued == ["000000000001.json", "notes.json"]
+
+
 def test_interrupted_download_resumes_with_range(tmp_path: Path) -> None:
     sim = ServerSimulator()
     dev = Device(tmp_path, sim)
