@@ -85,6 +85,7 @@ class ObservabilityMiddleware:
                 path,
                 status,
                 extra={
+                    "request_id": request_id,
                     "method": method,
                     "route": template,
                     "status": status,
