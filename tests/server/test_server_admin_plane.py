@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -275,3 +276,33 @@ def test_lower_roles_cannot_admit_devices(server: Any, role: str) -> None:
     assert answer.status_code == 403
     assert "needs admin" in answer.json()["error"]
     assert server.kx.store.get_device("dev-1").state == "pending"
+
+
+def test_openapi_describes_every_route_with_its_methods(server: Any) -> None:
+    answer = server.client.get("/openapi.json")
+    assert answer.status_code == 200
+    doc = answer.json()
+    assert doc["openapi"].startswith("3.1")
+    schemas = doc["components"]["schemas"]
+    expected: dict[str, set[str]] = {}
+    for route in app_routes(server):
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        assert path in doc["paths"], path
+        methods = {m.lower() for m in route.methods or ()} - {"head"}
+        expected.setdefault(path, set()).update(methods)
+        for method in methods:
+            op = doc["paths"][path][method]
+            assert op["x-kernex-auth"] == auth_kind(route.endpoint)
+            assert op["responses"], (method, path)
+            refs = re.findall(r"#/components/schemas/(\w+)", json.dumps(op))
+            assert all(name in schemas for name in refs), (method, path, refs)
+    assert {p: set(ops) for p, ops in doc["paths"].items()} == expected
+    tokens = doc["paths"]["/v1/admin/tokens"]["post"]
+    assert tokens["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TokenCreate"
+    }
+    assert tokens["security"] == [{"bearer": []}]
+    assert doc["paths"]["/v1/hooks/git"]["post"]["security"] == [
+        {"githubSignature": []},
+        {"gitlabToken": []},
+    ]
