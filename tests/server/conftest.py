@@ -98,9 +98,9 @@ class Server:
 def start_server(manifest_key: keys.PrivateKey, make_settings: Any) -> Iterator[Any]:
     clients: list[TestClient] = []
 
-    def start(**overrides: Any) -> Server:
+    def start(*, background: bool = False, **overrides: Any) -> Server:
         settings = make_settings(**overrides)
-        app = create_app(settings, manifest_key=manifest_key, background=False)
+        app = create_app(settings, manifest_key=manifest_key, background=background)
         client = TestClient(app)
         client.__enter__()
         clients.append(client)

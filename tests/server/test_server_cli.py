@@ -29,6 +29,9 @@ def test_init_makes_key_settings_and_a_token_shown_once(tmp_path: Path) -> None:
     assert b"PRIVATE KEY" in key.read_bytes()
     settings = Settings.load(data, {})
     assert settings.repo == "/srv/fleet"
+    assert len(out["webhook_secret"]) >= 43  # 32 random bytes
+    assert settings.webhook_secret == out["webhook_secret"]
+    assert stat.S_IMODE((data / "server.toml").stat().st_mode) == 0o600
     assert settings.branch == "main"
     db = (data / "kernex.db").read_bytes()
     assert token.encode() not in db  # only the hash is stored
@@ -37,6 +40,8 @@ def test_init_makes_key_settings_and_a_token_shown_once(tmp_path: Path) -> None:
     again = runner.invoke(app, ["server", "init", "--data-dir", str(data), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.output)["admin_token"] is None
+    assert json.loads(again.output)["webhook_secret"] is None  # kept, not shown again
+    assert Settings.load(data, {}).webhook_secret == out["webhook_secret"]
     assert json.loads(again.output)["manifest_key_id"] == out["manifest_key_id"]
 
 
@@ -49,7 +54,7 @@ def test_migrate_and_refusals(tmp_path: Path) -> None:
     assert runner.invoke(app, ["server", "init", "--data-dir", str(data)]).exit_code == 0
     migrated = runner.invoke(app, ["server", "migrate", "--data-dir", str(data)])
     assert migrated.exit_code == 0, migrated.output
-    assert "0001" in migrated.output
+    assert "0002" in migrated.output
     (data / "keys" / "manifest.key").unlink()
     no_key = runner.invoke(app, ["server", "run", "--data-dir", str(data)])
     assert no_key.exit_code == 1
@@ -58,3 +63,17 @@ def test_migrate_and_refusals(tmp_path: Path) -> None:
     typo = runner.invoke(app, ["server", "migrate", "--data-dir", str(data)])
     assert typo.exit_code == 1
     assert "unknown setting(s): pol_interval" in typo.output
+
+
+def test_init_adds_a_webhook_secret_to_an_older_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert runner.invoke(app, ["server", "init", "--data-dir", str(data)]).exit_code == 0
+    toml = data / "server.toml"
+    toml.write_text("".join(x for x in toml.read_text().splitlines(True) if "webhook" not in x))
+    assert Settings.load(data, {}).webhook_secret == ""
+    again = runner.invoke(app, ["server", "init", "--data-dir", str(data)])
+    assert again.exit_code == 0, again.output
+    secret = Settings.load(data, {}).webhook_secret
+    assert secret
+    assert secret in again.output
+    assert "webhook secret" in again.output
