@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "client",
     "server_cmds",
     "agent_cmds",
+    "bundle_cmds",
 )
 
 app = typer.Typer(
