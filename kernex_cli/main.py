@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "server_cmds",
     "agent_cmds",
     "bundle_cmds",
+    "demo_cmds",
 )
 
 app = typer.Typer(
