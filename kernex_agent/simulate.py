@@ -48,6 +48,7 @@ from kernex_core.protocol import Phase
 
 BEHAVIOURS = ("ok", "fail-health", "fail-install", "hang", "slow", "real")
 Clock = Callable[[], float]
+DEVICES_PER_POOL = 25  # devices sharing one httpx connection pool
 
 
 class SimulationError(KernexError):
@@ -245,20 +246,27 @@ class SimFleet:
             )
         self.settings = settings
         self.clock = clock
+        # httpcore scans its whole pool on every request (O(connections)), so one pool for a
+        # thousand devices spends most of the CPU there; small pools keep each scan short.
+        # Every device holds one long poll open, plus one report or download at a time.
         self._own_http = http is None
-        # every device holds one long poll open, plus one report or download at a time
-        limits = httpx.Limits(
-            max_connections=settings.devices * 2 + 10,
-            max_keepalive_connections=settings.devices * 2 + 10,
+        shards = 1 if http is not None else max(1, -(-settings.devices // DEVICES_PER_POOL))
+        per_pool = min(settings.devices, DEVICES_PER_POOL) * 2 + 4
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        self.pools = (
+            [http]
+            if http is not None
+            else [httpx.AsyncClient(limits=limits, timeout=60) for _ in range(shards)]
         )
-        self.http = http or httpx.AsyncClient(limits=limits, timeout=60)
+        self.http = self.pools[0]
         self.records: dict[str, DeviceRecord] = {}
         self.agents: list[SimAgent] = []
         self.fs = NoSyncFS()
 
     async def aclose(self) -> None:
         if self._own_http:
-            await self.http.aclose()
+            for pool in self.pools:
+                await pool.aclose()
 
     async def enroll_all(self) -> None:
         """Enroll every device (keys made here), at most ``enroll_concurrency`` at a time."""
@@ -273,9 +281,10 @@ class SimFleet:
             record = DeviceRecord(device_id, labels, behaviour)
             self.records[device_id] = record
             data_dir = s.root / device_id
+            http = self.pools[index % len(self.pools)]
             async with gate:
                 await enroll(
-                    self.http,
+                    http,
                     server_url=s.server_url,
                     data_dir=data_dir,
                     device_id=device_id,
@@ -296,7 +305,7 @@ class SimFleet:
             key = keys.load_private_key_pem((data_dir / "device.key").read_bytes())
             agent = SimAgent(
                 config,
-                self.http,
+                http,
                 key=key,
                 clock=self.clock,
                 hooks=SimHookRunner(behaviour, labels, rng, s.slow_hook),
