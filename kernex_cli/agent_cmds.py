@@ -18,6 +18,7 @@ from kernex_core.errors import KernexError
 
 if TYPE_CHECKING:
     from kernex_agent.enroll import EnrollResult
+    from kernex_agent.simulate import BehaviourRule
 
 agent_app = typer.Typer(
     name="agent", help="Run a device: enroll it, converge it, show its state.", no_args_is_help=True
@@ -175,6 +176,138 @@ def status_cmd(
     )
     if data["queued_reports"]:
         console.print(f"queued reports: {data['queued_reports']}")
+
+
+def _label_values(pairs: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            fail(
+                f"label {pair!r} is not key=value[,value...]",
+                hint="Example: --label ring=canary,stable (values are dealt in turn).",
+                code=EXIT_USAGE,
+            )
+        out[key] = value.split(",")
+    return out
+
+
+def _rules(pairs: list[str]) -> list[BehaviourRule]:
+    from kernex_agent.simulate import BEHAVIOURS, BehaviourRule
+
+    rules = []
+    for pair in pairs:
+        label, sep, behaviour = pair.rpartition(":")
+        key, eq, value = label.partition("=")
+        if not sep or not eq or not key or behaviour not in BEHAVIOURS:
+            fail(
+                f"{pair!r} is not key=value:behaviour",
+                hint=f"Example: --behaviour-label hw=rev-a:fail-health; behaviours: "
+                f"{', '.join(BEHAVIOURS)}.",
+                code=EXIT_USAGE,
+            )
+        rules.append(BehaviourRule(key, value, behaviour))
+    return rules
+
+
+@agent_app.command("simulate")
+def simulate_cmd(
+    server: Annotated[str, typer.Option("--server", help="Server URL, e.g. http://127.0.0.1:8443")],
+    enroll_token: Annotated[str, typer.Option("--enroll-token", help="Enrollment token.")],
+    devices: Annotated[int, typer.Option("--devices", min=1, help="How many devices.")] = 10,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="key=value, or key=v1,v2 dealt in turn (repeatable)."),
+    ] = None,
+    behaviour: Annotated[
+        str,
+        typer.Option(
+            "--behaviour", help="ok, fail-health, fail-install, hang, slow, or real (run hooks)."
+        ),
+    ] = "ok",
+    behaviour_label: Annotated[
+        list[str] | None,
+        typer.Option("--behaviour-label", help="key=value:behaviour for matching devices."),
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Where the devices' data dirs go [a temp dir].")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Stop after this many seconds [Ctrl-C].")
+    ] = None,
+    id_prefix: Annotated[str, typer.Option("--id-prefix", help="Device id prefix.")] = "sim",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run N simulated devices (the real agent code) in one process, then report per device
+    the time from each manifest change to healthy.
+
+    Example: kernex agent simulate --server http://127.0.0.1:8443 --enroll-token kxe_...
+    --devices 200 --label ring=canary,stable --behaviour-label ring=canary:fail-health
+    """
+    import logging
+    import signal
+    import tempfile
+
+    from kernex_agent.simulate import BEHAVIOURS, SimFleet, SimSettings
+
+    if behaviour not in BEHAVIOURS:
+        fail(
+            f"unknown behaviour {behaviour!r}",
+            hint=f"Use one of {', '.join(BEHAVIOURS)}.",
+            code=EXIT_USAGE,
+        )
+    logging.getLogger("kernex.agent").addHandler(logging.NullHandler())
+    logging.getLogger("kernex.agent").propagate = False
+    workdir = root or Path(tempfile.mkdtemp(prefix="kernex-sim-"))
+    settings = SimSettings(
+        server_url=server,
+        enroll_token=enroll_token,
+        devices=devices,
+        root=workdir,
+        labels=_label_values(label or []),
+        behaviour=behaviour,
+        rules=_rules(behaviour_label or []),
+        id_prefix=id_prefix,
+    )
+
+    async def go() -> SimFleet:
+        fleet = SimFleet(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await fleet.enroll_all()
+            if not json_out:
+                console.print(f"{devices} devices enrolled under {workdir}; running (Ctrl-C stops)")
+            if duration is not None:
+                loop.call_later(duration, stop.set)
+            await fleet.run(stop)
+        finally:
+            await fleet.aclose()
+        return fleet
+
+    try:
+        fleet = asyncio.run(go())
+    except KernexError as exc:
+        fail_from(exc)
+    summary = fleet.summary()
+    if json_out:
+        print_json({"summary": summary.to_dict(), "devices": fleet.per_device()})
+        return
+    from rich.table import Table
+
+    table = Table("device", "behaviour", "phase", "bundles", "manifest change -> healthy (s)")
+    for row in fleet.per_device():
+        bundles = ", ".join(f"{k}@{v}" for k, v in sorted(row["bundles"].items()))
+        times = ", ".join(f"{t:.2f}" for t in row["convergences"]) or "-"
+        table.add_row(row["device"], row["behaviour"], row["phase"], bundles, times)
+    console.print(table)
+    console.print(
+        f"{summary.convergences} convergences: p50 {summary.p50:.2f} s, p90 {summary.p90:.2f} s,"
+        f" p100 {summary.p100:.2f} s; phases {summary.phases}",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "client",
     "server_cmds",
     "agent_cmds",
+    "bundle_cmds",
+    "demo_cmds",
 )
 
 app = typer.Typer(

@@ -1,0 +1,109 @@
+"""Commit -> every device healthy, for a config change and for a 1 MB bundle change.
+
+Starts a real server (`kernex server init` + `kernex server run`, SQLite) on a free
+127.0.0.1 port, N simulated devices (the real agent code, one event loop, in-process
+hooks) in this process, then:
+
+1. commits a config-only change (kernex.yaml defaults), asks the server to reconcile (as
+   a push webhook would) and measures, per device, commit -> healthy report on that commit;
+2. pushes a 1 MB bundle (`kernex bundle push`), deploys it to every device as a commit and
+   measures the same.
+
+Goals on a 2-core machine with 1,000 devices: config p100 <= 2 s, bundle p100 <= 5 s. The
+figures are printed even when they miss, with the ratio to the goal.
+
+    python bench/converge.py [--devices 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from kernex_agent.simulate import percentile
+from kernex_cli.demo import HEALTH_OK, Stage, write_bundle_dir
+from kernex_cli.fleet_edit import set_value
+
+GOALS = {"config": 2.0, "bundle": 5.0}  # seconds, p100 for 1,000 devices
+
+
+def report(what: str, times: list[float], goal: float) -> None:
+    p50, p90, p100 = (percentile(times, p) for p in (50, 90, 100))
+    print(
+        f"{what:<8} devices={len(times)}  p50={p50:.2f}s  p90={p90:.2f}s  p100={p100:.2f}s"
+        f"  goal p100<={goal:g}s  ratio={p100 / goal:.2f}  {'OK' if p100 <= goal else 'MISS'}",
+        flush=True,
+    )
+
+
+async def commit_and_measure(stage: Stage, paths: list[str], message: str) -> list[float]:
+    assert stage.repo is not None
+    assert stage.fleet is not None
+    commit = stage.repo.commit(paths, message)
+    committed = time.time()
+    await stage.reconcile()
+    await stage.wait_for(
+        lambda r: r.healthy_at(commit) is not None,
+        since=committed,
+        timeout=120,
+        what=f"report healthy on {commit[:12]}",
+    )
+    return [(r.healthy_at(commit) or 0.0) - committed for r in stage.fleet.records.values()]
+
+
+async def main(devices: int) -> None:
+    logging.getLogger("kernex.agent").addHandler(logging.NullHandler())
+    logging.getLogger("kernex.agent").propagate = False
+    root = Path(tempfile.mkdtemp(prefix="kernex-converge-"))
+    stage = Stage(root, devices=devices, fleet_settings={"behaviour": "ok"})
+    try:
+        server = await asyncio.to_thread(stage.start_server)
+        print(f"server {server.base_url} pid {server.proc.pid if server.proc else '?'}")
+        t0 = time.time()
+        await stage.start_fleet()
+        print(f"enrolled {devices} devices in {time.time() - t0:.1f}s", flush=True)
+        await stage.wait_for(
+            lambda r: r.phase == "healthy", since=t0, timeout=300, what="become healthy"
+        )
+        print(f"all healthy {time.time() - t0:.1f}s after the start", flush=True)
+        await asyncio.sleep(2)  # let the first reports and heartbeats settle
+
+        path = stage.repo_path / "kernex.yaml"
+        path.write_text(
+            set_value(path.read_text(), ["defaults", "config", "bench", "run"], time.time(),
+                      source="kernex.yaml")
+        )  # fmt: skip
+        times = await commit_and_measure(stage, ["kernex.yaml"], "bench: config change")
+        report("config", times, GOALS["config"])
+        await asyncio.sleep(2)
+
+        src = write_bundle_dir(root / "build", "2.0.0", HEALTH_OK, payload=os.urandom(1 << 20))
+        archive = root / "build" / "hello-2.0.0.tar.gz"
+        await stage.kernex("bundle", "build", str(src), "-o", str(archive))
+        await stage.kernex(
+            "bundle", "push", str(archive), "--repo", str(stage.repo_path),
+            "--server", server.base_url, "--token", server.admin_token,
+        )  # fmt: skip
+        await stage.reconcile()
+        group = stage.repo_path / "groups" / "all.yaml"
+        group.write_text(
+            set_value(group.read_text(), ["bundles", "hello"], "2.0.0", source="groups/all.yaml")
+        )
+        times = await commit_and_measure(
+            stage, ["groups/all.yaml"], f"bench: hello 2.0.0 ({archive.stat().st_size} bytes)"
+        )
+        report("bundle", times, GOALS["bundle"])
+    finally:
+        await stage.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(main(args.devices))

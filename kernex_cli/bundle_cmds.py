@@ -1,0 +1,223 @@
+"""``kernex bundle build|push|list``: make a bundle, publish it, see what the server holds.
+
+``build`` writes a reproducible tar.gz (and, with ``--sign-key``, the release signature
+next to it as FILE.sig.json); ``push`` streams it to the server's store and records it in
+``bundles/<name>.yaml`` as one validated commit; ``list`` shows the uploaded archives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kernex_cli.client import ClientError, ServerOption, TokenOption, connect
+from kernex_cli.gitops_cmds import JsonOption, PushOption, RepoOption, Scope, apply_edit
+from kernex_cli.gitrepo import FleetRepo
+from kernex_cli.output import console, fail, fail_from, print_json
+from kernex_cli.publish import (
+    BundleInfo,
+    build_to_file,
+    catalog_text,
+    inspect_archive,
+    read_signatures,
+    signature_path_for,
+    upload_bundle,
+)
+from kernex_core import keys
+from kernex_core.errors import FleetInvalidError, KernexError
+
+bundle_app = typer.Typer(help="Build, publish and list bundles.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("build")
+def build_cmd(
+    src: Annotated[Path, typer.Argument(metavar="DIR", help="Directory with kernex-bundle.yaml.")],
+    sign_key: Annotated[
+        Path | None,
+        typer.Option("--sign-key", help="Release private key (PEM): writes FILE.sig.json."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Archive to write [NAME-VERSION.tar.gz].")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pack DIR into a reproducible tar.gz: the same input always gives the same bytes.
+
+    Example: kernex bundle build ./hello --sign-key ~/.config/kernex/release.key
+    """
+    try:
+        key = None
+        if sign_key is not None:
+            key = keys.load_private_key_pem(_read(sign_key), source=str(sign_key))
+        built = build_to_file(src, out, sign_key=key)
+    except KernexError as exc:
+        fail_from(exc)
+    result = {
+        **built.info.to_dict(),
+        "path": str(built.path),
+        "signature": str(built.signature_path) if built.signature_path else None,
+    }
+    if as_json:
+        print_json(result)
+        return
+    info = built.info
+    console.print(f"built [bold]{info.name}[/] {info.version} -> {built.path}", highlight=False)
+    console.print(f"sha256 {info.sha256}\nsize   {info.size} bytes", highlight=False)
+    if built.signature_path:
+        console.print(f"release signature -> {built.signature_path}", highlight=False)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", hint="Check the path and its permissions.")
+
+
+@bundle_app.command("push")
+def push_cmd(
+    archive: Annotated[Path, typer.Argument(metavar="FILE", help="A built bundle (tar.gz).")],
+    repo: RepoOption = Path("."),
+    push: PushOption = False,
+    signature: Annotated[
+        Path | None,
+        typer.Option("--signature", help="Release signature file [FILE.sig.json when present]."),
+    ] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Upload a bundle to the server, then record it in bundles/NAME.yaml as a commit.
+
+    Pushing the same file again changes nothing. The commit is made only when the fleet
+    repository still validates with the new catalog entry.
+
+    Example: kernex bundle push hello-1.1.0.tar.gz --repo ./fleet --push
+    """
+    try:
+        info = inspect_archive(archive)
+        signatures = []
+        sig_file = signature or signature_path_for(archive)
+        if signature is not None or sig_file.exists():
+            signatures = read_signatures(sig_file, info)
+        fleet = FleetRepo(repo)
+        scope = Scope("bundle", info.name)
+        if fleet.is_dirty(scope.path):
+            fail(
+                f"{scope.path} has uncommitted changes",
+                hint="Commit or stash them first, so this command commits only its own edit.",
+            )
+        with connect(server, token) as client:
+            uploaded = _upload_with_progress(client, archive, info, quiet=as_json)
+        old = fleet.show("HEAD", scope.path)
+        new_text = catalog_text(old.decode("utf-8") if old else "", info, signatures)
+        message = f"bundle {info.name} {info.version}"
+        outcome = apply_edit(fleet, scope, new_text, message, dry_run=False, push=push)
+    except FleetInvalidError as exc:
+        for issue in exc.issues:
+            console.print(f"[red]{issue}[/]", highlight=False)
+        fail_from(exc)
+    except (KernexError, ClientError) as exc:
+        fail_from(exc)
+    result = {
+        **info.to_dict(),
+        "uploaded": bool(uploaded.get("created")),
+        "commit": outcome.commit,
+        "release_signatures": len(signatures),
+    }
+    if as_json:
+        print_json(result)
+        return
+    stored = "uploaded" if result["uploaded"] else "already on the server"
+    console.print(f"{info.name} {info.version} ({info.size} bytes): {stored}", highlight=False)
+    if outcome.commit:
+        console.print(
+            f"[green]committed[/] {outcome.commit[:12]}  {message} ({scope.path})", highlight=False
+        )
+    else:
+        console.print(f"{scope.path} already records it; no commit made.", highlight=False)
+
+
+def _upload_with_progress(
+    client: Any, archive: Path, info: BundleInfo, *, quiet: bool
+) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("upload {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(f"{info.name} {info.version}", total=info.size)
+        return upload_bundle(client, archive, info, on_progress=lambda n: progress.advance(task, n))
+
+
+@bundle_app.command("list")
+def list_cmd(
+    repo: Annotated[
+        Path,
+        typer.Option("--repo", "-C", help="Fleet repository to name the archives from [.]."),
+    ] = Path("."),
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the bundle archives the server stores, named from the fleet's catalog.
+
+    Example: kernex bundle list --json
+    """
+    try:
+        with connect(server, token) as client:
+            rows = client.get("/v1/admin/bundles")["bundles"]
+    except KernexError as exc:
+        fail_from(exc)
+    names = _catalog_names(repo)
+    for row in rows:
+        row["bundles"] = names.get(row["sha256"], [])
+    if as_json:
+        print_json({"bundles": rows})
+        return
+    from rich.table import Table
+
+    table = Table("bundle", "sha256", "size", "uploaded", "by")
+    for row in rows:
+        table.add_row(
+            ", ".join(row["bundles"]) or "-",
+            row["sha256"][:16],
+            str(row["size"]),
+            str(row.get("uploaded_at") or ""),
+            str(row.get("uploaded_by") or ""),
+        )
+    console.print(table)
+
+
+def _catalog_names(repo: Path) -> dict[str, list[str]]:
+    """sha256 -> ["name@version", ...] from the repository's HEAD; empty when there is none."""
+    from kernex_core.fleet import load_fleet
+    from kernex_server.git_tree import read_fleet_files
+
+    try:
+        fleet = load_fleet(read_fleet_files(FleetRepo(repo).path, "HEAD"))
+    except KernexError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, versions in fleet.catalog.items():
+        for version, entry in versions.items():
+            out.setdefault(entry.sha256, []).append(f"{name}@{version}")
+    return out

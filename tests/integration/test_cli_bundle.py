@@ -1,0 +1,182 @@
+"""`kernex bundle build|push|list` against a real server process and a real fleet repo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from kernex_cli.localserver import LocalServer
+from kernex_cli.main import app
+from kernex_core import keys
+from kernex_core.envelope import Signature
+from kernex_core.release import verify_release
+
+runner = CliRunner()
+pytestmark = pytest.mark.e2e
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_bundle_dir(root: Path, version: str = "1.1.0") -> Path:
+    src = root / f"hello-src-{version}"
+    (src / "hooks").mkdir(parents=True)
+    (src / "kernex-bundle.yaml").write_text(
+        f"name: hello\nversion: '{version}'\nhooks:\n  install: hooks/install\n"
+        "  health: hooks/health\n"
+    )
+    for hook in ("install", "health"):
+        (src / "hooks" / hook).write_text("#!/bin/sh\nexit 0\n")
+        (src / "hooks" / hook).chmod(0o755)
+    (src / "payload.txt").write_text(f"hello {version}\n")
+    return src
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    repo = tmp_path / "fleet"
+    result = runner.invoke(app, ["init", str(repo)])
+    assert result.exit_code == 0, result.output
+    return repo
+
+
+@pytest.fixture
+def server(tmp_path: Path, fleet: Path) -> Iterator[LocalServer]:
+    with LocalServer(tmp_path / "server", repo=fleet) as running:
+        yield running
+
+
+def test_build_is_reproducible_and_signs(tmp_path: Path) -> None:
+    src = make_bundle_dir(tmp_path)
+    key = keys.generate_ed25519()
+    key_file = tmp_path / "release.key"
+    key_file.write_bytes(keys.private_key_to_pem(key))
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    result = runner.invoke(
+        app, ["bundle", "build", str(src), "-o", str(first), "--sign-key", str(key_file)]
+    )
+    assert result.exit_code == 0, result.output
+    (src / "payload.txt").touch()  # a newer mtime must not change the bytes
+    again = runner.invoke(app, ["bundle", "build", str(src), "-o", str(second), "--json"])
+    assert again.exit_code == 0, again.output
+    assert first.read_bytes() == second.read_bytes()
+    out = json.loads(again.output)
+    assert out["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert (out["name"], out["version"], out["size"]) == ("hello", "1.1.0", first.stat().st_size)
+    assert out["sha256"] in result.output
+    sig_doc = json.loads((tmp_path / "a.tar.gz.sig.json").read_text())
+    good = verify_release(
+        [Signature.from_dict(s) for s in sig_doc["signatures"]],
+        {keys.fingerprint(key.public_key()): key.public_key()},
+        name="hello",
+        version="1.1.0",
+        sha256=out["sha256"],
+        size=out["size"],
+    )
+    assert good == {keys.fingerprint(key.public_key())}
+
+
+def test_build_without_metadata_fails_with_hint(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bundle", "build", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "kernex-bundle.yaml" in result.output
+    assert "hint" in result.output
+
+
+def test_push_uploads_records_commits_and_is_idempotent(
+    tmp_path: Path, fleet: Path, server: LocalServer
+) -> None:
+    src = make_bundle_dir(tmp_path)
+    key_file = tmp_path / "release.key"
+    key_file.write_bytes(keys.private_key_to_pem(keys.generate_ed25519()))
+    archive = tmp_path / "hello-1.1.0.tar.gz"
+    built = runner.invoke(
+        app, ["bundle", "build", str(src), "-o", str(archive), "--sign-key", str(key_file)]
+    )
+    assert built.exit_code == 0, built.output
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    before = (fleet / "bundles/hello.yaml").read_text()
+    conn = ["--server", server.base_url, "--token", server.admin_token]
+    pushed = runner.invoke(
+        app, ["bundle", "push", str(archive), "--repo", str(fleet), *conn, "--json"]
+    )
+    assert pushed.exit_code == 0, pushed.output
+    out = json.loads(pushed.output)
+    assert out["uploaded"] is True
+    assert out["release_signatures"] == 1
+    assert git(fleet, "log", "-1", "--format=%s").strip() == "bundle hello 1.1.0"
+    after = (fleet / "bundles/hello.yaml").read_text()
+    assert f"sha256: {sha}" in after
+    assert f"size: {archive.stat().st_size}" in after
+    assert "keyid: SHA256:" in after
+    # the comments of the catalog file survive, and 1.0.0 is untouched
+    assert [ln for ln in before.splitlines() if "#" in ln] == [
+        ln for ln in after.splitlines() if "#" in ln
+    ]
+    assert "7ab0d38d8843f103f4a4d76dcef3a66e4840b6328099848095c846e41befa9f2" in after
+    # the server has exactly these bytes
+    stored = httpx.get(
+        f"{server.base_url}/v1/admin/bundles",
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+    ).json()["bundles"]
+    assert [(b["sha256"], b["size"]) for b in stored] == [(sha, archive.stat().st_size)]
+
+    head = git(fleet, "rev-parse", "HEAD")
+    again = runner.invoke(app, ["bundle", "push", str(archive), "--repo", str(fleet), *conn])
+    assert again.exit_code == 0, again.output
+    assert "no commit made" in again.output
+    assert git(fleet, "rev-parse", "HEAD") == head
+
+    listed = runner.invoke(app, ["bundle", "list", "--repo", str(fleet), *conn, "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)["bundles"]
+    assert rows[0]["sha256"] == sha
+    assert rows[0]["bundles"] == ["hello@1.1.0"]
+
+
+def test_push_with_a_bad_token_commits_nothing(
+    tmp_path: Path, fleet: Path, server: LocalServer
+) -> None:
+    archive = tmp_path / "hello.tar.gz"
+    built = runner.invoke(
+        app, ["bundle", "build", str(make_bundle_dir(tmp_path)), "-o", str(archive)]
+    )
+    assert built.exit_code == 0, built.output
+    head = git(fleet, "rev-parse", "HEAD")
+    result = runner.invoke(
+        app,
+        [
+            "bundle",
+            "push",
+            str(archive),
+            "-C",
+            str(fleet),
+            "--server",
+            server.base_url,
+            "--token",
+            "kx_wrong",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "token" in result.output
+    assert git(fleet, "rev-parse", "HEAD") == head
+
+
+def test_build_refuses_a_bad_bundle_name(tmp_path: Path) -> None:
+    src = make_bundle_dir(tmp_path)
+    (src / "kernex-bundle.yaml").write_text(
+        "name: Bad_Name\nversion: '1'\nhooks: {install: hooks/install, health: hooks/health}\n"
+    )
+    result = runner.invoke(app, ["bundle", "build", str(src), "-o", str(tmp_path / "x.tar.gz")])
+    assert result.exit_code == 1
+    assert "not a valid bundle name" in result.output
