@@ -19,6 +19,11 @@ COMMAND_MODULES = (
     "client",
     "server_cmds",
     "agent_cmds",
+    "status_cmds",
+    "devices_cmds",
+    "enroll_tokens_cmds",
+    "tokens_cmds",
+    "audit_cmds",
 )
 
 app = typer.Typer(
