@@ -17,9 +17,9 @@ _RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T")
 
 def _since(value: str | None) -> str | None:
     """A duration ("1h", "7d") or an RFC 3339 time; the server takes both."""
-    if value is None or _RFC3339_RE.match(value):
-        return value
-    return f"{parse_duration(value)}s"
+    if value is not None and not _RFC3339_RE.match(value):
+        parse_duration(value)  # a typo is a usage error here, not a 400 from the server
+    return value
 
 
 def audit(
