@@ -83,11 +83,17 @@ def fleet_repo(tmp_path: Path) -> FleetRepo:
 
 
 @pytest.fixture
-def kx_server(tmp_path: Path, fleet_repo: FleetRepo) -> Iterator[RunningServer]:
+def server_repo(fleet_repo: FleetRepo) -> str:
+    """What the server's `repo` setting names: by default the very repository tests edit."""
+    return str(fleet_repo.path)
+
+
+@pytest.fixture
+def kx_server(tmp_path: Path, fleet_repo: FleetRepo, server_repo: str) -> Iterator[RunningServer]:
     settings = Settings.from_mapping(
         {
             "data_dir": tmp_path / "data",
-            "repo": str(fleet_repo.path),
+            "repo": server_repo,
             "poll_interval": 3600.0,
             "heartbeat_flush_interval": 0.2,
             "database_url": f"sqlite:///{tmp_path / 'server.db'}",
