@@ -52,6 +52,7 @@ def init(
                 "data_dir": str(result.data_dir),
                 "manifest_key_id": result.manifest_key_id,
                 "admin_token": result.admin_token,
+                "webhook_secret": result.webhook_secret,
             }
         )
         return
@@ -62,6 +63,9 @@ def init(
         typer.echo(result.admin_token)
     else:
         console.print("admin token     (already created earlier; not shown again)")
+    if result.webhook_secret:
+        console.print("webhook secret  (for the Git host; also in server.toml):", highlight=False)
+        typer.echo(result.webhook_secret)
 
 
 @server_app.command("migrate")
@@ -95,8 +99,6 @@ def run(
     ] = "info",
 ) -> None:
     """Serve devices and admins (reconciling the fleet repository in the background)."""
-    import logging
-
     import uvicorn
 
     from kernex_server.app import create_app
@@ -113,7 +115,15 @@ def run(
         app = create_app(settings)
     except KernexError as exc:
         fail_from(exc)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    from kernex_server.logs import configure_logging
+
+    configure_logging(log_level.upper())
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)

@@ -1,11 +1,16 @@
-"""The admin endpoints of the device plane, under ``/v1/admin``.
+"""The admin endpoints, under ``/v1/admin``.
 
 Every endpoint declares the least role it needs (``@requires``); callers send
-``Authorization: Bearer <token>``. See docs/server.md for the list.
+``Authorization: Bearer <token>``. Every mutating endpoint is ``@audited``: its outcome
+(ok or error) is appended to the audit log under the caller's token name. See
+docs/server.md for the list.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -13,13 +18,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from kernex_core.errors import KernexError
 from kernex_core.protocol import EnrollmentState
 from kernex_core.timefmt import format_time
-from kernex_server.auth import Role, requires
+from kernex_server.audit import ERROR, OK, parse_when
+from kernex_server.auth import Endpoint, Role, requires
 from kernex_server.bundles import SHA256_RE
 from kernex_server.errors import BundleStoreError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
-from kernex_server.store import DeviceRecord
+from kernex_server.store import AuditQuery, DeviceRecord, TokenNameTakenError
+
+ROLES = ("viewer", "operator", "admin")
+AUDIT_LIMIT_DEFAULT = 100
+AUDIT_LIMIT_MAX = 1000
 
 if TYPE_CHECKING:
     from kernex_server.app import ServerContext
@@ -34,6 +45,41 @@ def _kx(request: Request) -> ServerContext:
 
 def _time(value: float | None) -> str | None:
     return format_time(value) if value is not None else None
+
+
+def audited(action: str) -> Callable[[Endpoint], Endpoint]:
+    """Append the endpoint's outcome to the audit log. The target is
+    ``request.state.audit_target`` when the handler sets it, else the first path
+    parameter; ``request.state.audit_detail`` adds details (never secrets)."""
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def recorded(request: Request) -> Response:
+            kx = _kx(request)
+            request.state.audit_detail = {}
+            try:
+                response = await endpoint(request)
+            except (ApiError, KernexError) as exc:
+                status = getattr(exc, "status", 500)
+                detail = {**request.state.audit_detail, "status": status, "error": exc.message}
+                await kx.auditor.request(
+                    request, action, _target(request), result=ERROR, detail=detail
+                )
+                raise
+            detail = {**request.state.audit_detail, "status": response.status_code}
+            await kx.auditor.request(request, action, _target(request), result=OK, detail=detail)
+            return response
+
+        return recorded
+
+    return wrap
+
+
+def _target(request: Request) -> str:
+    given = getattr(request.state, "audit_target", None)
+    if given:
+        return str(given)
+    return str(next(iter(request.path_params.values()), ""))
 
 
 def _status_out(status: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -77,20 +123,115 @@ async def whoami(request: Request) -> Response:
     return json_response({"name": identity.name, "role": identity.role})
 
 
+def _bool_param(request: Request, name: str) -> bool | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in {"true", "1", "yes"}:
+        return True
+    if raw.lower() in {"false", "0", "no"}:
+        return False
+    raise ApiError(400, f"{name} must be true or false, not {raw!r}")
+
+
+def device_filter(request: Request) -> Callable[[dict[str, Any]], bool]:
+    """The ``?state=&phase=&online=&label=k=v&out_of_sync=`` filters as a predicate."""
+    state = request.query_params.get("state") or None
+    phase = request.query_params.get("phase") or None
+    online = _bool_param(request, "online")
+    out_of_sync = _bool_param(request, "out_of_sync")
+    labels: list[tuple[str, str]] = []  # every one must match
+    for item in request.query_params.getlist("label"):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ApiError(400, f"label filter {item!r} is not key=value")
+        labels.append((key, value))
+
+    def keep(d: dict[str, Any]) -> bool:
+        if state is not None and d["state"] != state:
+            return False
+        if phase is not None and (d["status"] or {}).get("phase") != phase:
+            return False
+        if online is not None and d["online"] != online:
+            return False
+        if out_of_sync is not None and _out_of_sync(d) != out_of_sync:
+            return False
+        return all(d["labels"].get(k) == v for k, v in labels)
+
+    return keep
+
+
+def _out_of_sync(d: dict[str, Any]) -> bool:
+    return d["state"] == "accepted" and bool(d["deployment_pending"])
+
+
+async def _device_rows(kx: ServerContext) -> list[dict[str, Any]]:
+    rows = await anyio.to_thread.run_sync(kx.store.device_overview)
+    return [
+        device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
+        for r in rows
+    ]
+
+
 @requires(Role.VIEWER)
 async def list_devices(request: Request) -> Response:
     kx = _kx(request)
-    rows = await anyio.to_thread.run_sync(kx.store.device_overview)
+    keep = device_filter(request)
+    return json_response({"devices": [d for d in await _device_rows(kx) if keep(d)]})
+
+
+@requires(Role.VIEWER)
+async def fleet_status(request: Request) -> Response:
+    kx = _kx(request)
+    devices = await _device_rows(kx)
+    newest, deployed = await anyio.to_thread.run_sync(kx.store.latest_revisions)
+    bundles = await anyio.to_thread.run_sync(kx.store.count_blobs)
+    accepted = [d for d in devices if d["state"] == "accepted"]
+    online = sum(1 for d in accepted if d["online"])
+    phases = Counter((d["status"] or {}).get("phase") for d in accepted)
     return json_response(
         {
-            "devices": [
-                device_json(
-                    kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"]
-                )
-                for r in rows
-            ]
+            "revision": _revision_status(kx, newest, deployed),
+            "devices": {
+                "total": len(devices),
+                "online": online,
+                "offline": len(accepted) - online,
+                "pending": sum(1 for d in devices if d["state"] == "pending"),
+                "by_phase": {p: n for p, n in sorted(phases.items()) if p is not None},
+                "out_of_sync": sum(1 for d in accepted if _out_of_sync(d)),
+            },
+            "rollouts": {"active": 0},
+            "bundles": bundles,
         }
     )
+
+
+_RESULT_OF_STATE = {"deployed": "ok", "invalid": "invalid", "unsigned": "unsigned"}
+
+
+def _revision_status(
+    kx: ServerContext, newest: dict[str, Any] | None, deployed: dict[str, Any] | None
+) -> dict[str, Any]:
+    last_result: str | None = _RESULT_OF_STATE.get(newest["state"]) if newest else None
+    errors = list(newest["errors"]) if newest and newest["state"] != "deployed" else []
+    last_error = None
+    if errors:
+        first = errors[0]
+        last_error = first.get("message") if isinstance(first, dict) else str(first)
+        if len(errors) > 1:
+            last_error = f"{last_error} (and {len(errors) - 1} more)"
+    if kx.last_reconcile_error is not None:
+        last_result, last_error = "error", kx.last_reconcile_error
+    last_at = kx.last_reconcile_at or (newest["created_at"] if newest else None)
+    return {
+        "current": newest["commit"] if newest else None,
+        "deployed": deployed["commit"] if deployed else None,
+        "last_reconcile_at": _time(last_at),
+        "last_result": last_result,
+        "last_error": last_error,
+        "errors": errors,
+        "forced": bool(deployed and deployed["forced"]),
+    }
 
 
 @requires(Role.VIEWER)
@@ -129,10 +270,12 @@ async def _transition(request: Request, target: EnrollmentState, allowed: set[st
             hint="A revoked device stays revoked; enroll the hardware under a new id.",
         )
     by = f"admin:{request.state.identity.name}"
+    request.state.audit_detail = {"from": device.state, "to": target.value}
     updated = await anyio.to_thread.run_sync(
         lambda: kx.store.set_device_state(device_id, target, by=by, now=kx.clock())
     )
     kx.device_auth.forget(device_id)
+    kx.census.set_state(device_id, target.value)
     if target is EnrollmentState.ACCEPTED:
         await kx.issue_for(device_id)
     else:
@@ -142,17 +285,20 @@ async def _transition(request: Request, target: EnrollmentState, allowed: set[st
     return json_response({"id": device_id, "state": updated.state})
 
 
-@requires(Role.OPERATOR)
+@requires(Role.ADMIN)
+@audited("device.accept")
 async def accept_device(request: Request) -> Response:
     return await _transition(request, EnrollmentState.ACCEPTED, {"pending", "rejected"})
 
 
-@requires(Role.OPERATOR)
+@requires(Role.ADMIN)
+@audited("device.reject")
 async def reject_device(request: Request) -> Response:
     return await _transition(request, EnrollmentState.REJECTED, {"pending"})
 
 
-@requires(Role.OPERATOR)
+@requires(Role.ADMIN)
+@audited("device.revoke")
 async def revoke_device(request: Request) -> Response:
     return await _transition(request, EnrollmentState.REVOKED, {"pending", "accepted", "rejected"})
 
@@ -167,6 +313,7 @@ def _enroll_token_out(token: dict[str, Any]) -> dict[str, Any]:
 
 
 @requires(Role.ADMIN)
+@audited("enrollment_token.create")
 async def create_enrollment_token(request: Request) -> Response:
     kx = _kx(request)
     data = parse_json(await read_body(request, kx.settings.max_body_bytes) or b"{}")
@@ -181,6 +328,8 @@ async def create_enrollment_token(request: Request) -> Response:
         raise ApiError(400, "'expires_in' must be a positive number of seconds, or null")
     if max_uses is not None and (not isinstance(max_uses, int) or max_uses <= 0):
         raise ApiError(400, "'max_uses' must be a positive integer, or null")
+    request.state.audit_target = name
+    request.state.audit_detail = {"expires_in": expires_in, "max_uses": max_uses}
     now = kx.clock()
     token, row = await anyio.to_thread.run_sync(
         lambda: kx.store.create_enrollment_token(
@@ -191,6 +340,7 @@ async def create_enrollment_token(request: Request) -> Response:
             created_by=request.state.identity.name,
         )
     )
+    request.state.audit_detail["id"] = row["id"]
     return json_response({**_enroll_token_out(row), "token": token}, status=201)
 
 
@@ -202,6 +352,7 @@ async def list_enrollment_tokens(request: Request) -> Response:
 
 
 @requires(Role.ADMIN)
+@audited("enrollment_token.revoke")
 async def revoke_enrollment_token(request: Request) -> Response:
     kx = _kx(request)
     raw = request.path_params["token_id"]
@@ -228,6 +379,8 @@ async def _upload(request: Request, expected: str | None) -> Response:
     await anyio.to_thread.run_sync(
         lambda: kx.store.record_blob(stored.sha256, stored.size, now=kx.clock(), by=by)
     )
+    request.state.audit_target = stored.sha256
+    request.state.audit_detail = {"size": stored.size, "created": stored.created}
     return json_response(
         {"sha256": stored.sha256, "size": stored.size, "created": stored.created},
         status=201 if stored.created else 200,
@@ -235,11 +388,13 @@ async def _upload(request: Request, expected: str | None) -> Response:
 
 
 @requires(Role.OPERATOR)
+@audited("bundle.upload")
 async def put_bundle(request: Request) -> Response:
     return await _upload(request, request.path_params["sha256"])
 
 
 @requires(Role.OPERATOR)
+@audited("bundle.upload")
 async def post_bundle(request: Request) -> Response:
     return await _upload(request, None)
 
@@ -252,10 +407,13 @@ async def list_bundles(request: Request) -> Response:
 
 
 @requires(Role.OPERATOR)
+@audited("reconcile.trigger")
 async def reconcile(request: Request) -> Response:
     kx = _kx(request)
     force = request.query_params.get("force") in {"1", "true", "yes"}
     result = await kx.run_reconcile(force=force)
+    request.state.audit_target = result.commit or ""
+    request.state.audit_detail = {"force": force, "state": result.state}
     return json_response(result.to_dict())
 
 
@@ -266,8 +424,125 @@ async def list_revisions(request: Request) -> Response:
     return json_response({"revisions": [{**r, "created_at": _time(r["created_at"])} for r in rows]})
 
 
+def _api_token_out(token: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **token,
+        "created_at": _time(token["created_at"]),
+        "expires_at": _time(token["expires_at"]),
+        "last_used_at": _time(token["last_used_at"]),
+        "revoked_at": _time(token["revoked_at"]),
+    }
+
+
+@requires(Role.ADMIN)
+async def list_tokens(request: Request) -> Response:
+    kx = _kx(request)
+    rows = await anyio.to_thread.run_sync(kx.store.list_api_tokens)
+    return json_response({"tokens": [_api_token_out(r) for r in rows]})
+
+
+@requires(Role.ADMIN)
+@audited("token.create")
+async def create_token(request: Request) -> Response:
+    kx = _kx(request)
+    data = parse_json(await read_body(request, kx.settings.max_body_bytes) or b"{}")
+    if not isinstance(data, dict):
+        raise ApiError(400, "body must be a JSON object")
+    name, role, expires_in = data.get("name"), data.get("role"), data.get("expires_in")
+    if not isinstance(name, str) or not 0 < len(name) <= 120 or not name.isprintable():
+        raise ApiError(400, "'name' must be a string of 1 to 120 printable characters")
+    request.state.audit_target = name
+    if role not in ROLES:
+        raise ApiError(400, f"'role' must be one of {', '.join(ROLES)}")
+    if expires_in is not None and (
+        not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0
+    ):
+        raise ApiError(400, "'expires_in' must be a positive number of seconds, or null")
+    request.state.audit_detail = {"role": role, "expires_in": expires_in}
+    now = kx.clock()
+    creator = request.state.identity.name
+    try:
+        token, row = await anyio.to_thread.run_sync(
+            lambda: kx.store.create_api_token_row(
+                name,
+                role,
+                now=now,
+                expires_at=now + expires_in if expires_in else None,
+                created_by=creator,
+            )
+        )
+    except TokenNameTakenError as exc:
+        raise ApiError(
+            409,
+            f"a token named {name!r} exists already",
+            hint="Pick another name, or revoke the old token first (names stay taken).",
+        ) from exc
+    request.state.audit_detail["id"] = row["id"]
+    return json_response({**_api_token_out(row), "token": token}, status=201)
+
+
+@requires(Role.ADMIN)
+@audited("token.revoke")
+async def revoke_token(request: Request) -> Response:
+    kx = _kx(request)
+    token_id: int = request.path_params["token_id"]
+    if token_id == request.state.identity.id:
+        raise ApiError(
+            409,
+            "a token may not revoke itself",
+            hint="Revoke it with another admin token, so an admin token always remains.",
+        )
+    row = await anyio.to_thread.run_sync(
+        lambda: kx.store.revoke_api_token(token_id, now=kx.clock())
+    )
+    if row is None:
+        raise ApiError(404, f"no token {token_id}")
+    request.state.audit_target = row["name"]
+    request.state.audit_detail = {"id": token_id}
+    return json_response(_api_token_out(row))
+
+
+@requires(Role.VIEWER)
+async def audit_log(request: Request) -> Response:
+    kx = _kx(request)
+    params = request.query_params
+    now = kx.clock()
+
+    def when(name: str) -> float | None:
+        raw = params.get(name)
+        if not raw:
+            return None
+        try:
+            return parse_when(raw, now=now)
+        except ValueError as exc:
+            raise ApiError(
+                400,
+                f"{name}={raw!r} is neither an RFC 3339 time nor a duration",
+                hint="Examples: 2026-11-22T02:05:37Z, 90s, 15m, 1h, 7d.",
+            ) from exc
+
+    raw_limit = params.get("limit") or str(AUDIT_LIMIT_DEFAULT)
+    if not raw_limit.isdigit() or not 0 < int(raw_limit) <= AUDIT_LIMIT_MAX:
+        raise ApiError(400, f"limit must be a whole number from 1 to {AUDIT_LIMIT_MAX}")
+    query = AuditQuery(
+        since=when("since"),
+        until=when("until"),
+        actor=params.get("actor") or None,
+        target=params.get("target") or None,
+        action=params.get("action") or None,
+        limit=int(raw_limit),
+    )
+    rows = await anyio.to_thread.run_sync(lambda: kx.store.audit_entries(query))
+    return json_response({"entries": [{**r, "at": _time(r["at"])} for r in rows]})
+
+
 routes = [
     Route(f"{PREFIX}/whoami", whoami, methods=["GET"]),
+    Route(f"{PREFIX}/status", fleet_status, methods=["GET"]),
+    Route(f"{PREFIX}/tokens", list_tokens, methods=["GET"]),
+    Route(f"{PREFIX}/tokens", create_token, methods=["POST"]),
+    Route(f"{PREFIX}/tokens/{{token_id:int}}", revoke_token, methods=["DELETE"]),
+    Route(f"{PREFIX}/audit", audit_log, methods=["GET"]),
     Route(f"{PREFIX}/devices", list_devices, methods=["GET"]),
     Route(f"{PREFIX}/devices/{{device_id}}", show_device, methods=["GET"]),
     Route(f"{PREFIX}/devices/{{device_id}}/accept", accept_device, methods=["POST"]),

@@ -1,15 +1,19 @@
 """The server application: ``create_app(settings, ...)`` builds a Starlette app.
 
 The lifespan migrates the database, fills the manifest cache from it, runs a first
-reconcile, and then keeps three background loops: reconcile every ``poll_interval``
-(re-signing manifests close to expiry), and batch writes of device heartbeats. Blocking
-work (Git, database, signing many manifests) runs in worker threads.
+reconcile, and then keeps two background loops: reconcile every ``poll_interval`` or at
+once when a webhook wakes it (re-signing manifests close to expiry), and batch writes of
+device heartbeats. Blocking work (Git, database, signing many manifests) runs in worker
+threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,13 +23,15 @@ import anyio
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kernex_core import keys
 from kernex_core.errors import KernexError
-from kernex_server import admin_api, device_api
+from kernex_server import admin_api, device_api, openapi, webhooks
+from kernex_server.audit import ERROR, OK, Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth, public_endpoint
 from kernex_server.bundles import BlobStore
 from kernex_server.database import (
@@ -41,7 +47,15 @@ from kernex_server.errors import ServerSetupError
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response, json_response
 from kernex_server.manifests import ManifestCache, ManifestIssuer, ServedManifest
-from kernex_server.reconciler import Reconciler, ReconcileResult, served_from_row
+from kernex_server.metrics import CONTENT_TYPE, DeviceCensus, Metrics
+from kernex_server.middleware import ObservabilityMiddleware
+from kernex_server.ratelimit import RateLimiter
+from kernex_server.reconciler import (
+    DEPLOYED,
+    Reconciler,
+    ReconcileResult,
+    served_from_row,
+)
 from kernex_server.settings import Settings
 from kernex_server.store import Store
 
@@ -63,6 +77,13 @@ class ServerContext:
     reconciler: Reconciler
     manifest_public_key: keys.PublicKey
     clock: Callable[[], float]
+    auditor: Auditor
+    metrics: Metrics
+    census: DeviceCensus
+    last_reconcile_at: float | None = None
+    last_reconcile_error: str | None = None  # the last pass raised (Git or database down)
+    last_fetch_at: float | None = None  # the last pass that read the Git source
+    _wake: anyio.Event | None = None  # set by a webhook; the reconcile loop waits on it
 
     async def issue_for(self, device_id: str) -> ServedManifest | None:
         served = await anyio.to_thread.run_sync(self.reconciler.issue_for, device_id)
@@ -71,14 +92,87 @@ class ServerContext:
         return served
 
     async def run_reconcile(self, *, force: bool = False) -> ReconcileResult:
-        result = await anyio.to_thread.run_sync(lambda: self.reconciler.reconcile(force=force))
-        self._apply(result)
+        started = time.perf_counter()
+        try:
+            result = await anyio.to_thread.run_sync(lambda: self.reconciler.reconcile(force=force))
+        except Exception as exc:
+            self._observe("error", started)
+            self.last_reconcile_error = exc.message if isinstance(exc, KernexError) else str(exc)
+            raise
+        self._observe(result.state, started)
+        self.last_reconcile_error = None
+        if result.state != "no_source":
+            self.last_fetch_at = self.clock()
+        await self._apply(result)
         return result
 
-    def _apply(self, result: ReconcileResult) -> None:
+    def _observe(self, state: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.reconcile_duration.labels(result=state).observe(elapsed)
+        self.metrics.reconciles.labels(result=state).inc()
+        self.last_reconcile_at = self.clock()
+
+    async def _apply(self, result: ReconcileResult) -> None:
         for device_id in result.admitted:
             self.device_auth.forget(device_id)
+            self.census.set_state(device_id, "accepted")
         self.cache.publish(result.changed)
+        if result.state in {"deployed", "invalid", "unsigned"} and result.commit:
+            await anyio.to_thread.run_sync(lambda: self._audit_pass(result))
+
+    def _audit_pass(self, result: ReconcileResult) -> None:
+        commit = result.commit or ""
+        self.auditor.record(
+            "reconciler",
+            "reconcile",
+            commit,
+            result=OK if result.state == DEPLOYED else ERROR,
+            detail={
+                "state": result.state,
+                "devices_changed": len(result.changed),
+                "errors": [dict(e) for e in result.errors[:20]],
+                "error_count": len(result.errors),
+                "forced": result.forced,
+            },
+        )
+        for device_id in result.admitted:
+            self.auditor.record(
+                "reconciler",
+                "device.admit",
+                device_id,
+                detail={"by": "fingerprint", "commit": commit},
+            )
+
+    async def reconcile_once(self) -> None:
+        """One pass of the background loop: reconcile, re-sign; never raises."""
+        try:
+            result = await self.run_reconcile()
+            if result.state == "skipped":
+                await self.reload_cache()
+            resigned = await anyio.to_thread.run_sync(self.reconciler.resign_expiring)
+            self.cache.publish(resigned)
+        except KernexError as exc:
+            log.error("reconcile failed: %s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
+        except Exception:  # a database outage must not stop the loop; the next pass retries
+            log.exception("reconcile failed")
+
+    def wake_reconciler(self) -> bool:
+        """Ask the reconcile loop for a pass now; False when no loop runs."""
+        if self._wake is None:
+            return False
+        self._wake.set()
+        return True
+
+    async def load_census(self) -> None:
+        rows = await anyio.to_thread.run_sync(self.store.device_overview)
+        for r in rows:
+            device = r["device"]
+            self.census.set_state(device.id, device.state)
+            if r["status"] is not None:
+                self.census.set_phase(device.id, r["status"]["phase"])
+            if device.last_seen:
+                seen = self.device_auth.last_seen.get(device.id) or 0.0
+                self.device_auth.last_seen[device.id] = max(seen, device.last_seen)
 
     async def reload_cache(self) -> None:
         """Publish what the database holds (at start; when another server reconciles)."""
@@ -136,6 +230,7 @@ def create_app(
     if loader is None and src is not None:
         loader = default_fleet_loader()
     issuer = ManifestIssuer(key, bundle_base_url=settings.bundle_base_url)
+    metrics = Metrics()
     reconciler = Reconciler(
         settings, sessions, issuer, src, loader, postgres=is_postgres(engine), clock=clock
     )
@@ -145,12 +240,26 @@ def create_app(
         store=store,
         blobs=BlobStore(settings.blob_dir),
         cache=ManifestCache(),
-        device_auth=DeviceAuth(store, max_skew=settings.max_skew, clock=clock),
-        admin_auth=AdminAuth(store, clock=clock),
+        device_auth=DeviceAuth(
+            store,
+            max_skew=settings.max_skew,
+            clock=clock,
+            limiter=RateLimiter(settings.device_rate, settings.device_burst),
+            on_reject=metrics.device_rejected,
+        ),
+        admin_auth=AdminAuth(
+            store, clock=clock, limiter=RateLimiter(settings.token_rate, settings.token_burst)
+        ),
         enroller=Enroller(sessions),
         reconciler=reconciler,
         manifest_public_key=key.public_key(),
         clock=clock,
+        auditor=Auditor(store, clock=clock),
+        metrics=metrics,
+        census=DeviceCensus(),
+    )
+    metrics.watch_devices(
+        kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
     )
 
     @contextlib.asynccontextmanager
@@ -158,6 +267,7 @@ def create_app(
         if run_migrations:
             await anyio.to_thread.run_sync(lambda: migrate(engine, schema=settings.database_schema))
         await kx.reload_cache()
+        await kx.load_census()
         await _reconcile_once(kx)
         async with anyio.create_task_group() as tg:
             if background:
@@ -174,9 +284,13 @@ def create_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
             *device_api.routes,
             *admin_api.routes,
+            *webhooks.routes,
         ],
+        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],
         exception_handlers={
             ApiError: _api_error,
             AuthError: _auth_error,
@@ -190,21 +304,14 @@ def create_app(
 
 
 async def _reconcile_once(kx: ServerContext) -> None:
-    try:
-        result = await kx.run_reconcile()
-        if result.state == "skipped":
-            await kx.reload_cache()
-        resigned = await anyio.to_thread.run_sync(kx.reconciler.resign_expiring)
-        kx.cache.publish(resigned)
-    except KernexError as exc:
-        log.error("reconcile failed: %s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
-    except Exception:  # a database outage must not stop the loop; the next pass retries
-        log.exception("reconcile failed")
+    await kx.reconcile_once()
 
 
 async def _reconcile_loop(kx: ServerContext) -> None:
     while True:
-        await anyio.sleep(kx.settings.poll_interval)
+        kx._wake = wake = anyio.Event()
+        with anyio.move_on_after(kx.settings.poll_interval):
+            await wake.wait()
         await _reconcile_once(kx)
 
 
@@ -224,6 +331,9 @@ async def healthz(request: Request) -> Response:
 
 @public_endpoint
 async def readyz(request: Request) -> Response:
+    """Ready when the database answers, the Git source was read within
+    ``ready_poll_intervals`` poll intervals, a revision is deployed, and the data
+    directory is writable with ``min_free_bytes`` free. 503 names what failed."""
     kx: ServerContext = request.app.state.kx
     checks: dict[str, Any] = {}
     try:
@@ -231,11 +341,52 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except KernexError as exc:
         checks["database"] = exc.message
+    checks["git"] = _git_check(kx)
     checks["fleet"] = (
         "ok" if kx.reconciler.fleet is not None or kx.reconciler.source is None else "no revision"
     )
-    ready = all(v == "ok" for v in checks.values())
-    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    checks["disk"] = await anyio.to_thread.run_sync(_disk_check, kx.settings)
+    failing = sorted(k for k, v in checks.items() if v != "ok")
+    body = {"ready": not failing, "checks": checks, "failing": failing}
+    return json_response(body, status=503 if failing else 200)
+
+
+def _git_check(kx: ServerContext) -> str:
+    if kx.reconciler.source is None:
+        return "ok"
+    limit = kx.settings.poll_interval * kx.settings.ready_poll_intervals
+    if kx.last_fetch_at is None:
+        return kx.last_reconcile_error or "not fetched yet"
+    age = kx.clock() - kx.last_fetch_at
+    if age > limit:
+        reason = f": {kx.last_reconcile_error}" if kx.last_reconcile_error else ""
+        return f"not fetched for {int(age)} s{reason}"
+    return "ok"
+
+
+def _disk_check(settings: Settings) -> str:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=settings.data_dir, prefix=".ready-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+        free = shutil.disk_usage(settings.data_dir).free
+    except OSError as exc:
+        return f"data directory not writable: {exc.strerror or exc}"
+    if free < settings.min_free_bytes:
+        return f"{free} bytes free, under min_free_bytes {settings.min_free_bytes}"
+    return "ok"
+
+
+@public_endpoint
+async def metrics_endpoint(request: Request) -> Response:
+    kx: ServerContext = request.app.state.kx
+    expected = kx.settings.metrics_token
+    if expected:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AuthError(401, "metrics need `Authorization: Bearer <metrics_token>`")
+    return Response(kx.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -247,9 +398,11 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _auth_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, AuthError):  # registered for this class only
         raise exc
-    headers = {"WWW-Authenticate": "Bearer"} if request.url.path.startswith("/v1/admin") else {}
     response = error_response(exc.status, exc.message, exc.hint)
-    response.headers.update(headers)
+    if exc.status == 401 and request.url.path.startswith(("/v1/admin", "/metrics")):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 

@@ -7,8 +7,13 @@ path does not touch the database. Heartbeats (``last_seen``) are collected in me
 written in batches.
 
 Admin routes declare the least role they need with ``@requires(Role.OPERATOR)``; the
-role order is viewer < operator < admin. A test walks the routes to check every admin
-route declares one.
+role order is viewer < operator < admin. Every other route declares its own kind of
+authentication: ``@device_endpoint`` (RFC 9421 signatures), ``@webhook_endpoint`` (a
+shared-secret HMAC or token) or ``@public_endpoint``. A test walks every route of the app
+and checks each declares one (``auth_kind``).
+
+Refused admin requests (401/403) are audited. Authenticated callers spend from a token
+bucket per admin token and per device; an empty bucket answers 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from starlette.responses import Response
 from kernex_core import httpsig, keys
 from kernex_core.errors import KeyFormatError, RequestSignatureError
 from kernex_core.protocol import EnrollmentState
+from kernex_server.ratelimit import RateLimiter
 from kernex_server.store import Store, TokenIdentity
 
 KEY_CACHE_SECONDS = 60.0
@@ -47,11 +53,28 @@ class Role(IntEnum):
 class AuthError(Exception):
     """Raised inside handlers; turned into a 401/403 JSON answer."""
 
-    def __init__(self, status: int, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        hint: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.hint = hint
+        self.retry_after = retry_after
+
+
+def rate_limited(who: str, retry_after: int) -> AuthError:
+    return AuthError(
+        429,
+        f"too many requests from {who}",
+        hint=f"Retry in {retry_after} s; the limits are token_rate/device_rate in server.toml.",
+        retry_after=retry_after,
+    )
 
 
 def requires(role: Role) -> Callable[[Endpoint], Endpoint]:
@@ -60,13 +83,31 @@ def requires(role: Role) -> Callable[[Endpoint], Endpoint]:
     def wrap(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
-            identity = await request.app.state.kx.admin_auth.authenticate(request)
-            if Role.parse(identity.role) < role:
-                raise AuthError(
-                    403,
-                    f"token {identity.name!r} has role {identity.role}, this needs "
-                    f"{role.name.lower()}",
+            kx = request.app.state.kx
+            actor = "anonymous"
+            try:
+                identity = await kx.admin_auth.authenticate(request)
+                actor = identity.name
+                if Role.parse(identity.role) < role:
+                    raise AuthError(
+                        403,
+                        f"token {identity.name!r} has role {identity.role}, this needs "
+                        f"{role.name.lower()}",
+                        hint="Ask an admin for a token with that role (`kernex tokens create`).",
+                    )
+            except AuthError as exc:
+                await kx.auditor.request(
+                    request,
+                    "auth",
+                    request.url.path,
+                    result="denied",
+                    actor=actor,
+                    detail={"status": exc.status, "method": request.method, "error": exc.message},
                 )
+                raise
+            retry = kx.admin_auth.limiter.take(f"token:{identity.id}")
+            if retry is not None:
+                raise rate_limited(f"token {identity.name!r}", retry)
             request.state.identity = identity
             return await endpoint(request)
 
@@ -87,10 +128,38 @@ def public_endpoint(endpoint: Endpoint) -> Endpoint:
     return endpoint
 
 
+def webhook_endpoint(endpoint: Endpoint) -> Endpoint:
+    """Mark an endpoint as authenticated by the webhook secret (it checks it itself)."""
+    endpoint.webhook_auth = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+def auth_kind(endpoint: Any) -> str | None:
+    """How a route's caller is authenticated: ``role:<name>``, ``device``, ``webhook``,
+    ``public``; None when the endpoint declares nothing (a bug the route walk catches)."""
+    role = getattr(endpoint, "required_role", None)
+    if isinstance(role, Role):
+        return f"role:{role.name.lower()}"
+    if getattr(endpoint, "device_auth", False):
+        return "device"
+    if getattr(endpoint, "webhook_auth", False):
+        return "webhook"
+    if getattr(endpoint, "public", False):
+        return "public"
+    return None
+
+
 class AdminAuth:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        *,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.limiter = limiter or RateLimiter(0, 1)
 
     async def authenticate(self, request: Request) -> TokenIdentity:
         header = request.headers.get("authorization", "")
@@ -125,14 +194,23 @@ class AuthenticatedDevice:
 
 class DeviceAuth:
     def __init__(
-        self, store: Store, *, max_skew: int, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        *,
+        max_skew: int,
+        clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
+        on_reject: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.store = store
         self.max_skew = max_skew
         self.clock = clock
+        self.limiter = limiter or RateLimiter(0, 1)
+        self.on_reject = on_reject  # reason -> None, for metrics
         self.nonces = httpsig.NonceCache(window_seconds=2 * max_skew)
         self._keys: dict[str, DeviceKey] = {}
-        self.heartbeats: dict[str, float] = {}
+        self.heartbeats: dict[str, float] = {}  # since the last flush to the database
+        self.last_seen: dict[str, float] = {}  # every device seen by this process
 
     def forget(self, device_id: str) -> None:
         self._keys.pop(device_id, None)
@@ -161,6 +239,7 @@ class DeviceAuth:
         try:
             parsed = httpsig.parse_signature(headers)
         except RequestSignatureError as exc:
+            self.on_reject(exc.reason)
             raise AuthError(401, exc.message, hint=exc.hint) from exc
         entry = await self._key(parsed.keyid)
         now = self.clock()
@@ -176,11 +255,19 @@ class DeviceAuth:
                 max_skew=self.max_skew,
             )
         except RequestSignatureError as exc:
+            self.on_reject(exc.reason)
             raise AuthError(401, exc.message, hint=exc.hint) from exc
         if entry is None:  # verify_request raised unknown_key already
+            self.on_reject("unknown_key")
             raise AuthError(401, "unknown device")
         self.heartbeats[entry.device_id] = now
+        self.last_seen[entry.device_id] = now
+        retry = self.limiter.take(entry.device_id)
+        if retry is not None:
+            self.on_reject("rate_limited")
+            raise rate_limited(f"device {entry.device_id}", retry)
         if require_accepted and entry.state != EnrollmentState.ACCEPTED.value:
+            self.on_reject("forbidden")
             raise AuthError(
                 403,
                 f"device {entry.device_id} is {entry.state}",
@@ -195,7 +282,7 @@ class DeviceAuth:
         return seen
 
     def pending_heartbeat(self, device_id: str) -> float | None:
-        return self.heartbeats.get(device_id)
+        return self.last_seen.get(device_id)
 
 
 def error_body(message: str, hint: str | None = None, **extra: Any) -> dict[str, Any]:

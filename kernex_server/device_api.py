@@ -24,8 +24,10 @@ from kernex_core.protocol import (
     EnrollResponse,
     StatusReport,
 )
+from kernex_server.audit import DENIED, OK
 from kernex_server.auth import AuthError, device_endpoint
 from kernex_server.bundles import SHA256_RE
+from kernex_server.errors import EnrollmentError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
 
 if TYPE_CHECKING:
@@ -72,15 +74,43 @@ async def enroll(request: Request) -> Response:
             max_skew=kx.settings.max_skew,
         )
     except RequestSignatureError as exc:
+        kx.metrics.device_rejected(exc.reason)
         raise AuthError(401, exc.message, hint=exc.hint) from exc
     fleet = kx.reconciler.fleet
     declared_entry = fleet.devices.get(device_id) if fleet is not None else None
     declared = declared_entry.key_fingerprint if declared_entry is not None else None
-    outcome = await anyio.to_thread.run_sync(
-        lambda: kx.enroller.enroll(
-            enroll_request, public_key, declared_fingerprint=declared, now=kx.clock()
+    actor = f"device:{device_id}"
+    try:
+        outcome = await anyio.to_thread.run_sync(
+            lambda: kx.enroller.enroll(
+                enroll_request, public_key, declared_fingerprint=declared, now=kx.clock()
+            )
         )
-    )
+    except EnrollmentError as exc:
+        kx.metrics.device_rejected("forbidden" if exc.status == 403 else "conflict")
+        await kx.auditor.request(
+            request,
+            "device.enroll",
+            device_id,
+            result=DENIED,
+            actor=actor,
+            detail={"status": exc.status, "error": exc.message},
+        )
+        raise
+    if outcome.created or outcome.newly_accepted:
+        await kx.auditor.request(
+            request,
+            "device.enroll",
+            device_id,
+            result=OK,
+            actor=actor,
+            detail={
+                "state": outcome.device.state,
+                "admitted_by": outcome.device.admitted_by if outcome.newly_accepted else None,
+                "fingerprint": outcome.device.fingerprint,
+            },
+        )
+    kx.census.set_state(device_id, outcome.device.state)
     kx.device_auth.forget(device_id)
     if outcome.device.state == EnrollmentState.ACCEPTED.value:
         await kx.issue_for(device_id)
@@ -115,6 +145,7 @@ async def _own_device(request: Request) -> tuple[ServerContext, str, bytes]:
     who = await kx.device_auth.authenticate(request, body)
     device_id = request.path_params["device_id"]
     if who.device_id != device_id:
+        kx.metrics.device_rejected("forbidden")
         raise AuthError(403, f"device {who.device_id} may not act for device {device_id}")
     return kx, device_id, body
 
@@ -126,9 +157,13 @@ async def manifest(request: Request) -> Response:
     if_none_match = request.headers.get("if-none-match")
     served = kx.cache.get(device_id)
     if wait > 0 and (served is None or _matches(if_none_match, served.etag)):
-        served = await kx.cache.wait_for_change(
-            device_id, served.etag if served else "", timeout=wait
-        )
+        kx.metrics.long_polls.inc()
+        try:
+            served = await kx.cache.wait_for_change(
+                device_id, served.etag if served else "", timeout=wait
+            )
+        finally:
+            kx.metrics.long_polls.dec()
     if served is None:
         raise ApiError(
             404,
@@ -153,6 +188,7 @@ async def status(request: Request) -> Response:
             device_id, report, now=kx.clock(), keep=kx.settings.status_history
         )
     )
+    kx.census.set_phase(device_id, report.phase.value)
     return Response(status_code=204)
 
 

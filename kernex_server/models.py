@@ -145,6 +145,7 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -159,3 +160,19 @@ class BundleBlob(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     uploaded_at: Mapped[float] = mapped_column(Float)
     uploaded_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+
+
+class AuditEntry(Base):
+    """One act on the fleet: who (token name, device, ``reconciler``, ``webhook``), what,
+    on which target, from where, and how it ended. Rows are only ever inserted."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(120), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(255), index=True)
+    address: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(String(16))  # ok | denied | error
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -2,8 +2,10 @@
 
 The environment is read once, at the edge (``from_environ``), and only for
 ``KERNEX_DATA_DIR`` and ``KERNEX_DATABASE_URL``; tests build settings from a dict with
-``Settings.from_mapping``. Nothing secret lives here: the manifest key is a file in the
-data directory and admin tokens are stored as hashes in the database.
+``Settings.from_mapping``. The only secrets here are ``webhook_secret`` (shared with the
+Git host; ``kernex server init`` generates it and keeps ``server.toml`` mode 0600) and the
+optional ``metrics_token``; the manifest key is a file in the data directory and admin
+tokens are stored as hashes in the database.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ class Settings:
     max_bundle_bytes: int = 4 * 1024**3  # bytes of one uploaded bundle
     max_skew: int = 300  # seconds of clock skew accepted on signed device requests
     heartbeat_flush_interval: float = 5.0  # seconds between writes of last_seen batches
+    webhook_secret: str = ""  # shared secret of POST /v1/hooks/git; made by `server init`
+    metrics_token: str = ""  # when set, GET /metrics needs `Authorization: Bearer <it>`
+    token_rate: float = 20.0  # admin requests per second per token (0: no limit)
+    token_burst: int = 200  # admin requests a token may make at once before the rate applies
+    device_rate: float = 5.0  # requests per second per device (0: no limit)
+    device_burst: int = 60  # requests a device may make at once before the rate applies
+    ready_poll_intervals: float = 3.0  # /readyz fails when Git was not fetched for this many
+    min_free_bytes: int = 256 * 1024**2  # /readyz fails below this much free space (bytes)
 
     @property
     def manifest_key_path(self) -> Path:
@@ -127,15 +137,17 @@ def _convert(name: str, raw: Any, default: Any) -> Any:
     return raw
 
 
-def render_settings_file(repo: str, branch: str) -> str:
+def render_settings_file(repo: str, branch: str, webhook_secret: str = "") -> str:
     """The ``server.toml`` that ``kernex server init`` writes: every setting, commented."""
     lines = [
         "# Kernex server settings. Times are in seconds. See docs/server.md.",
         f"repo = {_toml_str(repo)}",
         f"branch = {_toml_str(branch)}",
     ]
+    if webhook_secret:
+        lines.append(webhook_secret_line(webhook_secret))
     for f in dataclasses.fields(Settings):
-        if f.name in {"data_dir", "repo", "branch"}:
+        if f.name in {"data_dir", "repo", "branch", "webhook_secret"}:
             continue
         value = f.default
         text = (
@@ -147,6 +159,10 @@ def render_settings_file(repo: str, branch: str) -> str:
         )
         lines.append(f"# {f.name} = {text}")
     return "\n".join(lines) + "\n"
+
+
+def webhook_secret_line(secret: str) -> str:
+    return f"webhook_secret = {_toml_str(secret)}  # shared with the Git host's webhook"
 
 
 def _toml_str(value: str) -> str:

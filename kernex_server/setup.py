@@ -1,12 +1,14 @@
 """``kernex server init``: the data directory, manifest key, settings and first admin token.
 
-Nothing secret has a default: the key and the token are generated here. The key file is
-mode 0600; the admin token is shown once and stored only as a hash.
+Nothing secret has a default: the key, the token and the webhook secret are generated
+here. The key file and ``server.toml`` (which holds the webhook secret) are mode 0600;
+the admin token is shown once and stored only as a hash.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from kernex_core import keys
 from kernex_core.fsutil import atomic_write_bytes, atomic_write_text
 from kernex_server.database import make_engine, migrate, session_factory
 from kernex_server.errors import ServerSetupError
-from kernex_server.settings import Settings, render_settings_file
+from kernex_server.settings import Settings, render_settings_file, webhook_secret_line
 from kernex_server.store import Store
 
 FIRST_TOKEN_NAME = "admin"  # noqa: S105 - a name, not a secret
@@ -26,6 +28,7 @@ class InitResult:
     data_dir: Path
     manifest_key_id: str
     admin_token: str | None  # None when the database already had tokens
+    webhook_secret: str | None  # None when server.toml already had one
 
 
 def init_data_dir(
@@ -36,8 +39,11 @@ def init_data_dir(
     os.chmod(data_dir, 0o700)
     key_path = data_dir / "keys" / "manifest.key"
     settings_path = data_dir / "server.toml"
+    webhook_secret: str | None = None
     if not settings_path.exists():
-        atomic_write_text(settings_path, render_settings_file(repo, branch), mode=0o644)
+        webhook_secret = secrets.token_urlsafe(32)
+        text = render_settings_file(repo, branch, webhook_secret)
+        atomic_write_text(settings_path, text, mode=0o600)
     if key_path.exists():
         key = keys.load_private_key_pem(key_path.read_bytes(), source=str(key_path))
     else:
@@ -45,6 +51,12 @@ def init_data_dir(
         key = keys.generate_ed25519()
         atomic_write_bytes(key_path, keys.private_key_to_pem(key), mode=0o600)
     settings = Settings.load(data_dir, env)
+    if not settings.webhook_secret:  # a data directory made before webhooks existed
+        webhook_secret = secrets.token_urlsafe(32)
+        old = settings_path.read_text("utf-8")
+        text = old + ("" if old.endswith("\n") else "\n") + webhook_secret_line(webhook_secret)
+        atomic_write_text(settings_path, text + "\n", mode=0o600)
+        settings = Settings.load(data_dir, env)
     if repo and settings.repo != repo:
         raise ServerSetupError(
             f"{settings_path} already names repo {settings.repo!r}",
@@ -59,4 +71,4 @@ def init_data_dir(
             token = store.create_api_token(FIRST_TOKEN_NAME, "admin", now=time.time())
     finally:
         engine.dispose()
-    return InitResult(data_dir, keys.fingerprint(key.public_key()), token)
+    return InitResult(data_dir, keys.fingerprint(key.public_key()), token, webhook_secret)

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kernex_core.protocol import EnrollmentState, StatusReport
 from kernex_server.models import (
     ApiToken,
+    AuditEntry,
     BundleBlob,
     Deployment,
     Device,
@@ -75,6 +77,23 @@ class TokenIdentity:
 
     name: str
     role: str
+    id: int = 0
+
+
+class TokenNameTakenError(Exception):
+    """An admin token of that name exists already."""
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of the audit log; ``None`` means any."""
+
+    since: float | None = None
+    until: float | None = None
+    actor: str | None = None
+    target: str | None = None
+    action: str | None = None
+    limit: int = 100
 
 
 def _status_dict(row: DeviceStatus | StatusReportRow) -> dict[str, Any]:
@@ -307,20 +326,58 @@ class Store:
     # -- admin tokens ------------------------------------------------------------------
 
     def create_api_token(
-        self, name: str, role: str, *, now: float, expires_at: float | None = None
+        self,
+        name: str,
+        role: str,
+        *,
+        now: float,
+        expires_at: float | None = None,
+        created_by: str | None = None,
     ) -> str:
+        return self.create_api_token_row(
+            name, role, now=now, expires_at=expires_at, created_by=created_by
+        )[0]
+
+    def create_api_token_row(
+        self,
+        name: str,
+        role: str,
+        *,
+        now: float,
+        expires_at: float | None = None,
+        created_by: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """A new token (the secret, shown once) and its record; the name must be new."""
         token = new_token(TOKEN_PREFIX)
-        with self.sessions.begin() as s:
-            s.add(
-                ApiToken(
+        try:
+            with self.sessions.begin() as s:
+                if s.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
+                    raise TokenNameTakenError(name)
+                row = ApiToken(
                     name=name,
                     role=role,
                     token_hash=hash_token(token),
                     created_at=now,
+                    created_by=created_by,
                     expires_at=expires_at,
                 )
-            )
-        return token
+                s.add(row)
+                s.flush()
+                return token, _api_token_dict(row)
+        except IntegrityError as exc:  # a concurrent create of the same name won
+            raise TokenNameTakenError(name) from exc
+
+    def list_api_tokens(self) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            return [_api_token_dict(r) for r in s.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+    def revoke_api_token(self, token_id: int, *, now: float) -> dict[str, Any] | None:
+        with self.sessions.begin() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                return None
+            row.revoked_at = row.revoked_at or now
+            return _api_token_dict(row)
 
     def count_api_tokens(self) -> int:
         with self.sessions() as s:
@@ -335,7 +392,83 @@ class Store:
                 return None
             if row.last_used_at is None or now - row.last_used_at > 60:
                 row.last_used_at = now
-            return TokenIdentity(row.name, row.role)
+            return TokenIdentity(row.name, row.role, row.id)
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        at: float,
+        actor: str,
+        action: str,
+        target: str,
+        address: str,
+        result: str,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        with self.sessions.begin() as s:
+            s.add(
+                AuditEntry(
+                    at=at,
+                    actor=actor[:120],
+                    action=action[:64],
+                    target=target[:255],
+                    address=address[:64],
+                    result=result,
+                    detail=dict(detail or {}),
+                )
+            )
+
+    def audit_entries(self, query: AuditQuery) -> list[dict[str, Any]]:
+        """Entries matching ``query``, newest first."""
+        stmt = select(AuditEntry)
+        if query.since is not None:
+            stmt = stmt.where(AuditEntry.at >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(AuditEntry.at <= query.until)
+        if query.actor is not None:
+            stmt = stmt.where(AuditEntry.actor == query.actor)
+        if query.target is not None:
+            stmt = stmt.where(AuditEntry.target == query.target)
+        if query.action is not None:
+            stmt = stmt.where(AuditEntry.action == query.action)
+        stmt = stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(query.limit)
+        with self.sessions() as s:
+            return [
+                {
+                    "id": r.id,
+                    "at": r.at,
+                    "actor": r.actor,
+                    "action": r.action,
+                    "target": r.target,
+                    "address": r.address,
+                    "result": r.result,
+                    "detail": dict(r.detail or {}),
+                }
+                for r in s.scalars(stmt)
+            ]
+
+    # -- fleet status ------------------------------------------------------------------
+
+    def count_blobs(self) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(BundleBlob)) or 0)
+
+    def latest_revisions(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The newest revision seen and the newest one deployed."""
+        with self.sessions() as s:
+            newest = s.scalar(select(Revision).order_by(Revision.id.desc()).limit(1))
+            deployed = s.scalar(
+                select(Revision)
+                .where(Revision.state == "deployed")
+                .order_by(Revision.id.desc())
+                .limit(1)
+            )
+            return (
+                revision_dict(newest) if newest else None,
+                revision_dict(deployed) if deployed else None,
+            )
 
     # -- bundles -----------------------------------------------------------------------
 
@@ -372,5 +505,19 @@ def _enroll_token_dict(row: EnrollmentToken) -> dict[str, Any]:
         "expires_at": row.expires_at,
         "max_uses": row.max_uses,
         "uses": row.uses,
+        "revoked_at": row.revoked_at,
+    }
+
+
+def _api_token_dict(row: ApiToken) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "role": row.role,
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "last_used_at": row.last_used_at,
+        "revoked": row.revoked_at is not None,
         "revoked_at": row.revoked_at,
     }

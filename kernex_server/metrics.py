@@ -1,0 +1,135 @@
+"""Prometheus metrics of one app, in a registry of its own (not the process-global one,
+so several apps in one process do not clash).
+
+Counters and histograms are updated on the request path; the device gauges are computed
+at scrape time from ``DeviceCensus``, an in-memory record of each device's enrollment
+state and last reported phase, so a scrape costs no database query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class DeviceCensus:
+    """Each device's enrollment state and last reported phase; ``last_seen`` lives in
+    ``DeviceAuth`` (it sees every request)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}
+        self.phase: dict[str, str] = {}
+
+    def set_state(self, device_id: str, state: str) -> None:
+        self.state[device_id] = state
+
+    def set_phase(self, device_id: str, phase: str) -> None:
+        self.phase[device_id] = phase
+
+
+class _DeviceCollector(Collector):
+    def __init__(
+        self,
+        census: DeviceCensus,
+        last_seen: Callable[[str], float | None],
+        offline_after: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> None:
+        self.census = census
+        self.last_seen = last_seen
+        self.offline_after = offline_after
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        by_state_phase: Tally[tuple[str, str]] = Tally()
+        online: Tally[str] = Tally()
+        now, limit = self.clock(), self.offline_after()
+        for device_id, state in list(self.census.state.items()):
+            by_state_phase[(state, self.census.phase.get(device_id, "none"))] += 1
+            if state == "accepted":
+                seen = self.last_seen(device_id)
+                online["true" if seen and now - seen <= limit else "false"] += 1
+        devices = GaugeMetricFamily(
+            "kernex_devices",
+            "Devices by enrollment state and last reported phase.",
+            labels=["state", "phase"],
+        )
+        for (state, phase), n in sorted(by_state_phase.items()):
+            devices.add_metric([state, phase], n)
+        yield devices
+        up = GaugeMetricFamily(
+            "kernex_devices_online", "Accepted devices by online state.", labels=["online"]
+        )
+        for flag in ("true", "false"):
+            up.add_metric([flag], online[flag])
+        yield up
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kernex_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "kernex_http_request_duration_seconds",
+            "HTTP request latency by route template (manifest long polls include the wait).",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "kernex_reconcile_duration_seconds",
+            "Duration of reconcile passes by result.",
+            ["result"],
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.reconciles = Counter(
+            "kernex_reconciles", "Reconcile passes by result.", ["result"], registry=r
+        )
+        self.long_polls = Gauge(
+            "kernex_manifest_long_polls_open", "Manifest long polls waiting now.", registry=r
+        )
+        self.bundle_bytes = Counter(
+            "kernex_bundle_bytes_served", "Bundle bytes sent to devices.", registry=r
+        )
+        self.device_rejections = Counter(
+            "kernex_device_requests_rejected",
+            "Device requests refused, by reason (signature check reasons, forbidden, "
+            "rate_limited).",
+            ["reason"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "kernex_webhook_calls", "Git webhook calls by result.", ["result"], registry=r
+        )
+
+    def watch_devices(
+        self,
+        census: DeviceCensus,
+        last_seen: Callable[[str], float | None],
+        offline_after: Callable[[], float],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry.register(_DeviceCollector(census, last_seen, offline_after, clock))
+
+    def device_rejected(self, reason: str) -> None:
+        self.device_rejections.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
