@@ -126,7 +126,11 @@ def agent(
         yield data_dir
     finally:
         proc.terminate()
-        proc.wait(timeout=15)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # stuck in a long poll: the test already failed
+            proc.kill()
+            proc.wait(timeout=15)
         log.close()
 
 
