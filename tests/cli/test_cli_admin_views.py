@@ -1,27 +1,12 @@
-"""`kernex status`, `tokens` and `audit` against the real server.
-
-These endpoints come with the server side of the admin plane; until that is in this
-checkout, the tests say so and skip (test_cli_admin_views_contract.py covers the CLI side)."""
+"""`kernex status`, `tokens` and `audit` against the real server."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import Kernex, RunningServer
 
-from kernex_server import admin_api
 
-_PATHS = {getattr(r, "path", "") for r in admin_api.routes}
-
-
-def needs(path: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        f"/v1/admin/{path}" not in _PATHS, reason=f"server has no /v1/admin/{path} yet"
-    )
-
-
-@needs("status")
 def test_status_counts_devices_and_names_the_lagging(
     kernex: Kernex, kx_server: RunningServer
 ) -> None:
@@ -40,7 +25,6 @@ def test_status_counts_devices_and_names_the_lagging(
     assert "edge-lagging" in table.output
 
 
-@needs("status")
 def test_status_exits_1_on_an_invalid_newest_commit(
     kernex: Kernex, kx_server: RunningServer
 ) -> None:
@@ -52,7 +36,6 @@ def test_status_exits_1_on_an_invalid_newest_commit(
     assert "groups/bad.yaml" in result.output
 
 
-@needs("tokens")
 def test_tokens_create_list_revoke(kernex: Kernex, kx_server: RunningServer) -> None:
     created = kernex("tokens", "create", "--name", "ci", "--role", "viewer", "--json")
     assert created.exit_code == 0, created.output
@@ -71,7 +54,6 @@ def test_tokens_create_list_revoke(kernex: Kernex, kx_server: RunningServer) -> 
     assert duplicate.exit_code == 1
 
 
-@needs("audit")
 def test_audit_lists_what_the_cli_did(kernex: Kernex, kx_server: RunningServer) -> None:
     kx_server.enroll_pending("edge-a")
     assert kernex("devices", "accept", "edge-a").exit_code == 0
