@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.fleet_edit import parse_scalar, set_value, unset_value
 from kernex_cli.gitrepo import FleetRepo
 from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json
@@ -35,6 +36,17 @@ DeviceOption = Annotated[
 PushOption = Annotated[bool, typer.Option("--push", help="Push the commit to 'origin'.")]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="After the commit, have the server reconcile it and wait until the devices it "
+        "changes are healthy (exit 1 if any fails or on timeout).",
+    ),
+]
+TimeoutOption = Annotated[
+    str, typer.Option("--timeout", help="How long --wait waits, e.g. 90s, 10m, 1h.")
+]
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,14 @@ def _current_text(repo: FleetRepo, scope: Scope, *, create: bool) -> str:
     return raw.decode("utf-8")
 
 
-def _report(outcome: EditOutcome, what: str, *, as_json: bool, dry_run: bool) -> None:
+def _report(
+    outcome: EditOutcome,
+    what: str,
+    *,
+    as_json: bool,
+    dry_run: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
     from kernex_cli.plan_render import render_text
 
     if as_json:
@@ -135,6 +154,7 @@ def _report(outcome: EditOutcome, what: str, *, as_json: bool, dry_run: bool) ->
                 "changed": outcome.changed,
                 "dry_run": dry_run,
                 "plan": outcome.plan.to_dict(),
+                **(extra or {}),
             }
         )
         return
@@ -154,6 +174,31 @@ def _report(outcome: EditOutcome, what: str, *, as_json: bool, dry_run: bool) ->
         )
 
 
+@dataclass(frozen=True)
+class WaitSpec:
+    """What --wait needs: the admin connection and how long to wait."""
+
+    server: str | None
+    token: str | None
+    timeout: str
+
+    @classmethod
+    def from_options(
+        cls, wait: bool, timeout: str, server: str | None, token: str | None, dry_run: bool
+    ) -> WaitSpec | None:
+        from kernex_cli.views import parse_duration
+
+        if not wait:
+            return None
+        if dry_run:
+            fail("--wait cannot be used with --dry-run", code=EXIT_USAGE)
+        try:
+            parse_duration(timeout)
+        except typer.BadParameter as exc:
+            fail(f"--timeout: {exc.message}", code=EXIT_USAGE)
+        return cls(server, token, timeout)
+
+
 def _run_edit(
     repo_dir: Path,
     scope: Scope,
@@ -163,19 +208,50 @@ def _run_edit(
     dry_run: bool,
     push: bool,
     as_json: bool,
+    wait: WaitSpec | None = None,
 ) -> None:
+    from kernex_cli.client import ClientError
+
+    client = None
     try:
         repo = FleetRepo(repo_dir)
         text = _current_text(repo, scope, create=True)
         new_text = edit(text)
+        if wait is not None:  # connect and snapshot before committing: fail early, lose nothing
+            from kernex_cli.client import connect
+            from kernex_cli.converge import snapshot
+
+            client = connect(wait.server, wait.token)
+            baseline = snapshot(client)
         outcome = apply_edit(repo, scope, new_text, message, dry_run=dry_run, push=push)
     except FleetInvalidError as exc:
         for issue in exc.issues:
             console.print(f"[red]{issue}[/]", highlight=False)
+        _close(client)
         fail_from(exc)
     except KernexError as exc:
+        _close(client)
         fail_from(exc)
-    _report(outcome, message, as_json=as_json, dry_run=dry_run)
+    if client is None or wait is None or outcome.commit is None:
+        _report(outcome, message, as_json=as_json, dry_run=dry_run)
+        return
+    from kernex_cli.wait_render import run_wait
+
+    try:
+        with client:
+            if not as_json:
+                _report(outcome, message, as_json=False, dry_run=dry_run)
+            code = run_wait(client, repo, outcome.commit, baseline, wait.timeout, as_json=as_json)
+    except ClientError as exc:
+        fail_from(exc)
+    if as_json:
+        _report(outcome, message, as_json=True, dry_run=dry_run, extra=code.to_json)
+    raise typer.Exit(code.exit_code)
+
+
+def _close(client: Any) -> None:
+    if client is not None:
+        client.close()
 
 
 def deploy(
@@ -186,13 +262,18 @@ def deploy(
     push: PushOption = False,
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = "10m",
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Set a bundle version for a group or a device, as a commit.
 
     The version must be in the bundle catalog (bundles/NAME.yaml). The rest of the YAML
-    file, comments included, is kept as it was.
+    file, comments included, is kept as it was. With --wait, the server reconciles the
+    commit at once and the command waits until the devices it changes run it.
 
-    Example: kernex deploy hello@1.1.0 --group canary --push
+    Example: kernex deploy hello@1.1.0 --group canary --push --wait --timeout 15m
     """
     m = BUNDLE_REF_RE.match(ref)
     if not m:
@@ -202,6 +283,7 @@ def deploy(
             code=EXIT_USAGE,
         )
     scope = _scope(group, device)
+    waiting = WaitSpec.from_options(wait, timeout, server, token, dry_run)
     name, version = m.group("name"), m.group("version")
     try:
         _check_catalog(FleetRepo(repo), name, version)
@@ -215,6 +297,7 @@ def deploy(
         dry_run=dry_run,
         push=push,
         as_json=as_json,
+        wait=waiting,
     )
 
 
@@ -250,15 +333,20 @@ def rollback(
     push: PushOption = False,
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = "10m",
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Restore a group's or device's desired state from an earlier revision, as a new commit.
 
     History is never rewritten: the old state comes back as a new commit, which gets a
-    higher manifest serial on every device it touches.
+    higher manifest serial on every device it touches. --wait works as for deploy.
 
-    Example: kernex rollback --group canary --push
+    Example: kernex rollback --group canary --push --wait
     """
     scope = _scope(group, device)
+    waiting = WaitSpec.from_options(wait, timeout, server, token, dry_run)
     try:
         fleet_repo = FleetRepo(repo)
         if to is None:
@@ -283,6 +371,7 @@ def rollback(
         dry_run=dry_run,
         push=push,
         as_json=as_json,
+        wait=waiting,
     )
 
 
@@ -306,6 +395,10 @@ def config_set(
     push: PushOption = False,
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = "10m",
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Set a configuration key, as a commit.
 
@@ -327,6 +420,7 @@ def config_set(
         dry_run=dry_run,
         push=push,
         as_json=as_json,
+        wait=WaitSpec.from_options(wait, timeout, server, token, dry_run),
     )
 
 
@@ -339,6 +433,10 @@ def config_unset(
     push: PushOption = False,
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = "10m",
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Remove a configuration key, as a commit.
 
@@ -354,6 +452,7 @@ def config_unset(
         dry_run=dry_run,
         push=push,
         as_json=as_json,
+        wait=WaitSpec.from_options(wait, timeout, server, token, dry_run),
     )
 
 

@@ -75,6 +75,10 @@ class FleetRepo:
         out = self.git("log", "-n", "1", "--format=%H", "--", path).strip()
         return out or None
 
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        """Whether ``older`` is ``newer`` or one of its ancestors (False if either is unknown)."""
+        return self._run("merge-base", "--is-ancestor", older, newer, check=False).returncode == 0
+
     def has_identity(self) -> bool:
         return self._run("config", "user.email", check=False).returncode == 0
 

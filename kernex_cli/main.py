@@ -21,6 +21,11 @@ COMMAND_MODULES = (
     "agent_cmds",
     "bundle_cmds",
     "demo_cmds",
+    "status_cmds",
+    "devices_cmds",
+    "enroll_tokens_cmds",
+    "tokens_cmds",
+    "audit_cmds",
 )
 
 app = typer.Typer(

@@ -197,7 +197,7 @@ async def fleet_status(request: Request) -> Response:
                 "online": online,
                 "offline": len(accepted) - online,
                 "pending": sum(1 for d in devices if d["state"] == "pending"),
-                "by_phase": {p: n for p, n in sorted(phases.items()) if p is not None},
+                "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
                 "out_of_sync": sum(1 for d in accepted if _out_of_sync(d)),
             },
             "rollouts": {"active": 0},
