@@ -72,6 +72,7 @@ def build_to_file(
     data = build_bundle(src_dir)
     meta = parse_metadata((src_dir / METADATA_NAME).read_bytes())
     out = out or Path(f"{meta.name}-{meta.version}.tar.gz")
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, data)
     info = BundleInfo(meta.name, meta.version, hashlib.sha256(data).hexdigest(), len(data))
     sig_path = None

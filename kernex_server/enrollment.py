@@ -136,7 +136,7 @@ class Enroller:
             raise EnrollmentError(
                 "enrollment token is unknown, expired, revoked or used up",
                 status=403,
-                hint="Ask an admin for a new token (`kernex tokens create --enrollment`).",
+                hint="Ask an admin for a new token (`kernex enroll-tokens create`).",
             )
         # Conditional update: two devices racing for the last use cannot both win.
         cond = EnrollmentToken.max_uses.is_(None) | (

@@ -140,23 +140,24 @@ def test_the_ci_script_runs_for_real(
     agent: Path,
     bundles: dict[str, bytes],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     repo = kx_server.repo
     base_rev = repo.head()
     lines = script_lines()
     assert [ln.split()[1] for ln in lines] == ["validate", "plan", "bundle", "bundle", "deploy"]
 
-    # ---- [bundle] stand-in -----------------------------------------------------------------
-    # The script's `kernex bundle build` and `kernex bundle push` lines (tagged # [bundle]) are
-    # skipped below until those commands are in this checkout; meanwhile this block does what
-    # `bundle push` does: upload the bytes, record them in bundles/app.yaml, commit, push.
-    # When `kernex bundle` lands: give the script an ./app directory and a release key, run
-    # the [bundle] lines too, and delete this block.
-    kx_server.admin("PUT", f"/v1/admin/bundles/{sha(bundles['1.1.0'])}", content=bundles["1.1.0"])
-    repo.write("bundles/app.yaml", catalog(bundles))
-    repo.commit("bundle app 1.1.0")
-    repo.git("push", "-q", "origin", "main")
-    # -----------------------------------------------------------------------------------------
+    # What the pipeline has beside the fleet checkout: the app's source (./app, version
+    # 1.1.0) and the release key from CI's secrets.
+    source = repo.path / "app"
+    built = make_bundle(tmp_path / "src-ci", "1.1.0")
+    assert built == bundles["1.1.0"]  # reproducible: the same source, the same bytes
+    (tmp_path / "src-ci" / "app-1.1.0").rename(source)
+    (repo.path / ".git" / "info" / "exclude").write_text("app/\ndist/\n")
+    release_key = tmp_path / "release.key"
+    made = kernex("keys", "create-release-key", str(release_key), connect=False)
+    assert made.exit_code == 0, made.output
+    monkeypatch.setenv("RELEASE_KEY_FILE", str(release_key))
 
     operator = kx_server.token_for("operator")  # what CI holds: KERNEX_SERVER, KERNEX_TOKEN
     monkeypatch.setenv("KERNEX_SERVER", kx_server.base)
@@ -166,14 +167,18 @@ def test_the_ci_script_runs_for_real(
     monkeypatch.chdir(repo.path)
     outputs = {}
     for line in lines:
-        if line.endswith("# [bundle]"):
-            continue
         args = [os.path.expandvars(a) for a in shlex.split(line, comments=True)][1:]
         result = kernex(*args, connect=False)
         assert result.exit_code == 0, f"{line}\n{result.output}"
         outputs[args[0]] = result.output
 
     assert base_rev[:12] in outputs["plan"]  # the plan compared against BASE_REV
+    # bundle push uploaded the bytes and recorded them, with the release signature
+    uploaded = kx_server.admin("GET", "/v1/admin/bundles")
+    assert sha(bundles["1.1.0"]) in json.dumps(uploaded)
+    catalog_text = (repo.path / "bundles" / "app.yaml").read_text()
+    assert sha(bundles["1.1.0"]) in catalog_text
+    assert "release_signatures" in catalog_text
     assert "all 1 device(s) healthy" in outputs["deploy"]
     head = repo.head()
     assert repo.git("ls-remote", "origin", "main").split()[0] == head  # --push pushed
