@@ -70,7 +70,10 @@ def enroll_cmd(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Make the device key, enroll with the server and pin its manifest key."""
+    """Make the device key, enroll with the server and pin its manifest key.
+
+    Example: kernex agent enroll --server https://kx.example:8443 --token kxe_... --label ring=a
+    """
     import httpx
 
     from kernex_agent.enroll import default_device_id, enroll
@@ -123,7 +126,10 @@ def run_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
     once: bool = typer.Option(False, "--once", help="One cycle, then exit (1 if it failed)."),
 ) -> None:
-    """Run the agent loop: poll, verify, install, health-check, report."""
+    """Run the agent loop: poll, verify, install, health-check, report.
+
+    Example: kernex agent run --data-dir /var/lib/kernex-agent
+    """
     from kernex_agent.runner import run_agent, setup_logging
 
     setup_logging(os.environ)
@@ -139,7 +145,10 @@ def status_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
     json_out: bool = typer.Option(False, "--json", help="Print the state as JSON."),
 ) -> None:
-    """Show what is installed, the last manifest, the last error and the journal."""
+    """Show what is installed, the last manifest, the last error and the journal.
+
+    Example: kernex agent status --json
+    """
     from kernex_agent.runner import agent_status
 
     try:

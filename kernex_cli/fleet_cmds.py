@@ -48,7 +48,10 @@ def print_issues(issues: list[ValidationIssue], *, to_stderr: bool = False) -> N
 def init(
     directory: Annotated[Path, typer.Argument(help="New directory for the fleet repository.")],
 ) -> None:
-    """Make a new fleet repository from the example, as a Git repository with one commit."""
+    """Make a new fleet repository from the example, as a Git repository with one commit.
+
+    Example: kernex init ./fleet
+    """
     try:
         sha = init_fleet_repo(directory)
     except KernexError as exc:
@@ -69,7 +72,13 @@ def validate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Check the fleet repository; print every error as file:line:column."""
+    """Check the fleet repository; print every error as file:line:column.
+
+    Exit 0 when valid, 1 when not. Without --rev the working tree is checked, so you can
+    validate before you commit.
+
+    Example: kernex validate --repo ./fleet --rev HEAD
+    """
     revision: str | None = None
     try:
         if rev is None:
@@ -130,7 +139,12 @@ def plan(
         ),
     ] = False,
 ) -> None:
-    """Show what the head revision changes for each device, compared with the base."""
+    """Show what the head revision changes for each device, compared with the base.
+
+    Both revisions are read from Git objects; HEAD and its parent by default.
+
+    Example: kernex plan --base origin/main --format markdown --detailed-exitcode
+    """
     try:
         head_sha = resolve_commit(repo, head)
         base_sha = resolve_commit(repo, base) if base is not None else parent_commit(repo, head_sha)

@@ -39,7 +39,12 @@ def init(
     branch: Annotated[str, typer.Option("--branch", help="Branch to deploy.")] = "main",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Create the data directory, the manifest key, settings and the first admin token."""
+    """Create the data directory, the manifest key, settings and the first admin token.
+
+    The admin token and the webhook secret are printed once; only their hashes are kept.
+
+    Example: kernex server init --data-dir /var/lib/kernex --repo https://git.example/fleet.git
+    """
     from kernex_server.setup import init_data_dir
 
     try:
@@ -72,7 +77,10 @@ def init(
 def migrate_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
 ) -> None:
-    """Bring the database schema up to date."""
+    """Bring the database schema up to date (the server also does this at start).
+
+    Example: KERNEX_DATABASE_URL=postgresql+psycopg://kernex@db/kernex kernex server migrate
+    """
     from kernex_server.database import current_revision, make_engine, migrate
     from kernex_server.settings import Settings
 
@@ -98,7 +106,10 @@ def run(
         str, typer.Option("--log-level", help="debug, info, warning, error.")
     ] = "info",
 ) -> None:
-    """Serve devices and admins (reconciling the fleet repository in the background)."""
+    """Serve devices and admins (reconciling the fleet repository in the background).
+
+    Example: kernex server run --data-dir /var/lib/kernex --host 0.0.0.0 --port 8443
+    """
     import uvicorn
 
     from kernex_server.app import create_app
