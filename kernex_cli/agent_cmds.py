@@ -24,7 +24,7 @@ agent_app = typer.Typer(
     name="agent", help="Run a device: enroll it, converge it, show its state.", no_args_is_help=True
 )
 
-DATA_DIR_HELP = "Agent data directory [default: $KERNEX_AGENT_DIR or /var/lib/kernex-agent]."
+DATA_DIR_HELP = "Agent data directory (default: $KERNEX_AGENT_DIR or /var/lib/kernex-agent)."
 
 
 def _data_dir(value: Path | None) -> Path:
@@ -239,7 +239,8 @@ def simulate_cmd(
         typer.Option("--behaviour-label", help="key=value:behaviour for matching devices."),
     ] = None,
     root: Annotated[
-        Path | None, typer.Option("--root", help="Where the devices' data dirs go [a temp dir].")
+        Path | None,
+        typer.Option("--root", help="Where the devices' data dirs go (default: temp)."),
     ] = None,
     duration: Annotated[
         float | None, typer.Option("--duration", help="Stop after this many seconds [Ctrl-C].")

@@ -118,7 +118,9 @@ def demo(
     devices: Annotated[int, typer.Option("--devices", min=1, help="Simulated devices.")] = 50,
     workspace: Annotated[
         Path | None,
-        typer.Option("--workspace", help="Directory for the repo, server and devices [temp]."),
+        typer.Option(
+            "--workspace", help="Folder for the repo, server and devices (default: temp)."
+        ),
     ] = None,
     keep: Annotated[
         bool,
