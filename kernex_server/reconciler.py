@@ -36,7 +36,12 @@ from kernex_server.settings import Settings
 
 log = logging.getLogger("kernex.server.reconciler")
 
-ADVISORY_LOCK_KEY = 0x6B65726E6578  # "kernex"
+# One reconcile at a time per deployment: the advisory lock's key is derived from the
+# schema the server works in, so servers sharing a schema take turns while separate
+# deployments in one database (a schema each) never wait for each other.
+ADVISORY_LOCK_SQL = (
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
+)
 
 DEPLOYED = "deployed"
 INVALID = "invalid"
@@ -183,7 +188,7 @@ class Reconciler:
     def _try_lock(self, s: Session) -> bool:
         if not self.postgres:
             return True
-        got = s.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        got = s.scalar(text(ADVISORY_LOCK_SQL))
         return bool(got)
 
     def _load_known_good(self, commit: str) -> None:

@@ -95,17 +95,27 @@ def test_missing_right_names_the_grant(make_role: Any) -> None:
     assert f"CREATE SCHEMA {role} AUTHORIZATION {role};" in caught.value.hint
 
 
+def _hold_reconcile_lock(conn: sa.Connection, schema: str) -> None:
+    conn.execute(sa.text(f"SET LOCAL search_path TO {schema}"))
+    conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtextextended('kernex-reconcile:' || :s, 0))"),
+        {"s": schema},
+    )
+
+
 def test_one_reconciler_at_a_time_across_servers(start_server: Any, postgres_url: str) -> None:
     server = start_server()
     if server.kx.engine.dialect.name != "postgresql":
         pytest.skip("advisory locks are a PostgreSQL feature")
-    from kernex_server.reconciler import ADVISORY_LOCK_KEY
-
+    schema = server.kx.settings.database_schema
     other = sa.create_engine(postgres_url)
     try:
-        with other.begin() as conn:  # another server holds the reconcile lock
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        with other.begin() as conn:  # another server of this deployment holds the lock
+            _hold_reconcile_lock(conn, schema)
             assert server.kx.reconciler.reconcile(force=True).state == "skipped"
         assert server.kx.reconciler.reconcile(force=True).state == "deployed"
+        with other.begin() as conn:  # another deployment (its own schema) reconciling
+            _hold_reconcile_lock(conn, "public")
+            assert server.kx.reconciler.reconcile(force=True).state == "deployed"
     finally:
         other.dispose()
