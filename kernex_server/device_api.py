@@ -70,7 +70,7 @@ async def enroll(request: Request) -> Response:
             body,
             lambda kid: public_key if kid == device_id else None,
             now=kx.clock(),
-            nonces=kx.device_auth.nonces,
+            nonces=kx.device_auth.stranger_nonces,
             max_skew=kx.settings.max_skew,
         )
     except RequestSignatureError as exc:

@@ -5,6 +5,7 @@ Each test names the attack; every refusal also checks that nothing was stored.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from serverkit import SimDevice
@@ -34,3 +35,39 @@ def test_deeply_nested_json_is_400_not_500(server: Any) -> None:
     )
     assert response.status_code in (400, 422), response.text
     assert server.kx.store.status_history("dev-1") == []
+
+
+def test_strangers_cannot_evict_a_devices_nonces_to_replay_its_requests(server: Any) -> None:
+    """Enrollment is open to any key, and pending devices sign requests too: their nonces
+    must not push an admitted device's nonces out of the cache (which would re-open the
+    replay window for a captured status report)."""
+    device = enrolled(server)
+    server.kx.device_auth.nonces.max_entries = 20  # the real bound is larger; the logic is one
+    path = "/v1/devices/dev-1/status"
+    body = json.dumps({"phase": "failed", "error": "captured"}).encode()
+    captured = device.headers("POST", path, body)
+    assert server.client.post(path, content=body, headers=captured).status_code == 204
+    stranger = SimDevice("stranger")
+    for _ in range(30):  # pending: each request is verified (nonce kept), then refused 403
+        assert stranger.enroll(server.client).status_code in (200, 201)
+        assert stranger.manifest(server.client).status_code == 403
+    replay = server.client.post(path, content=body, headers=captured)
+    assert replay.status_code == 401, replay.text
+    assert len(server.kx.store.status_history("dev-1")) == 1
+
+
+def test_an_admitted_device_cannot_evict_other_devices_nonces(server: Any) -> None:
+    victim = enrolled(server, "victim")
+    flooder = enrolled(server, "flooder")
+    server.kx.device_auth.nonces.max_entries = 20
+    server.kx.device_auth.nonces.max_per_key = 10
+    server.kx.device_auth.limiter.rate = 0.0  # the flood is about nonces, not the rate limit
+    path = "/v1/devices/victim/status"
+    body = json.dumps({"phase": "healthy"}).encode()
+    captured = victim.headers("POST", path, body)
+    assert server.client.post(path, content=body, headers=captured).status_code == 204
+    answers = {flooder.manifest(server.client).status_code for _ in range(30)}
+    assert answers == {200, 401}  # over its share the flooder is refused, not the cache cut
+    assert server.client.post(path, content=body, headers=captured).status_code == 401
+    assert victim.manifest(server.client).status_code == 200
+    assert len(server.kx.store.status_history("victim")) == 1
