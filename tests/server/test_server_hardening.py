@@ -71,3 +71,47 @@ def test_an_admitted_device_cannot_evict_other_devices_nonces(server: Any) -> No
     assert server.client.post(path, content=body, headers=captured).status_code == 401
     assert victim.manifest(server.client).status_code == 200
     assert len(server.kx.store.status_history("victim")) == 1
+
+
+def enroll_with(server: Any, device_id: str, **fields: Any) -> Any:
+    device = SimDevice(device_id)
+    body = json.loads(device.enroll_body(server.enrollment_token()))
+    body.update(fields)
+    return signed_enroll(server, device, json.dumps(body).encode())
+
+
+def test_enrollment_labels_and_agent_version_are_checked(server: Any) -> None:
+    """Labels feed group selectors and show up in tables and logs: same rules as the
+    fleet repository, a bounded count, no control characters in agent_version."""
+    bad = [
+        {"labels": {"ring": "canary\nlevel=error forged log line"}},
+        {"labels": {"ring\n": "canary"}},
+        {"labels": {"ring": "x" * 64}},
+        {"labels": {f"k{i}": "v" for i in range(65)}},
+        {"agent_version": "1.0\r\nforged"},
+        {"agent_version": "1" * 65},
+    ]
+    for n, fields in enumerate(bad):
+        response = enroll_with(server, f"bad-{n}", **fields)
+        assert response.status_code == 400, (fields, response.text)
+        assert server.kx.store.get_device(f"bad-{n}") is None
+    ok = enroll_with(server, "good", labels={"example.com/ring": "canary"}, agent_version="1.2.3")
+    assert ok.status_code == 201, ok.text
+
+
+def test_identifiers_with_a_trailing_newline_are_refused() -> None:
+    """``$`` matches before a final newline: every identifier pattern must end at ``\\Z``."""
+    import re
+
+    from kernex_core import bundle, manifest
+    from kernex_core.fleet import selector
+    from kernex_core.protocol import DEVICE_ID_PATTERN
+    from kernex_server.bundles import SHA256_RE
+
+    assert re.match(DEVICE_ID_PATTERN, "dev-1\n") is None
+    assert SHA256_RE.match("a" * 64 + "\n") is None
+    assert manifest.SHA256_RE.match("a" * 64 + "\n") is None
+    assert bundle.NAME_RE.match("app\n") is None
+    assert bundle.VERSION_RE.match("1.0\n") is None
+    assert selector.LABEL_KEY_RE.match("ring\n") is None
+    assert selector.LABEL_VALUE_RE.match("canary\n") is None
