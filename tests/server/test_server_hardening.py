@@ -115,3 +115,30 @@ def test_identifiers_with_a_trailing_newline_are_refused() -> None:
     assert bundle.VERSION_RE.match("1.0\n") is None
     assert selector.LABEL_KEY_RE.match("ring\n") is None
     assert selector.LABEL_VALUE_RE.match("canary\n") is None
+
+
+def test_fleet_url_cannot_run_commands_through_git(
+    tmp_path: Any, monkeypatch: Any, fleet_repo: Any
+) -> None:
+    """A repo URL is handed to git: it must never be read as an option, and transports
+    that run commands (ext::) stay off even where the host's Git config allows them."""
+    import pytest
+
+    from kernex_server.errors import GitSourceError
+    from kernex_server.git_source import GitFleetSource
+
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")  # a permissive host configuration
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    marker = tmp_path / "pwned"
+    for url in (
+        f"ext::sh -c touch% {marker}% #://",
+        f"--upload-pack=touch {marker};: ://x",
+    ):
+        source = GitFleetSource(url, "main", clone_dir=tmp_path / f"clone{len(url)}")
+        with pytest.raises(GitSourceError):
+            source.sync()
+        assert not marker.exists(), url
+    ok = GitFleetSource(f"file://{fleet_repo.path}", "main", clone_dir=tmp_path / "ok")
+    ok.sync()
+    assert ok.head() == fleet_repo.head()
