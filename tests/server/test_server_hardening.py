@@ -6,6 +6,7 @@ Each test names the attack; every refusal also checks that nothing was stored.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from serverkit import SimDevice
@@ -142,3 +143,30 @@ def test_fleet_url_cannot_run_commands_through_git(
     ok = GitFleetSource(f"file://{fleet_repo.path}", "main", clone_dir=tmp_path / "ok")
     ok.sync()
     assert ok.head() == fleet_repo.head()
+
+
+def test_two_enrollments_cannot_both_take_the_last_use_of_a_token(server: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kernex_core.protocol import EnrollRequest
+    from kernex_server.errors import EnrollmentError
+
+    token = server.enrollment_token(max_uses=1)
+    devices = [SimDevice(f"racer-{i}") for i in range(8)]
+
+    def enroll(device: SimDevice) -> str:
+        request = EnrollRequest(device.device_id, device.public_pem(), {}, "t", token)
+        try:
+            outcome = server.kx.enroller.enroll(
+                request, device.key.public_key(), declared_fingerprint=None, now=time.time()
+            )
+        except EnrollmentError as exc:
+            return f"refused {exc.status}"
+        return outcome.device.state
+
+    with ThreadPoolExecutor(len(devices)) as pool:
+        states = list(pool.map(enroll, devices))
+    assert states.count("accepted") == 1, states
+    assert set(states) <= {"accepted", "refused 403", "refused 409"}, states
+    (row,) = server.admin_get("/v1/admin/enrollment-tokens")["tokens"]
+    assert row["uses"] == 1
