@@ -48,8 +48,8 @@ MAX_MEMBERS = 20_000
 MAX_UNPACKED_BYTES = 2 * 1024**3  # 2 GiB
 MAX_METADATA_BYTES = 64 * 1024
 HOOK_NAMES = ("install", "health", "reload")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}\Z")
 _HINT = "Rebuild the bundle with `kernex bundle build DIR`."
 
 

@@ -147,30 +147,56 @@ def parse_signature(headers: Mapping[str, str]) -> ParsedSignature:
 
 
 class NonceCache:
-    """Nonces seen within the clock window, per key; bounded, oldest evicted first."""
+    """Nonces seen within the clock window, per key; bounded.
 
-    def __init__(self, window_seconds: int = 2 * MAX_SKEW_SECONDS, max_entries: int = 500_000):
+    A nonce still inside the window is never evicted to make room: that would let a
+    captured request be replayed. When the cache is full, or one key holds
+    ``max_per_key`` nonces, new requests are refused until entries expire, so a
+    flooding key locks out itself (or, at worst, everyone) but never re-opens replay.
+    """
+
+    def __init__(
+        self,
+        window_seconds: int = 2 * MAX_SKEW_SECONDS,
+        max_entries: int = 500_000,
+        max_per_key: int | None = None,
+    ):
         self.window = window_seconds
         self.max_entries = max_entries
+        self.max_per_key = max_per_key
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._per_key: dict[str, int] = {}
 
     def check_and_remember(self, keyid: str, nonce: str, now: float) -> bool:
-        """False when this nonce was seen for this key within the window."""
+        """False when this nonce was seen for this key within the window, or when there
+        is no room to remember it (see ``has_room``)."""
         self._expire(now)
         entry = (keyid, nonce)
-        if entry in self._seen:
+        if entry in self._seen or not self.has_room(keyid, now):
             return False
         self._seen[entry] = now + self.window
-        if len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
+        self._per_key[keyid] = self._per_key.get(keyid, 0) + 1
         return True
+
+    def seen(self, keyid: str, nonce: str, now: float) -> bool:
+        self._expire(now)
+        return (keyid, nonce) in self._seen
+
+    def has_room(self, keyid: str, now: float) -> bool:
+        self._expire(now)
+        if len(self._seen) >= self.max_entries:
+            return False
+        return self.max_per_key is None or self._per_key.get(keyid, 0) < self.max_per_key
 
     def _expire(self, now: float) -> None:
         while self._seen:
-            first = next(iter(self._seen.values()))
+            (keyid, _), first = next(iter(self._seen.items()))
             if first > now:
                 return
             self._seen.popitem(last=False)
+            left = self._per_key.pop(keyid, 1) - 1
+            if left > 0:
+                self._per_key[keyid] = left
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -218,6 +244,12 @@ def verify_request(
     base = signature_base(method, path, digest_header.strip(), parsed.params_value)
     if not keys.verify(key, parsed.signature, base):
         raise RequestSignatureError("bad_signature", "request signature does not verify")
-    if not nonces.check_and_remember(parsed.keyid, parsed.nonce, now):
+    if nonces.seen(parsed.keyid, parsed.nonce, now):
         raise RequestSignatureError("replay", "request nonce was already used (replay)")
+    if not nonces.check_and_remember(parsed.keyid, parsed.nonce, now):
+        raise RequestSignatureError(
+            "replay",
+            f"too many requests signed by {parsed.keyid!r} within the replay window",
+            hint="The server remembers every nonce for the replay window; retry in a few minutes.",
+        )
     return parsed

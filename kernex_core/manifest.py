@@ -41,7 +41,7 @@ from kernex_core.timefmt import format_time, parse_time
 MANIFEST_PAYLOAD_TYPE = "application/vnd.kernex.manifest+json"
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_BUNDLES = 256
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ BUNDLE_PATH = "/v1/bundles/{sha256}"
 MAX_WAIT_SECONDS = 60
 MAX_LOG_TAIL_BYTES = 16 * 1024
 MAX_ERROR_CHARS = 4096
-DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}\Z"  # \Z: "$" allows a final newline
 
 
 class Phase(StrEnum):

@@ -36,6 +36,13 @@ from kernex_server.ratelimit import RateLimiter
 from kernex_server.store import Store, TokenIdentity
 
 KEY_CACHE_SECONDS = 60.0
+# Nonces per key within the replay window (2 x max_skew): admitted devices poll a few
+# times a minute; a key over its share is refused until its nonces expire.
+DEVICE_NONCES_PER_KEY = 10_000
+# Enrollments and unadmitted devices: any network client can make such keys, so their
+# nonces live apart, where a flood can hold up enrollment but not reopen replays.
+STRANGER_NONCES = 100_000
+STRANGER_NONCES_PER_KEY = 600  # a pending agent re-enrolls every 10 s
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -207,7 +214,14 @@ class DeviceAuth:
         self.clock = clock
         self.limiter = limiter or RateLimiter(0, 1)
         self.on_reject = on_reject  # reason -> None, for metrics
-        self.nonces = httpsig.NonceCache(window_seconds=2 * max_skew)
+        self.nonces = httpsig.NonceCache(
+            window_seconds=2 * max_skew, max_per_key=DEVICE_NONCES_PER_KEY
+        )
+        self.stranger_nonces = httpsig.NonceCache(
+            window_seconds=2 * max_skew,
+            max_entries=STRANGER_NONCES,
+            max_per_key=STRANGER_NONCES_PER_KEY,
+        )
         self._keys: dict[str, DeviceKey] = {}
         self.heartbeats: dict[str, float] = {}  # since the last flush to the database
         self.last_seen: dict[str, float] = {}  # every device seen by this process
@@ -243,6 +257,7 @@ class DeviceAuth:
             raise AuthError(401, exc.message, hint=exc.hint) from exc
         entry = await self._key(parsed.keyid)
         now = self.clock()
+        admitted = entry is not None and entry.state == EnrollmentState.ACCEPTED.value
         try:
             httpsig.verify_request(
                 request.method,
@@ -251,9 +266,12 @@ class DeviceAuth:
                 body,
                 lambda kid: entry.key if entry is not None and kid == entry.device_id else None,
                 now=now,
-                nonces=self.nonces,
+                nonces=self.nonces if admitted else self.stranger_nonces,
                 max_skew=self.max_skew,
             )
+            if admitted and self.stranger_nonces.seen(parsed.keyid, parsed.nonce, now):
+                # signed while the device was still pending, replayed after admission
+                raise RequestSignatureError("replay", "request nonce was already used (replay)")
         except RequestSignatureError as exc:
             self.on_reject(exc.reason)
             raise AuthError(401, exc.message, hint=exc.hint) from exc

@@ -21,7 +21,7 @@ import anyio
 from kernex_core.fsutil import fsync_dir
 from kernex_server.errors import BundleStoreError
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kernex_server.errors import DatabaseError, DatabasePermissionError
 
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 
 
 def make_engine(url: str, *, schema: str = "") -> Engine:

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from kernex_core import httpsig, keys
 from kernex_core.errors import KeyFormatError, RequestSignatureError
+from kernex_core.fleet.selector import LABEL_KEY_RE, LABEL_VALUE_RE
 from kernex_core.protocol import (
     BUNDLE_PATH,
     DEVICE_ID_PATTERN,
@@ -34,6 +35,24 @@ if TYPE_CHECKING:
     from kernex_server.app import ServerContext
 
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+MAX_LABELS = 64
+MAX_AGENT_VERSION = 64
+
+
+def _enrollment_problem(enroll_request: EnrollRequest) -> str | None:
+    """What is wrong with the labels or agent version (they feed selectors, tables, logs)."""
+    labels = enroll_request.labels
+    if len(labels) > MAX_LABELS:
+        return f"{len(labels)} labels; at most {MAX_LABELS} are accepted"
+    for key, value in labels.items():
+        if not LABEL_KEY_RE.match(key):
+            return f"label key {key!r} is not valid"
+        if not LABEL_VALUE_RE.match(value):
+            return f"label {key!r} has an invalid value {value!r}"
+    version = enroll_request.agent_version
+    if len(version) > MAX_AGENT_VERSION or not version.isprintable():
+        return f"agent_version must be at most {MAX_AGENT_VERSION} printable characters"
+    return None
 
 
 def _kx(request: Request) -> ServerContext:
@@ -57,6 +76,14 @@ async def enroll(request: Request) -> Response:
             hint="Use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a "
             "letter or digit.",
         )
+    problem = _enrollment_problem(enroll_request)
+    if problem is not None:
+        raise ApiError(
+            400,
+            f"invalid enrollment: {problem}",
+            hint="Labels follow the fleet repository's rules: keys like `ring` or "
+            "`example.com/ring`, values of letters, digits, '-', '_' and '.' (at most 63).",
+        )
     try:
         public_key = keys.load_public_key_pem(enroll_request.public_key, source="device key")
     except KeyFormatError as exc:
@@ -70,7 +97,7 @@ async def enroll(request: Request) -> Response:
             body,
             lambda kid: public_key if kid == device_id else None,
             now=kx.clock(),
-            nonces=kx.device_auth.nonces,
+            nonces=kx.device_auth.stranger_nonces,
             max_skew=kx.settings.max_skew,
         )
     except RequestSignatureError as exc:

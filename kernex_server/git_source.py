@@ -19,6 +19,15 @@ from kernex_server.errors import GitSourceError
 
 log = logging.getLogger("kernex.server.git")
 
+# Transports a fleet repository may come from. GIT_ALLOW_PROTOCOL overrides any
+# protocol.allow configuration of the host, so ext:: (runs a command) and other
+# helpers stay off; no prompt may hang the reconciler waiting for a password.
+GIT_ENV = {
+    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+FETCH_TIMEOUT = 600  # seconds a clone or fetch may take before it is killed
+
 
 class FleetSource(Protocol):
     """Where the reconciler gets commits and fleet files from."""
@@ -58,9 +67,17 @@ class GitFleetSource:
         try:
             if not (self.path / "HEAD").is_file():
                 log.info("cloning fleet repository %s into %s", self.url, self.path)
-                git.Git().execute(["git", "clone", "--bare", "--no-tags", self.url, str(self.path)])
+                git.Git().execute(
+                    ["git", "clone", "--bare", "--no-tags", "--", self.url, str(self.path)],
+                    env=GIT_ENV,
+                    kill_after_timeout=FETCH_TIMEOUT,
+                )
             spec = f"+refs/heads/{self.branch}:refs/heads/{self.branch}"
-            self._git().execute(["git", "fetch", "--prune", "--no-tags", self.url, spec])
+            self._git().execute(
+                ["git", "fetch", "--prune", "--no-tags", "--", self.url, spec],
+                env=GIT_ENV,
+                kill_after_timeout=FETCH_TIMEOUT,
+            )
         except git.GitCommandError as exc:
             raise GitSourceError(
                 f"cannot fetch {self.url} ({self.branch}): {_stderr(exc)}",

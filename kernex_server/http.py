@@ -45,6 +45,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # parsed before any signature check: hostile input
+        raise ApiError(400, "body is not JSON Kernex accepts: nested too deeply") from exc
 
 
 def json_response(value: Any, status: int = 200) -> JSONResponse:

@@ -20,7 +20,7 @@ from kernex_server.metrics import Metrics
 
 log = logging.getLogger("kernex.server.http")
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 ALWAYS = {
     "x-content-type-options": "nosniff",

@@ -68,7 +68,7 @@ def _event(request: Request, sender: str) -> tuple[str, bool]:
 def _ref(body: bytes) -> str | None:
     try:
         payload: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     ref = payload.get("ref") if isinstance(payload, dict) else None
     return ref if isinstance(ref, str) else None

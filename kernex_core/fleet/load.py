@@ -48,15 +48,15 @@ FLEET_FILE = "kernex.yaml"
 FLEET_FILE_PATTERNS = ("kernex.yaml", "bundles/*.yaml", "groups/*.yaml", "devices/*.yaml")
 FLEET_DIRS = ("bundles", "groups", "devices")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
-DURATION_RE = re.compile(r"^(?:\d+[smhdw])+$")
+VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}\Z")
+DURATION_RE = re.compile(r"^(?:\d+[smhdw])+\Z")
 DURATION_PART_RE = re.compile(r"(\d+)([smhdw])")
-PERCENT_RE = re.compile(r"^(\d{1,3})\s*%$")
-OPENPGP_FPR_RE = re.compile(r"^[0-9A-Fa-f]{40}$")
+PERCENT_RE = re.compile(r"^(\d{1,3})\s*%\Z")
+OPENPGP_FPR_RE = re.compile(r"^[0-9A-Fa-f]{40}\Z")
 SSH_KEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+"
 )
