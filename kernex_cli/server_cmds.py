@@ -97,6 +97,9 @@ def migrate_cmd(
     console.print(f"database schema at revision {revision}", highlight=False)
 
 
+KEEP_ALIVE_SECONDS = 75  # idle seconds before the server closes a kept-alive connection
+
+
 @server_app.command("run")
 def run(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
@@ -137,4 +140,8 @@ def run(
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        # Longer than a client's idle keep-alive (httpx: 5 s), so the client closes an idle
+        # connection first; at equal timeouts a request on a connection the server is
+        # closing fails with a read error, and a failed bundle download waits for a retry.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )

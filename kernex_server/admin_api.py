@@ -166,6 +166,7 @@ def _out_of_sync(d: dict[str, Any]) -> bool:
 
 
 async def _device_rows(kx: ServerContext) -> list[dict[str, Any]]:
+    await kx.flush_statuses()
     rows = await anyio.to_thread.run_sync(kx.store.device_overview)
     return [
         device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
@@ -251,6 +252,7 @@ async def show_device(request: Request) -> Response:
         out["status_history"] = [_status_out(s) for s in kx.store.status_history(device_id)]
         return out
 
+    await kx.flush_statuses()
     found = await anyio.to_thread.run_sync(load)
     if found is None:
         raise ApiError(404, f"no device {device_id}")

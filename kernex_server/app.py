@@ -1,10 +1,10 @@
 """The server application: ``create_app(settings, ...)`` builds a Starlette app.
 
 The lifespan migrates the database, fills the manifest cache from it, runs a first
-reconcile, and then keeps two background loops: reconcile every ``poll_interval`` or at
+reconcile, and then keeps three background loops: reconcile every ``poll_interval`` or at
 once when a webhook wakes it (re-signing manifests close to expiry), and batch writes of
-device heartbeats. Blocking work (Git, database, signing many manifests) runs in worker
-threads.
+device status reports and of device heartbeats (both flushed again at shutdown).
+Blocking work (Git, database, signing many manifests) runs in worker threads.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from kernex_server.reconciler import (
     served_from_row,
 )
 from kernex_server.settings import Settings
+from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
 
 log = logging.getLogger("kernex.server")
@@ -80,6 +81,7 @@ class ServerContext:
     auditor: Auditor
     metrics: Metrics
     census: DeviceCensus
+    statuses: StatusRecorder
     last_reconcile_at: float | None = None
     last_reconcile_error: str | None = None  # the last pass raised (Git or database down)
     last_fetch_at: float | None = None  # the last pass that read the Git source
@@ -182,6 +184,11 @@ class ServerContext:
             s for s in fresh if (c := self.cache.get(s.device_id)) is None or c.etag != s.etag
         )
 
+    async def flush_statuses(self) -> None:
+        """Commit every status report accepted so far (admin reads call this first)."""
+        if self.statuses.pending():
+            await anyio.to_thread.run_sync(self.statuses.flush)
+
     async def flush_heartbeats(self) -> None:
         seen = self.device_auth.take_heartbeats()
         if seen:
@@ -257,6 +264,7 @@ def create_app(
         auditor=Auditor(store, clock=clock),
         metrics=metrics,
         census=DeviceCensus(),
+        statuses=StatusRecorder(store, keep=settings.status_history),
     )
     metrics.watch_devices(
         kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
@@ -272,11 +280,13 @@ def create_app(
         async with anyio.create_task_group() as tg:
             if background:
                 tg.start_soon(_reconcile_loop, kx)
+                tg.start_soon(_status_loop, kx)
                 tg.start_soon(_heartbeat_loop, kx)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
+        await kx.flush_statuses()
         await kx.flush_heartbeats()
         engine.dispose()
 
@@ -313,6 +323,15 @@ async def _reconcile_loop(kx: ServerContext) -> None:
         with anyio.move_on_after(kx.settings.poll_interval):
             await wake.wait()
         await _reconcile_once(kx)
+
+
+async def _status_loop(kx: ServerContext) -> None:
+    while True:
+        await anyio.sleep(kx.settings.status_flush_interval)
+        try:
+            await kx.flush_statuses()
+        except Exception:  # keep serving; the batch went back to the queue for the next try
+            log.exception("cannot record status reports")
 
 
 async def _heartbeat_loop(kx: ServerContext) -> None:

@@ -210,11 +210,7 @@ async def status(request: Request) -> Response:
         report = StatusReport.from_dict(parse_json(body))
     except ValueError as exc:
         raise ApiError(422, f"invalid status report: {exc}") from exc
-    await anyio.to_thread.run_sync(
-        lambda: kx.store.record_status(
-            device_id, report, now=kx.clock(), keep=kx.settings.status_history
-        )
-    )
+    kx.statuses.accept(device_id, report, now=kx.clock())
     kx.census.set_phase(device_id, report.phase.value)
     return Response(status_code=204)
 

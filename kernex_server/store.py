@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,11 @@ from kernex_server.models import (
     Revision,
     StatusReportRow,
 )
+
+_devices: Table = Device.__table__  # type: ignore[assignment]
+_current: Table = DeviceStatus.__table__  # type: ignore[assignment]
+_history: Table = StatusReportRow.__table__  # type: ignore[assignment]
+_IN_CHUNK = 500  # ids per IN (...) list, well under every driver's parameter limit
 
 TOKEN_PREFIX = "kx_"  # noqa: S105 - a name, not a secret
 ENROLL_TOKEN_PREFIX = "kxe_"  # noqa: S105 - a name, not a secret
@@ -111,6 +116,27 @@ def _status_dict(row: DeviceStatus | StatusReportRow) -> dict[str, Any]:
     }
 
 
+def _report_values(device_id: str, report: StatusReport, now: float) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "phase": report.phase.value,
+        "serial": report.serial,
+        "revision": report.revision,
+        "bundles": dict(report.bundles),
+        "config_hash": report.config_hash,
+        "error": report.error,
+        "log_tail": report.log_tail,
+        "agent_version": report.agent_version,
+        "reported_at": report.reported_at,
+        "received_at": now,
+    }
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def revision_dict(row: Revision) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -169,45 +195,74 @@ class Store:
     # -- status ------------------------------------------------------------------------
 
     def record_status(self, device_id: str, report: StatusReport, *, now: float, keep: int) -> None:
-        values: dict[str, Any] = {
-            "phase": report.phase.value,
-            "serial": report.serial,
-            "revision": report.revision,
-            "bundles": dict(report.bundles),
-            "config_hash": report.config_hash,
-            "error": report.error,
-            "log_tail": report.log_tail,
-            "agent_version": report.agent_version,
-            "reported_at": report.reported_at,
-            "received_at": now,
-        }
+        self.record_statuses([(device_id, report, now)], keep=keep)
+
+    def record_statuses(
+        self, batch: Sequence[tuple[str, StatusReport, float]], *, keep: int
+    ) -> None:
+        """Record status reports ``(device id, report, received at)``, oldest first, in one
+        transaction: each device's newest becomes its current status, all go to the
+        history, and each device's history is cut to its ``keep`` newest rows."""
+        if not batch:
+            return
+        history = [_report_values(device_id, r, now) for device_id, r, now in batch]
+        newest = {row["device_id"]: row for row in history}  # later reports win
         with self.sessions.begin() as s:
-            current = s.get(DeviceStatus, device_id)
-            if current is None:
-                s.add(DeviceStatus(device_id=device_id, **values))
-            else:
-                for name, value in values.items():
-                    setattr(current, name, value)
-            s.add(StatusReportRow(device_id=device_id, **values))
-            s.flush()
-            cutoff = s.scalar(
-                select(StatusReportRow.id)
-                .where(StatusReportRow.device_id == device_id)
-                .order_by(StatusReportRow.id.desc())
-                .offset(keep)
-                .limit(1)
-            )
-            if cutoff is not None:
-                s.execute(
-                    delete(StatusReportRow)
-                    .where(StatusReportRow.device_id == device_id)
-                    .where(StatusReportRow.id <= cutoff)
+            conn = s.connection()
+            for ids in _chunks(sorted(newest), _IN_CHUNK):
+                known = set(conn.scalars(select(_devices.c.id).where(_devices.c.id.in_(ids))))
+                gone = set(ids) - known  # deleted since it reported: nothing to attach to
+                for device_id in gone:
+                    del newest[device_id]
+                conn.execute(delete(_current).where(_current.c.device_id.in_(ids)))
+            if not newest:
+                return
+            history = [row for row in history if row["device_id"] in newest]
+            conn.execute(insert(_current), list(newest.values()))
+            conn.execute(insert(_history), history)
+            self._trim_history(conn, sorted(newest), keep)
+            versions = [
+                {"b_id": d, "b_version": row["agent_version"][:64]}
+                for d, row in newest.items()
+                if row["agent_version"]
+            ]
+            if versions:
+                conn.execute(
+                    update(_devices)
+                    .where(_devices.c.id == bindparam("b_id"))
+                    .where(_devices.c.agent_version != bindparam("b_version"))
+                    .values(agent_version=bindparam("b_version")),
+                    versions,
                 )
-            device = s.get(Device, device_id)
-            if device is not None:
-                device.last_seen = max(device.last_seen or 0.0, now)
-                if report.agent_version:
-                    device.agent_version = report.agent_version[:64]
+
+    @staticmethod
+    def _trim_history(conn: Connection, device_ids: Sequence[str], keep: int) -> None:
+        for ids in _chunks(device_ids, _IN_CHUNK):
+            over = list(
+                conn.scalars(
+                    select(_history.c.device_id)
+                    .where(_history.c.device_id.in_(ids))
+                    .group_by(_history.c.device_id)
+                    .having(func.count() > keep)
+                )
+            )
+            if not over:
+                continue
+            ranked = (
+                select(
+                    _history.c.id,
+                    func.row_number()
+                    .over(partition_by=_history.c.device_id, order_by=_history.c.id.desc())
+                    .label("rank"),
+                )
+                .where(_history.c.device_id.in_(over))
+                .subquery()
+            )
+            conn.execute(
+                delete(_history).where(
+                    _history.c.id.in_(select(ranked.c.id).where(ranked.c.rank > keep))
+                )
+            )
 
     def current_status(self, device_id: str) -> dict[str, Any] | None:
         with self.sessions() as s:
