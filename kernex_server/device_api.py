@@ -189,6 +189,7 @@ async def status(request: Request) -> Response:
         )
     )
     kx.census.set_phase(device_id, report.phase.value)
+    await kx.rollout_report(device_id)  # staged rollouts watch their devices' reports
     return Response(status_code=204)
 
 
