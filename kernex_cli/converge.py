@@ -10,6 +10,9 @@ Two stages, each polled through the admin API:
 2. the devices: those whose desired serial changed from the snapshot taken before the
    commit. Each is *converged* when it reports its desired serial as healthy, *failed* when it
    reports that serial as failed or rolled_back, else *pending*.
+3. the rollouts of the deployed commit (``GET /v1/admin/rollouts``): a staged rollout holds
+   later waves back, so the wait goes on while one is running or paused, and fails at once
+   when one halts or is aborted (docs/rollouts.md).
 
 The classification (``Convergence``) is pure; ``Waiter`` does the polling, with an injected
 clock and sleep, and calls ``progress`` after every poll.
@@ -19,13 +22,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kernex_cli.client import AdminClient
 from kernex_core.errors import KernexError
 
 FAILED_PHASES = frozenset({"failed", "rolled_back"})
+STAGING = frozenset({"running", "paused"})
+STOPPED = frozenset({"halted", "aborted"})
 POLL_INTERVAL = 1.0  # seconds between polls of the server
 
 
@@ -70,14 +75,23 @@ class Convergence:
     converged: tuple[DeviceProgress, ...] = ()
     failed: tuple[DeviceProgress, ...] = ()
     pending: tuple[DeviceProgress, ...] = ()
+    rollouts: tuple[Mapping[str, Any], ...] = ()  # the deployed commit's rollouts
 
     @property
     def total(self) -> int:
         return len(self.converged) + len(self.failed) + len(self.pending)
 
     @property
+    def halted(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(r for r in self.rollouts if r.get("state") in STOPPED)
+
+    @property
+    def staging(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(r for r in self.rollouts if r.get("state") in STAGING)
+
+    @property
     def done(self) -> bool:
-        return not self.pending
+        return bool(self.halted) or (not self.pending and not self.staging)
 
     @classmethod
     def classify(
@@ -116,6 +130,10 @@ class Convergence:
             "converged": [p.device_id for p in self.converged],
             "failed": [p.to_dict() for p in self.failed],
             "pending": [p.to_dict() for p in self.pending],
+            "rollouts": [
+                {k: r.get(k) for k in ("id", "group", "state", "wave", "reason", "waves")}
+                for r in self.rollouts
+            ],
         }
 
 
@@ -128,7 +146,7 @@ class WaitResult:
 
     @property
     def ok(self) -> bool:
-        return not self.timed_out and not self.convergence.failed
+        return not self.timed_out and not self.convergence.failed and not self.convergence.halted
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,7 +174,11 @@ class Waiter:
         deployed = self.wait_for_revision(commit)
         while True:
             devices = self.client.get("/v1/admin/devices")["devices"]
-            state = Convergence.classify(baseline, devices)
+            rollouts = self.client.get("/v1/admin/rollouts")["rollouts"]
+            state = replace(
+                Convergence.classify(baseline, devices),
+                rollouts=tuple(r for r in rollouts if r.get("revision") == deployed),
+            )
             self.progress("devices", state)
             if state.done:
                 return WaitResult(commit, deployed, state)

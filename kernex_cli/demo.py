@@ -112,12 +112,13 @@ def prepare_fleet_repo(path: Path) -> FleetRepo:
     init_fleet_repo(path)
     repo = FleetRepo(path)
     edits = {
-        "kernex.yaml": ["defaults", "bundles"],
-        "groups/canary.yaml": ["bundles"],
+        "kernex.yaml": [["defaults", "bundles"], ["rollout"]],
+        "groups/canary.yaml": [["bundles"], ["rollout"]],
     }
-    for rel, key in edits.items():
+    for rel, keys in edits.items():
         target = path / rel
-        target.write_text(unset_value(target.read_text(), key, source=rel))
+        for key in keys:
+            target.write_text(unset_value(target.read_text(), key, source=rel))
     repo.commit(list(edits), "demo: start with no bundles; `kernex bundle push` adds them")
     return repo
 

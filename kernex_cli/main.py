@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "enroll_tokens_cmds",
     "tokens_cmds",
     "audit_cmds",
+    "rollouts_cmds",
 )
 
 app = typer.Typer(

@@ -72,7 +72,13 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
     facts.add_row("offline", _names(status.get("offline_devices", [])))
     if status.get("pending_devices"):
         facts.add_row("pending", _names(status["pending_devices"]))
-    facts.add_row("rollouts", f"{(status.get('rollouts') or {}).get('active', 0)} active")
+    rollouts = status.get("rollouts") or {}
+    halted = rollouts.get("halted", 0)
+    facts.add_row(
+        "rollouts",
+        f"{rollouts.get('active', 0)} active"
+        + (f", [red]{halted} halted[/] (kernex rollouts list --state halted)" if halted else ""),
+    )
     facts.add_row("bundles", f"{status.get('bundles', 0)} stored")
     parts: list[RenderableType] = [facts]
     errors = rev.get("errors") or []

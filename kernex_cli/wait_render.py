@@ -16,6 +16,7 @@ from kernex_cli.client import AdminClient
 from kernex_cli.converge import Convergence, Waiter, WaitError, WaitResult
 from kernex_cli.gitrepo import FleetRepo
 from kernex_cli.output import console, err_console
+from kernex_cli.rollouts_cmds import wave_progress
 from kernex_cli.views import parse_duration
 
 
@@ -33,6 +34,8 @@ def _line(stage: str, state: Convergence | None, commit: str) -> str:
         text += f", [red]{len(state.failed)} failed[/]"
     if state.pending:
         text += f", {len(state.pending)} pending"
+    for r in state.rollouts:
+        text += f"; rollout {r['id']} {r['state']}, {wave_progress(dict(r))}"
     return text
 
 
@@ -123,6 +126,12 @@ def _render_result(result: WaitResult, out: Console) -> None:
                 "yes" if p.online else "[dim]no[/]",
             )
         out.print(table)
+    for r in state.halted:
+        out.print(
+            f"[bold red]rollout {r['id']} ({r.get('group') or 'fleet default'}) {r['state']}:[/] "
+            f"{r.get('reason') or ''}; later waves keep the previous state",
+            highlight=False,
+        )
     if result.ok:
         out.print(
             f"[green]all {state.total} device(s) healthy[/] at {result.deployed[:12]}",
@@ -136,6 +145,7 @@ def _render_result(result: WaitResult, out: Console) -> None:
         )
     else:
         out.print(
-            f"[bold red]error:[/] {len(state.failed)} of {state.total} device(s) failed",
+            f"[bold red]error:[/] {len(state.failed)} of {state.total} device(s) failed"
+            + (f", {len(state.halted)} rollout(s) stopped" if state.halted else ""),
             highlight=False,
         )

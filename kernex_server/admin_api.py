@@ -190,6 +190,7 @@ async def fleet_status(request: Request) -> Response:
     accepted = [d for d in devices if d["state"] == "accepted"]
     online = sum(1 for d in accepted if d["online"])
     phases = Counter((d["status"] or {}).get("phase") for d in accepted)
+    rollouts = await anyio.to_thread.run_sync(kx.rollout_counts)
     return json_response(
         {
             "revision": _revision_status(kx, newest, deployed),
@@ -201,7 +202,10 @@ async def fleet_status(request: Request) -> Response:
                 "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
                 "out_of_sync": sum(1 for d in accepted if _out_of_sync(d)),
             },
-            "rollouts": {"active": 0},
+            "rollouts": {
+                "active": rollouts["running"] + rollouts["paused"],
+                "halted": rollouts["halted"],
+            },
             "bundles": bundles,
         }
     )

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from kernex_core import keys
 from kernex_core.errors import KernexError
-from kernex_server import admin_api, device_api, openapi, webhooks
+from kernex_server import admin_api, device_api, openapi, rollouts_api, webhooks
 from kernex_server.audit import ERROR, OK, Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth, public_endpoint
 from kernex_server.bundles import BlobStore
@@ -49,6 +49,7 @@ from kernex_server.http import ApiError, error_response, json_response
 from kernex_server.manifests import ManifestCache, ManifestIssuer, ServedManifest
 from kernex_server.metrics import CONTENT_TYPE, DeviceCensus, Metrics
 from kernex_server.middleware import ObservabilityMiddleware
+from kernex_server.models import Rollout
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import (
     DEPLOYED,
@@ -56,6 +57,7 @@ from kernex_server.reconciler import (
     ReconcileResult,
     served_from_row,
 )
+from kernex_server.rollouts import RolloutActError, RolloutMetrics
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
@@ -86,6 +88,60 @@ class ServerContext:
     last_reconcile_error: str | None = None  # the last pass raised (Git or database down)
     last_fetch_at: float | None = None  # the last pass that read the Git source
     _wake: anyio.Event | None = None  # set by a webhook; the reconcile loop waits on it
+    rollout_metrics: RolloutMetrics | None = None
+    _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
+
+    # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
+
+    async def evaluate_rollouts(self) -> None:
+        served = await anyio.to_thread.run_sync(self._evaluate_rollouts)
+        self.cache.publish(served)
+
+    def _evaluate_rollouts(self) -> list[ServedManifest]:
+        # Rollouts decide on reported phases, which reach the database in batches.
+        self.statuses.flush()
+        engine = self.reconciler.rollouts
+        served = self.reconciler.evaluate_rollouts()
+        with self.store.sessions() as s:
+            counts = engine.counts(s)
+        halts, engine.halts = engine.halts, 0
+        if self.rollout_metrics is not None:
+            self.rollout_metrics.observe(counts, halts)
+        for event in engine.take_events():
+            self.auditor.record(
+                "rollouts", event.action, str(event.rollout_id), detail=event.detail
+            )
+        return served
+
+    def rollout_counts(self) -> dict[str, int]:
+        with self.store.sessions() as s:
+            return self.reconciler.rollouts.counts(s)
+
+    async def rollout_report(self, device_id: str) -> None:
+        """A device reported: if a running rollout watches it, evaluate soon."""
+        if device_id not in self.reconciler.rollouts.watched:
+            return
+        if self._rollout_wake is not None:
+            self._rollout_wake.set()  # the loop evaluates, at most every ROLLOUT_DEBOUNCE
+        else:
+            await self.evaluate_rollouts()
+
+    async def rollout_act(self, rollout_id: int, verb: str) -> dict[str, Any]:
+        engine = self.reconciler.rollouts
+
+        def act(s: Any, now: float) -> tuple[list[ServedManifest], dict[str, Any]]:
+            served = engine.act(s, rollout_id, verb, now)
+            s.flush()
+            return served, engine.describe(s, s.get(Rollout, rollout_id))
+
+        done = await anyio.to_thread.run_sync(lambda: self.reconciler.locked(act))
+        if done is None:
+            raise RolloutActError(
+                "another server holds the reconcile lock", hint="Try again.", status=503
+            )
+        self.cache.publish(done[0])
+        await self.evaluate_rollouts()
+        return done[1]
 
     async def issue_for(self, device_id: str) -> ServedManifest | None:
         served = await anyio.to_thread.run_sync(self.reconciler.issue_for, device_id)
@@ -119,6 +175,8 @@ class ServerContext:
             self.device_auth.forget(device_id)
             self.census.set_state(device_id, "accepted")
         self.cache.publish(result.changed)
+        if result.state == DEPLOYED:
+            await self.evaluate_rollouts()
         if result.state in {"deployed", "invalid", "unsigned"} and result.commit:
             await anyio.to_thread.run_sync(lambda: self._audit_pass(result))
 
@@ -269,6 +327,8 @@ def create_app(
     metrics.watch_devices(
         kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
     )
+    kx.rollout_metrics = RolloutMetrics(metrics.registry)
+    reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -277,10 +337,12 @@ def create_app(
         await kx.reload_cache()
         await kx.load_census()
         await _reconcile_once(kx)
+        await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
             if background:
                 tg.start_soon(_reconcile_loop, kx)
                 tg.start_soon(_status_loop, kx)
+                tg.start_soon(_rollout_loop, kx)
                 tg.start_soon(_heartbeat_loop, kx)
             try:
                 yield
@@ -298,6 +360,7 @@ def create_app(
             Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
             *device_api.routes,
             *admin_api.routes,
+            *rollouts_api.routes,
             *webhooks.routes,
         ],
         middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],
@@ -332,6 +395,25 @@ async def _status_loop(kx: ServerContext) -> None:
             await kx.flush_statuses()
         except Exception:  # keep serving; the batch went back to the queue for the next try
             log.exception("cannot record status reports")
+
+ROLLOUT_DEBOUNCE = 0.2  # seconds: reports arriving together make one evaluation
+
+
+def _online(kx: ServerContext, device_id: str) -> bool:
+    seen = kx.device_auth.last_seen.get(device_id)
+    return seen is not None and kx.clock() - seen <= kx.reconciler.offline_after()
+
+
+async def _rollout_loop(kx: ServerContext) -> None:
+    while True:
+        kx._rollout_wake = wake = anyio.Event()
+        with anyio.move_on_after(kx.settings.rollout_interval):
+            await wake.wait()
+        try:
+            await kx.evaluate_rollouts()
+        except Exception:  # a database outage must not stop the loop
+            log.exception("cannot evaluate rollouts")
+        await anyio.sleep(ROLLOUT_DEBOUNCE)
 
 
 async def _heartbeat_loop(kx: ServerContext) -> None:

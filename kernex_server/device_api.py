@@ -212,6 +212,7 @@ async def status(request: Request) -> Response:
         raise ApiError(422, f"invalid status report: {exc}") from exc
     kx.statuses.accept(device_id, report, now=kx.clock())
     kx.census.set_phase(device_id, report.phase.value)
+    await kx.rollout_report(device_id)  # staged rollouts watch their devices' reports
     return Response(status_code=204)
 
 

@@ -176,3 +176,44 @@ class AuditEntry(Base):
     address: Mapped[str] = mapped_column(String(64))
     result: Mapped[str] = mapped_column(String(16))  # ok | denied | error
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Rollout(Base):
+    """One staged change of one group's devices (see docs/rollouts.md)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    group: Mapped[str] = mapped_column(String(120))  # "" for the fleet's default rollout
+    revision: Mapped[str] = mapped_column(String(64), index=True)
+    previous_revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # running | paused | halted | completed | aborted | superseded
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    wave: Mapped[int] = mapped_column(Integer, default=0)  # highest admitted wave (0-based)
+    wave_started_at: Mapped[float] = mapped_column(Float)
+    devices: Mapped[int] = mapped_column(Integer, default=0)
+    failure_allowance: Mapped[int] = mapped_column(Integer, default=0)  # accepted by resume
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it halted or ended
+    superseded_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RolloutDevice(Base):
+    """A device of a rollout: its wave, the state it moves to and the one it leaves."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[str] = mapped_column(
+        String(63), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    wave: Mapped[int] = mapped_column(Integer)
+    target_digest: Mapped[str] = mapped_column(String(64))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)  # Manifest.to_dict() of the new state
+    previous: Mapped[dict[str, Any]] = mapped_column(JSON)  # the manifest it was served before
+    new_serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # when admitted
+    rollback_serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

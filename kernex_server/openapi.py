@@ -18,6 +18,7 @@ from starlette.routing import Route
 from kernex_core import __version__
 from kernex_server.auth import auth_kind, public_endpoint
 from kernex_server.http import json_response
+from kernex_server.rollouts import STATES as ROLLOUT_STATES
 
 PATH = "/openapi.json"
 
@@ -223,6 +224,41 @@ SCHEMAS: dict[str, Schema] = {
         agent_version=STR,
         reported_at=NSTR,
     ),
+    "Rollout": obj(
+        ["id", "state", "revision", "wave", "waves"],
+        id=INT,
+        group=NSTR,
+        revision=STR,
+        previous_revision=NSTR,
+        state={"type": "string", "enum": list(ROLLOUT_STATES)},
+        policy=ANY_OBJ,
+        wave={"type": "integer", "description": "highest admitted wave, from 0"},
+        waves=arr(
+            obj(
+                index=INT,
+                percent=INT,
+                size=INT,
+                admitted=BOOL,
+                healthy=INT,
+                failed=INT,
+                pending=INT,
+                offline=INT,
+                rolled_back=INT,
+            )
+        ),
+        devices=INT,
+        failed=INT,
+        failures_allowed=INT,
+        failure_allowance=INT,
+        awaiting_promotion=BOOL,
+        reason=NSTR,
+        superseded_by=NSTR,
+        wave_started_at=TIME,
+        created_at=TIME,
+        updated_at=TIME,
+        device_list=arr(ANY_OBJ),
+    ),
+    "RolloutList": obj(["rollouts"], rollouts=arr(ref("Rollout"))),
     "WebhookResult": obj(["reconcile"], reconcile=BOOL, event=STR, ref=NSTR),
     "Health": obj(status=STR),
     "Ready": obj(
@@ -413,6 +449,35 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         [_q("force", BOOL, "re-run even when the head commit was seen")],
     ),
     ("GET", "/v1/admin/revisions"): ("Commits seen, newest first", None, _ok("RevisionList"), []),
+    ("GET", "/v1/admin/rollouts"): (
+        "Rollouts, newest first",
+        None,
+        _ok("RolloutList"),
+        [_q("state", STR, "only rollouts in this state")],
+    ),
+    ("GET", "/v1/admin/rollouts/{rollout_id}"): (
+        "One rollout with its waves and devices",
+        None,
+        _ok("Rollout"),
+        [],
+    ),
+    **{
+        ("POST", f"/v1/admin/rollouts/{{rollout_id}}/{verb}"): (
+            text,
+            None,
+            {
+                200: ("the rollout after the act", ref("Rollout"), JSON),
+                409: ("the rollout's state does not allow the act", ref("Error"), JSON),
+            },
+            [],
+        )
+        for verb, text in (
+            ("pause", "Pause a running rollout: no wave is promoted until it resumes"),
+            ("resume", "Resume a paused or halted rollout (a halt's failures are accepted)"),
+            ("promote", "Admit the next wave now"),
+            ("abort", "Stop a rollout and serve its previous state to devices that moved"),
+        )
+    },
 }
 
 SECURITY_SCHEMES = {

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +32,7 @@ from kernex_server.desired import DesiredStateLike, FleetLike, FleetLoader
 from kernex_server.git_source import FleetSource
 from kernex_server.manifests import ManifestIssuer, ServedManifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
+from kernex_server.rollouts import RolloutEngine
 from kernex_server.settings import Settings
 
 log = logging.getLogger("kernex.server.reconciler")
@@ -42,6 +43,8 @@ log = logging.getLogger("kernex.server.reconciler")
 ADVISORY_LOCK_SQL = (
     "SELECT pg_try_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
 )
+
+T = TypeVar("T")
 
 DEPLOYED = "deployed"
 INVALID = "invalid"
@@ -96,6 +99,7 @@ class Reconciler:
         self.clock = clock
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
+        self.rollouts = RolloutEngine(self._write, ttl=self.manifest_ttl, online=lambda _d: True)
 
     @property
     def fleet(self) -> FleetLike | None:
@@ -250,14 +254,29 @@ class Reconciler:
             device.updated_at = now
         ttl = self.manifest_ttl(fleet)
         current = {m.device_id: m for m in s.scalars(select(DeviceManifest))}  # one query
-        changed = []
+        drafts: dict[str, tuple[Manifest, str]] = {}
+        digests: dict[str, str] = {}
         for device_id in sorted(inventory):  # the repo may list devices not enrolled yet
-            served = self._issue(
-                s, device_id, desired[device_id], commit, now, ttl, current.get(device_id)
+            draft = self.issuer.build(
+                device_id, desired[device_id], serial=0, revision=commit, now=now, ttl=ttl
             )
-            if served is not None:
-                changed.append(served)
-        return changed, [d.id for d in admit]
+            digests[device_id] = digest = draft.desired_digest()
+            existing = current.get(device_id)
+            if existing is None or existing.desired_digest != digest:
+                drafts[device_id] = (draft, digest)
+        # Staged rollouts decide which changed devices move now (docs/rollouts.md).
+        staged = self.rollouts.stage(
+            s,
+            fleet=fleet,
+            commit=commit,
+            previous_commit=self._loaded.commit if self._loaded else None,
+            desired=desired,
+            drafts=drafts,
+            digests=digests,
+            current=current,
+            now=now,
+        )
+        return staged.served, [d.id for d in admit]
 
     def _issue(
         self,
@@ -273,6 +292,18 @@ class Reconciler:
         digest = draft.desired_digest()
         if existing is not None and existing.desired_digest == digest:
             return None
+        return self._write(s, draft, digest, existing, now)
+
+    def _write(
+        self,
+        s: Session,
+        draft: Manifest,
+        digest: str,
+        existing: DeviceManifest | None,
+        now: float,
+    ) -> ServedManifest:
+        """Sign ``draft`` under the device's next serial and record it as served."""
+        device_id, commit = draft.device_id, draft.revision
         serial = (existing.serial if existing else 0) + 1
         manifest = replace(draft, serial=serial)
         envelope = self.issuer.sign(manifest)
@@ -310,6 +341,9 @@ class Reconciler:
                 device = s.get(Device, device_id)
                 if device is None or device.state != EnrollmentState.ACCEPTED.value:
                     return None
+                if self.rollouts.holds(s, device_id):  # its rollout decides what it runs
+                    row = s.get(DeviceManifest, device_id)
+                    return served_from_row(row) if row is not None else None
                 try:
                     desired = loaded.fleet.resolve_device(device_id, dict(device.labels or {}))
                 except KernexError as exc:
@@ -329,6 +363,20 @@ class Reconciler:
                     if row is not None:
                         served = served_from_row(row)
                 return served
+
+    def locked(self, act: Callable[[Session, float], T]) -> T | None:
+        """Run ``act`` in one transaction under the reconcile lock (this process's, and the
+        advisory lock across servers); ``None`` when another server holds it."""
+        with self._lock:
+            now = self.clock()
+            with self.sessions.begin() as s:
+                if not self._try_lock(s):
+                    return None
+                return act(s, now)
+
+    def evaluate_rollouts(self) -> list[ServedManifest]:
+        """Promote, halt or complete running rollouts (staged rollouts' timer and reports)."""
+        return self.locked(self.rollouts.evaluate) or []
 
     def resign_expiring(self) -> list[ServedManifest]:
         """Re-sign manifests close to expiry: same serial and content, new validity."""

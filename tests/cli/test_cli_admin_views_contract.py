@@ -46,7 +46,7 @@ STATUS = {
         "by_phase": {"healthy": 1, "failed": 1},
         "out_of_sync": 1,
     },
-    "rollouts": {"active": 0},
+    "rollouts": {"active": 0, "halted": 0},
     "bundles": 4,
 }
 DEVICES = {

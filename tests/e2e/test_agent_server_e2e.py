@@ -202,3 +202,94 @@ def test_agent_installs_v1_then_rolls_back_a_failing_v2(
         agent.terminate()
         agent.wait(timeout=15)
         agent_log.close()
+
+
+def test_a_bad_canary_halts_itself(server: dict[str, Any], tmp_path: Path) -> None:
+    """Four real agents in a staged group: v2 fails its health check on the one canary,
+    the server halts the rollout and serves v1 again; the others never see v2."""
+    client: httpx.Client = server["client"]
+    repo: FleetRepo = server["repo"]
+    v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
+    v2 = make_bundle(tmp_path, "1.1.0", HEALTH_FAIL)
+    for blob in (v1, v2):
+        assert client.put(f"/v1/admin/bundles/{sha(blob)}", content=blob).status_code < 300
+    repo.write(
+        "bundles/app.yaml",
+        "name: app\nversions:\n"
+        f"  1.0.0:\n    sha256: {sha(v1)}\n    size: {len(v1)}\n"
+        f"  1.1.0:\n    sha256: {sha(v2)}\n    size: {len(v2)}\n",
+    )
+    repo.write(
+        "groups/stable.yaml",
+        "selector: ring=stable\nrollout:\n  waves: [25%, 100%]\n  failure_threshold: 10%\n"
+        "  auto_rollback: true\n",
+    )
+    repo.write("kernex.yaml", kernex_yaml(version="1.0.0"))
+    repo.commit("app 1.0.0; stable devices take changes in two waves")
+    ids = [f"edge-{i}" for i in range(4)]
+    token = client.post("/v1/admin/enrollment-tokens", json={"max_uses": 4}).json()["token"]
+    agents = []
+    logs = []
+    try:
+        for device_id in ids:
+            data = tmp_path / device_id
+            enrolled = subprocess.run(
+                [*KERNEX, "agent", "enroll", "--server", server["base"], "--token", token,
+                 "--device-id", device_id, "--label", "ring=stable", "--data-dir", str(data)],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+            logs.append((tmp_path / f"{device_id}.log").open("wb"))
+            agents.append(
+                subprocess.Popen(
+                    [*KERNEX, "agent", "run", "--data-dir", str(data)],
+                    stdout=logs[-1],
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+        def devices() -> dict[str, dict[str, Any]]:
+            return {d: client.get(f"/v1/admin/devices/{d}").json() for d in ids}
+
+        def all_on(version: str) -> bool:
+            return all(
+                (d.get("status") or {}).get("phase") == "healthy"
+                and d["status"]["bundles"] == {"app": version}
+                and d["reported_serial"] == d["desired_serial"]
+                for d in devices().values()
+            )
+
+        wait_for("v1 healthy everywhere", lambda: all_on("1.0.0"))
+        before = {d: s["desired_serial"] for d, s in devices().items()}
+        repo.write("kernex.yaml", kernex_yaml(version="1.1.0"))
+        commit = repo.commit("app 1.1.0, whose health check fails")
+
+        def halted() -> dict[str, Any] | None:
+            rows = client.get("/v1/admin/rollouts?state=halted").json()["rollouts"]
+            return next((r for r in rows if r["revision"] == commit), None)
+
+        rollout = wait_for("the rollout to halt", halted)
+        assert "1 of 1 admitted devices failed" in rollout["reason"]
+        wait_for("v1 healthy everywhere again", lambda: all_on("1.0.0"))
+        shown = devices()
+        canaries = [d for d in ids if shown[d]["desired_serial"] != before[d]]
+        assert len(canaries) == 1
+        for device_id, d in shown.items():
+            versions = [x["bundles"]["app"] for x in d["deployments"]]
+            if device_id in canaries:  # v2, then v1 again under a higher serial
+                assert versions[:2] == ["1.0.0", "1.1.0"]
+                assert d["desired_serial"] == before[device_id] + 2
+            else:  # the stable devices never got the bad version
+                assert "1.1.0" not in versions
+                assert d["desired_serial"] == before[device_id]
+    finally:
+        for agent in agents:
+            agent.terminate()
+        for agent in agents:  # an agent in a long poll exits when the poll ends
+            try:
+                agent.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait(timeout=15)
+        for log in logs:
+            log.close()

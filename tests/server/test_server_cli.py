@@ -54,7 +54,7 @@ def test_migrate_and_refusals(tmp_path: Path) -> None:
     assert runner.invoke(app, ["server", "init", "--data-dir", str(data)]).exit_code == 0
     migrated = runner.invoke(app, ["server", "migrate", "--data-dir", str(data)])
     assert migrated.exit_code == 0, migrated.output
-    assert "0002" in migrated.output
+    assert "0003" in migrated.output
     (data / "keys" / "manifest.key").unlink()
     no_key = runner.invoke(app, ["server", "run", "--data-dir", str(data)])
     assert no_key.exit_code == 1

@@ -53,7 +53,7 @@ def test_role_owning_only_its_schema_migrates(make_role: Any) -> None:
             assert conn.scalar(sa.text("SELECT has_schema_privilege('public', 'CREATE')")) is False
         migrate(engine)
         migrate(engine)  # again: a no-op
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
         with engine.connect() as conn:
             schemas = set(
                 conn.scalars(

@@ -1,0 +1,95 @@
+"""The rollout endpoints under ``/v1/admin/rollouts`` (see docs/rollouts.md).
+
+Reads need the viewer role; acts (pause, resume, promote, abort) need operator and are
+audited as ``rollout.<act>`` with the rollout id as target.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kernex_core.timefmt import format_time
+from kernex_server.admin_api import PREFIX, audited
+from kernex_server.auth import Endpoint, Role, requires
+from kernex_server.http import ApiError, json_response
+from kernex_server.models import Rollout
+from kernex_server.rollouts import STATES, RolloutActError
+
+if TYPE_CHECKING:
+    from kernex_server.app import ServerContext
+
+ACTS = ("pause", "resume", "promote", "abort")
+
+
+def _kx(request: Request) -> ServerContext:
+    kx: ServerContext = request.app.state.kx
+    return kx
+
+
+def rollout_out(found: dict[str, Any]) -> dict[str, Any]:
+    times = ("wave_started_at", "created_at", "updated_at")
+    return {**found, **{k: format_time(found[k]) for k in times}}
+
+
+@requires(Role.VIEWER)
+async def list_rollouts(request: Request) -> Response:
+    kx = _kx(request)
+    state = request.query_params.get("state") or None
+    if state is not None and state not in STATES:
+        raise ApiError(400, f"state must be one of {', '.join(STATES)}")
+    engine = kx.reconciler.rollouts
+
+    def load() -> list[dict[str, Any]]:
+        with kx.store.sessions() as s:
+            return engine.list(s, state)
+
+    rows = await anyio.to_thread.run_sync(load)
+    return json_response({"rollouts": [rollout_out(r) for r in rows]})
+
+
+@requires(Role.VIEWER)
+async def show_rollout(request: Request) -> Response:
+    kx = _kx(request)
+    rollout_id: int = request.path_params["rollout_id"]
+    engine = kx.reconciler.rollouts
+
+    def load() -> dict[str, Any] | None:
+        with kx.store.sessions() as s:
+            row = s.get(Rollout, rollout_id)
+            return engine.describe(s, row, devices=True) if row is not None else None
+
+    found = await anyio.to_thread.run_sync(load)
+    if found is None:
+        raise ApiError(404, f"no rollout {rollout_id}", hint="List them: kernex rollouts list")
+    return json_response(rollout_out(found))
+
+
+def _act(verb: str) -> Endpoint:
+    async def act(request: Request) -> Response:
+        kx = _kx(request)
+        rollout_id: int = request.path_params["rollout_id"]
+        try:
+            found = await kx.rollout_act(rollout_id, verb)
+        except RolloutActError as exc:
+            raise ApiError(exc.status, exc.message, hint=exc.hint) from exc
+        request.state.audit_detail = {"state": found["state"], "wave": found["wave"]}
+        return json_response(rollout_out(found))
+
+    act.__name__ = f"{verb}_rollout"
+    act.__doc__ = f"{verb.capitalize()} a rollout."
+    return requires(Role.OPERATOR)(audited(f"rollout.{verb}")(act))
+
+
+routes = [
+    Route(f"{PREFIX}/rollouts", list_rollouts, methods=["GET"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id:int}}", show_rollout, methods=["GET"]),
+    *(
+        Route(f"{PREFIX}/rollouts/{{rollout_id:int}}/{verb}", _act(verb), methods=["POST"])
+        for verb in ACTS
+    ),
+]
