@@ -7,9 +7,7 @@ back to v1 by itself and reports `rolled_back`; the server shows it.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import httpx
 import pytest
 from serverkit import FleetRepo, kernex_yaml, sha
 
+from kernex_cli.localserver import LocalServer
 from kernex_core.bundle import build_bundle
 
 pytestmark = pytest.mark.e2e
@@ -32,12 +31,6 @@ INSTALL = (
 )
 HEALTH_OK = "#!/bin/sh\nexit 0\n"
 HEALTH_FAIL = '#!/bin/sh\necho "app $KERNEX_VERSION: port 8080 never opened" >&2\nexit 3\n'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_bundle(root: Path, version: str, health: str) -> bytes:
@@ -67,49 +60,19 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`kernex server init` + `kernex server run` on a free loopback port (SQLite)."""
     repo = FleetRepo(tmp_path / "fleet")
-    data = tmp_path / "server"
-    env = {**os.environ, "KERNEX_DATA_DIR": str(data)}
-    env.pop("KERNEX_DATABASE_URL", None)
-    init = subprocess.run(
-        [*KERNEX, "server", "init", "--repo", str(repo.path), "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    token = json.loads(init.stdout)["admin_token"]
-    with (data / "server.toml").open("a") as fh:
-        fh.write("poll_interval = 0.5\nheartbeat_flush_interval = 0.2\n")
-    port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*KERNEX, "server", "run", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()}")
-        try:
-            return httpx.get(f"{base}/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for("the server to start", up, timeout=30)
+    settings = {"poll_interval": 0.5, "heartbeat_flush_interval": 0.2}
+    with LocalServer(tmp_path / "server", repo=repo.path, settings=settings) as local:
         client = httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=local.base_url,
+            headers={"Authorization": f"Bearer {local.admin_token}"},
+            timeout=30,
         )
-        yield {"base": base, "client": client, "repo": repo}
-        client.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
+        try:
+            yield {"base": local.base_url, "client": client, "repo": repo}
+        finally:
+            client.close()
 
 
 def test_agent_installs_v1_then_rolls_back_a_failing_v2(
