@@ -4,11 +4,12 @@ Starts a real server (`kernex server run`, SQLite) on loopback, enrolls N device
 N long polls (wait=60), measures the server's CPU time while they idle, then commits a
 change and measures how long until every poll has answered 200.
 
-    python bench/longpoll_idle.py [N]
+    python bench/longpoll_idle.py [--devices N]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -117,4 +118,6 @@ async def main(count: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 500))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--devices", type=int, default=500, help="long polls to open")
+    asyncio.run(main(parser.parse_args().devices))
