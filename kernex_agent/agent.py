@@ -112,6 +112,7 @@ class Agent:
         )
         self._started = False
         self._reports_made = 0
+        self._status: dict[str, Any] | None = None  # status.json's content, once read
 
     # ----------------------------------------------------------------- the loop
 
@@ -661,21 +662,35 @@ class Agent:
             self.fs.unlink(path)  # delivered, or refused for good
         return True
 
+    def _status_summary(self) -> dict[str, Any]:
+        """status.json as last written (read once; this agent is its only writer)."""
+        if self._status is None:
+            try:
+                self._status = read_json(self.layout.status) or {}
+            except AgentStateError:
+                self._status = {}  # damaged: the next write replaces it
+        return self._status
+
     def _write_status(self, report: StatusReport, error: str | None) -> None:
-        previous = read_json(self.layout.status) or {}
+        previous = self._status_summary()
         data = {
             "last_report": report.to_dict(),
             "last_error": error or previous.get("last_error"),
             "last_error_at": report.reported_at if error else previous.get("last_error_at"),
         }
         self.fs.write_atomic(self.layout.status, dump_json(data))
+        self._status = data
 
     def _note_error(self, error: str) -> None:
         try:
-            previous = read_json(self.layout.status) or {}
-            previous.update(last_error=error, last_error_at=format_time(self.clock()))
-            self.fs.write_atomic(self.layout.status, dump_json(previous))
-        except (OSError, AgentStateError) as exc:
+            data = {
+                **self._status_summary(),
+                "last_error": error,
+                "last_error_at": format_time(self.clock()),
+            }
+            self.fs.write_atomic(self.layout.status, dump_json(data))
+            self._status = data
+        except OSError as exc:
             log.warning("cannot record the error: %s", exc)
 
 
