@@ -1,8 +1,8 @@
 """Commit -> every device healthy, for a config change and for a 1 MB bundle change.
 
 Starts a real server (`kernex server init` + `kernex server run`, SQLite) on a free
-127.0.0.1 port, N simulated devices (the real agent code, one event loop, in-process
-hooks) in this process, then:
+127.0.0.1 port, N simulated devices (the real agent code, in-process
+hooks) spread over one worker process per core (``--workers``), then:
 
 1. commits a config-only change (kernex.yaml defaults), asks the server to reconcile (as
    a push webhook would) and measures, per device, commit -> healthy report on that commit;
@@ -12,7 +12,10 @@ hooks) in this process, then:
 Goals on a 2-core machine with 1,000 devices: config p100 <= 2 s, bundle p100 <= 5 s. The
 figures are printed even when they miss, with the ratio to the goal.
 
-    python bench/converge.py [--devices 1000]
+It also prints the CPU seconds each change cost the server, the device processes and the
+bench itself: with every part on the same cores, total / cores bounds p100 from below.
+
+    python bench/converge.py [--devices 1000] [--workers N]
 """
 
 from __future__ import annotations
@@ -30,6 +33,44 @@ from kernex_cli.demo import HEALTH_OK, Stage, write_bundle_dir
 from kernex_cli.fleet_edit import set_value
 
 GOALS = {"config": 2.0, "bundle": 5.0}  # seconds, p100 for 1,000 devices
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of the server, the device processes and this one, over one change."""
+
+    def __init__(self, stage: Stage) -> None:
+        assert stage.server is not None
+        assert stage.server.proc is not None
+        assert stage.fleet is not None
+        self.parts = {
+            "server": [stage.server.proc.pid],
+            "devices": [p for p in stage.fleet.pids() if p != os.getpid()],
+            "bench": [os.getpid()],
+        }
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        return {k: sum(cpu_seconds(p) for p in pids) for k, pids in self.parts.items()}
+
+    def report(self, goal: float) -> None:
+        used = {k: v - self.start[k] for k, v in self.read().items()}
+        cores = os.cpu_count() or 1
+        total = sum(used.values())
+        print(
+            "         cpu  " + "  ".join(f"{k}={v:.1f}s" for k, v in used.items())
+            + f"  total={total:.1f}s  vs {cores} cores x goal={cores * goal:g}s"
+            f"  -> p100 >= {total / cores:.1f}s on this machine",
+            flush=True,
+        )  # fmt: skip
 
 
 def report(what: str, times: list[float], goal: float) -> None:
@@ -56,17 +97,18 @@ async def commit_and_measure(stage: Stage, paths: list[str], message: str) -> li
     return [(r.healthy_at(commit) or 0.0) - committed for r in stage.fleet.records.values()]
 
 
-async def main(devices: int) -> None:
+async def main(devices: int, workers: int) -> None:
     logging.getLogger("kernex.agent").addHandler(logging.NullHandler())
     logging.getLogger("kernex.agent").propagate = False
     root = Path(tempfile.mkdtemp(prefix="kernex-converge-"))
-    stage = Stage(root, devices=devices, fleet_settings={"behaviour": "ok"})
+    stage = Stage(root, devices=devices, fleet_settings={"behaviour": "ok", "workers": workers})
     try:
         server = await asyncio.to_thread(stage.start_server)
         print(f"server {server.base_url} pid {server.proc.pid if server.proc else '?'}")
         t0 = time.time()
         await stage.start_fleet()
-        print(f"enrolled {devices} devices in {time.time() - t0:.1f}s", flush=True)
+        print(f"enrolled {devices} devices ({workers} worker processes) in "
+              f"{time.time() - t0:.1f}s", flush=True)  # fmt: skip
         await stage.wait_for(
             lambda r: r.phase == "healthy", since=t0, timeout=300, what="become healthy"
         )
@@ -78,8 +120,10 @@ async def main(devices: int) -> None:
             set_value(path.read_text(), ["defaults", "config", "bench", "run"], time.time(),
                       source="kernex.yaml")
         )  # fmt: skip
+        meter = CpuMeter(stage)
         times = await commit_and_measure(stage, ["kernex.yaml"], "bench: config change")
         report("config", times, GOALS["config"])
+        meter.report(GOALS["config"])
         await asyncio.sleep(2)
 
         src = write_bundle_dir(root / "build", "2.0.0", HEALTH_OK, payload=os.urandom(1 << 20))
@@ -94,10 +138,12 @@ async def main(devices: int) -> None:
         group.write_text(
             set_value(group.read_text(), ["bundles", "hello"], "2.0.0", source="groups/all.yaml")
         )
+        meter = CpuMeter(stage)
         times = await commit_and_measure(
             stage, ["groups/all.yaml"], f"bench: hello 2.0.0 ({archive.stat().st_size} bytes)"
         )
         report("bundle", times, GOALS["bundle"])
+        meter.report(GOALS["bundle"])
     finally:
         await stage.close()
 
@@ -105,5 +151,9 @@ async def main(devices: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="simulator processes (default: one per core)",
+    )  # fmt: skip
     args = parser.parse_args()
-    asyncio.run(main(args.devices))
+    asyncio.run(main(args.devices, args.workers))

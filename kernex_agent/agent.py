@@ -112,6 +112,7 @@ class Agent:
         )
         self._started = False
         self._reports_made = 0
+        self._status: dict[str, Any] | None = None  # status.json's content, once read
 
     # ----------------------------------------------------------------- the loop
 
@@ -583,7 +584,12 @@ class Agent:
         log_tail: str | None = None,
         serial: int | None = None,
     ) -> None:
-        """Queue a status report on disk, then try to send the queue, oldest first."""
+        """Send a status report; keep it in the on-disk queue only when it cannot go now.
+
+        Reports arrive oldest first: while older ones wait in the queue, a new one joins the
+        end of it and the queue is sent in order; with the queue empty (the usual case) it is
+        sent at once and touches no queue file.
+        """
         report = StatusReport(
             phase=phase,
             serial=serial if serial is not None else state.applied_serial,
@@ -597,21 +603,43 @@ class Agent:
         )
         self._reports_made += 1
         try:
-            self._enqueue(report)
             self._write_status(report, error)
         except OSError as exc:
+            log.warning("cannot record the status report: %s", exc)
+        if not self._queued() and await self._deliver(report):
+            return
+        try:
+            self._enqueue(report)
+        except OSError as exc:
             log.warning("cannot queue a status report: %s", exc)
+            return
         await self.flush_reports()
+
+    def _queued(self) -> list[str]:
+        """Names of the queued reports, oldest first (only our own numbered files count)."""
+        try:
+            names = os.listdir(self.layout.reports)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(".json") and n[:-5].isdigit())
 
     def _enqueue(self, report: StatusReport) -> None:
         queue = self.layout.reports
         self.fs.mkdir(queue)
-        # Only our own numbered files count; anything else in the folder is left alone.
-        names = sorted(p.name for p in queue.glob("*.json") if p.stem.isdigit())
+        names = self._queued()
         seq = int(names[-1].split(".")[0]) + 1 if names else 1
         self.fs.write_atomic(queue / f"{seq:012d}.json", dump_json(report.to_dict()))
         for old in names[: max(0, len(names) + 1 - self.config.max_queued_reports)]:
             self.fs.unlink(queue / old)  # bounded: the oldest reports go first
+
+    async def _deliver(self, report: StatusReport) -> bool:
+        """Send one report: True when it is done with (delivered, or refused for good)."""
+        try:
+            status = await self.client.send_status(report)
+        except AgentError as exc:
+            log.info("status report kept for later: %s", exc)
+            return False
+        return status < 300 or (400 <= status < 500 and status not in (401, 403, 408, 429))
 
     async def flush_reports(self) -> bool:
         """Send queued reports oldest first; stop at the first that cannot be delivered."""
@@ -626,34 +654,43 @@ class Agent:
                 continue
             try:
                 report = StatusReport.from_dict(data)
-                status = await self.client.send_status(report)
             except ValueError:
                 self.fs.unlink(path)
                 continue
-            except AgentError as exc:
-                log.info("status report kept for later: %s", exc)
+            if not await self._deliver(report):
                 return False
-            if status < 300 or (400 <= status < 500 and status not in (401, 403, 408, 429)):
-                self.fs.unlink(path)  # delivered, or refused for good
-            else:
-                return False
+            self.fs.unlink(path)  # delivered, or refused for good
         return True
 
+    def _status_summary(self) -> dict[str, Any]:
+        """status.json as last written (read once; this agent is its only writer)."""
+        if self._status is None:
+            try:
+                self._status = read_json(self.layout.status) or {}
+            except AgentStateError:
+                self._status = {}  # damaged: the next write replaces it
+        return self._status
+
     def _write_status(self, report: StatusReport, error: str | None) -> None:
-        previous = read_json(self.layout.status) or {}
+        previous = self._status_summary()
         data = {
             "last_report": report.to_dict(),
             "last_error": error or previous.get("last_error"),
             "last_error_at": report.reported_at if error else previous.get("last_error_at"),
         }
         self.fs.write_atomic(self.layout.status, dump_json(data))
+        self._status = data
 
     def _note_error(self, error: str) -> None:
         try:
-            previous = read_json(self.layout.status) or {}
-            previous.update(last_error=error, last_error_at=format_time(self.clock()))
-            self.fs.write_atomic(self.layout.status, dump_json(previous))
-        except (OSError, AgentStateError) as exc:
+            data = {
+                **self._status_summary(),
+                "last_error": error,
+                "last_error_at": format_time(self.clock()),
+            }
+            self.fs.write_atomic(self.layout.status, dump_json(data))
+            self._status = data
+        except OSError as exc:
             log.warning("cannot record the error: %s", exc)
 
 

@@ -182,12 +182,15 @@ class DeviceClient:
         if offset > size:
             fs.unlink(part)
             offset = 0
-        if offset < size:
-            await self._fetch_range(full, part, offset, size, fs, read_timeout, min_rate)
         digest = hashlib.sha256()
-        with open(part, "rb") as fh:
-            while chunk := fh.read(1024 * 1024):
-                digest.update(chunk)
+        if offset:  # the bytes kept from an interrupted download count too
+            with open(part, "rb") as fh:
+                while chunk := fh.read(1024 * 1024):
+                    digest.update(chunk)
+        if offset < size:  # hashed as they arrive: no second pass over the file
+            digest = await self._fetch_range(
+                full, part, offset, size, digest, fs, read_timeout, min_rate
+            )
         if digest.hexdigest() != sha256:
             fs.unlink(part)
             raise DownloadError(
@@ -201,10 +204,12 @@ class DeviceClient:
         part: Path,
         offset: int,
         size: int,
+        digest: Any,  # hashlib sha256 of the bytes before offset
         fs: DeviceFS,
         read_timeout: float,
         min_rate: int,
-    ) -> None:
+    ) -> Any:
+        """Append the bytes from ``offset`` to ``part``; the sha256 of the whole file."""
         headers = self._signed("GET", url)
         headers["Accept-Encoding"] = "identity"  # the sha256 is over the bytes as stored
         if offset:
@@ -222,6 +227,7 @@ class DeviceClient:
                     if resp.status_code == 200 and offset:
                         fs.unlink(part)  # the server ignored Range: start again
                         written = 0
+                        digest = hashlib.sha256()
                     elif resp.status_code not in (200, 206):
                         raise DownloadError(
                             f"download of {url} answered {resp.status_code}",
@@ -237,6 +243,7 @@ class DeviceClient:
                                     hint="The store serves other bytes than the manifest names.",
                                 )
                             fs.write_chunk(fh, chunk)
+                            digest.update(chunk)
                             written += len(chunk)
                         fs.sync_file(fh)
                     finally:
@@ -249,6 +256,7 @@ class DeviceClient:
             raise DownloadError(f"download of {url} broke at byte {written}: {exc!r}") from exc
         if written < size:
             raise DownloadError(f"download of {url} ended at byte {written} of {size}")
+        return digest
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -23,9 +23,12 @@ device is only at the edges the agent already takes as arguments:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import random
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +47,7 @@ from kernex_agent.storage import DeviceFS
 from kernex_core import keys
 from kernex_core.errors import KernexError
 from kernex_core.manifest import Manifest
-from kernex_core.protocol import Phase
+from kernex_core.protocol import MAX_LOG_TAIL_BYTES, Phase
 
 BEHAVIOURS = ("ok", "fail-health", "fail-install", "hang", "slow", "real")
 Clock = Callable[[], float]
@@ -76,8 +79,9 @@ class SimSettings:
     id_prefix: str = "sim"
     poll_wait: int = 30  # seconds the server may hold each long poll
     slow_hook: float = 2.0  # seconds a ``slow`` hook takes at most
-    enroll_concurrency: int = 50  # enrollments in flight at once
+    enroll_concurrency: int = 50  # enrollments in flight at once (per worker)
     seed: int = 0
+    workers: int = 1  # processes, each with its own event loop and a share of the devices
 
     def device_id(self, index: int) -> str:
         return f"{self.id_prefix}-{index:04d}"
@@ -90,6 +94,23 @@ class SimSettings:
             if labels.get(rule.key) == rule.value:
                 return rule.behaviour
         return self.behaviour
+
+    def shard(self, worker: int) -> range:
+        """The device indexes worker ``worker`` of ``workers`` runs (dealt in turn)."""
+        return range(worker, self.devices, max(1, self.workers))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["root"] = str(self.root)
+        out["labels"] = {k: list(v) for k, v in self.labels.items()}
+        out["rules"] = [dict(r.__dict__) for r in self.rules]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimSettings:
+        rest = {k: v for k, v in data.items() if k not in ("root", "rules")}
+        rules = [BehaviourRule(**r) for r in data.get("rules", [])]
+        return cls(root=Path(data["root"]), rules=rules, **rest)
 
 
 class NoSyncFS(DeviceFS):
@@ -168,6 +189,18 @@ class DeviceRecord:
     events: list[tuple[float, str, int | None, str | None]] = field(default_factory=list)
     convergences: list[float] = field(default_factory=list)  # manifest change -> healthy (s)
 
+    def note(self, event: Mapping[str, Any]) -> None:
+        """Take one report (``SimAgent.report``'s event, or a worker's line about it)."""
+        self.phase = event["phase"]
+        self.serial = event["serial"]
+        self.revision = event["revision"]
+        self.bundles = dict(event["bundles"])
+        self.error = event["error"]
+        self.log_tail = event["log_tail"]
+        self.events.append((event["at"], self.phase, self.serial, self.revision))
+        if event.get("convergence") is not None:
+            self.convergences.append(event["convergence"])
+
     def healthy_at(self, revision: str) -> float | None:
         """When this device first reported healthy on ``revision``."""
         for at, phase, _serial, rev in self.events:
@@ -180,6 +213,7 @@ class SimAgent(Agent):
     """An ``Agent`` that also notes its reports and manifest changes in a ``DeviceRecord``."""
 
     record: DeviceRecord
+    listener: Callable[[dict[str, Any]], None] | None = None  # told of every report
 
     async def apply(self, manifest: Manifest, state: AgentState, now: float) -> CycleResult:
         self.record.changed_at = self.clock()
@@ -196,16 +230,24 @@ class SimAgent(Agent):
     ) -> None:
         rec = self.record
         now = self.clock()
-        rec.phase = phase.value
-        rec.serial = serial if serial is not None else state.applied_serial
-        rec.revision = state.applied_revision
-        rec.bundles = state.bundle_versions()
-        rec.error = error
-        rec.log_tail = log_tail
-        rec.events.append((now, phase.value, rec.serial, rec.revision))
+        convergence = None
         if phase is Phase.HEALTHY and rec.changed_at is not None:
-            rec.convergences.append(now - rec.changed_at)
+            convergence = now - rec.changed_at
             rec.changed_at = None
+        event = {
+            "device": rec.device_id,
+            "at": now,
+            "phase": phase.value,
+            "serial": serial if serial is not None else state.applied_serial,
+            "revision": state.applied_revision,
+            "bundles": state.bundle_versions(),
+            "error": error,
+            "log_tail": log_tail,
+            "convergence": convergence,
+        }
+        rec.note(event)
+        if self.listener is not None:
+            self.listener(event)
         await super().report(phase, state, error=error, log_tail=log_tail, serial=serial)
 
 
@@ -231,65 +273,192 @@ class Summary:
         return dict(self.__dict__)
 
 
+class WorkerProcess:
+    """One ``kernex_agent.simworker`` child: its settings in on stdin, reports out on stdout.
+
+    Commands on stdin, one a line: the settings (JSON) first, then ``run`` and ``stop``
+    (end of input stops it too). Lines on stdout: ``{"enrolled": n}``, one report event
+    per line (``SimAgent.report``), or ``{"error": ..., "hint": ...}`` before it gives up.
+    """
+
+    def __init__(self, settings: SimSettings, index: int, records: dict[str, DeviceRecord]):
+        self.settings = settings
+        self.index = index
+        self.records = records
+        self.log_path = settings.root / f"worker-{index}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._enrolled = asyncio.get_running_loop().create_future()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    async def start(self) -> None:
+        """Start the worker and wait until its devices are enrolled."""
+        with open(self.log_path, "wb") as log_file:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "kernex_agent.simworker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                limit=4 * MAX_LOG_TAIL_BYTES + 64 * 1024,
+            )
+        line = json.dumps({"settings": self.settings.to_dict(), "worker": self.index})
+        self.command(line)
+        self._reader = asyncio.ensure_future(self._read())
+        await self._enrolled
+
+    def command(self, line: str) -> None:
+        proc = self.proc
+        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.write(line.encode() + b"\n")
+
+    async def _read(self) -> None:
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            return
+        error: SimulationError | None = None
+        while line := await proc.stdout.readline():
+            message = json.loads(line)
+            if "device" in message:
+                self.records[message["device"]].note(message)
+            elif "enrolled" in message:
+                for index in self.settings.shard(self.index):
+                    self.records[self.settings.device_id(index)].phase = "enrolled"
+                if not self._enrolled.done():
+                    self._enrolled.set_result(None)
+            elif "error" in message:
+                error = SimulationError(message["error"], hint=message.get("hint"))
+        if not self._enrolled.done():
+            self._enrolled.set_exception(
+                error
+                or SimulationError(
+                    f"simulator worker {self.index} stopped while enrolling",
+                    hint=f"See {self.log_path}.",
+                )
+            )
+
+    async def wait_exit(self) -> int:
+        assert self.proc is not None  # noqa: S101
+        if self._reader is not None:
+            await self._reader
+        return await self.proc.wait()
+
+    async def close(self, timeout: float = 15.0) -> None:
+        """Stop the worker: end its input, wait, and kill it if it does not go."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.wait_exit(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if self._enrolled.done() and not self._enrolled.cancelled():
+            self._enrolled.exception()  # retrieved: a failed start was raised by start()
+
+
 class SimFleet:
+    """The simulated devices, in this event loop or spread over ``settings.workers`` processes.
+
+    With several workers, each runs ``kernex_agent.simworker``: its share of the devices
+    (``SimSettings.shard``) in its own event loop, one JSON line per report back over a
+    pipe, so ``records`` here hold every device, with the times the workers measured.
+    ``worker`` makes this fleet one such share (the worker process's own fleet).
+    """
+
     def __init__(
         self,
         settings: SimSettings,
         *,
         http: httpx.AsyncClient | None = None,
         clock: Clock = time.time,
+        worker: int | None = None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if settings.behaviour not in BEHAVIOURS:
             raise SimulationError(
                 f"unknown behaviour {settings.behaviour!r}",
                 hint=f"Use one of {', '.join(BEHAVIOURS)}.",
             )
+        if settings.workers < 1:
+            raise SimulationError(
+                f"workers must be at least 1, not {settings.workers}",
+                hint="Use --workers 1 to run every device in this process.",
+            )
         self.settings = settings
         self.clock = clock
+        self.listener = listener
+        self.indices = settings.shard(worker) if worker is not None else range(settings.devices)
+        self.spread = worker is None and settings.workers > 1 and http is None
+        self.records: dict[str, DeviceRecord] = {}
+        self.agents: list[SimAgent] = []
+        self.fs = NoSyncFS()
+        self._workers: list[WorkerProcess] = []
         # httpcore scans its whole pool on every request (O(connections)), so one pool for a
         # thousand devices spends most of the CPU there; small pools keep each scan short.
         # Every device holds one long poll open, plus one report or download at a time.
-        self._own_http = http is None
-        shards = 1 if http is not None else max(1, -(-settings.devices // DEVICES_PER_POOL))
-        per_pool = min(settings.devices, DEVICES_PER_POOL) * 2 + 4
+        self._own_http = http is None and not self.spread
+        count = 0 if self.spread else len(self.indices)
+        shards = 1 if http is not None else max(1, -(-count // DEVICES_PER_POOL))
+        per_pool = min(count, DEVICES_PER_POOL) * 2 + 4
         limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
         self.pools = (
             [http]
             if http is not None
             else [httpx.AsyncClient(limits=limits, timeout=60) for _ in range(shards)]
+            if not self.spread
+            else []
         )
-        self.http = self.pools[0]
-        self.records: dict[str, DeviceRecord] = {}
-        self.agents: list[SimAgent] = []
-        self.fs = NoSyncFS()
+
+    def pids(self) -> list[int]:
+        """The processes that run the devices (this one, or the workers)."""
+        return [w.pid for w in self._workers] if self.spread else [os.getpid()]
 
     async def aclose(self) -> None:
+        for worker in self._workers:
+            await worker.close()
         if self._own_http:
             for pool in self.pools:
                 await pool.aclose()
+
+    def _new_record(self, index: int) -> DeviceRecord:
+        s = self.settings
+        labels = s.labels_for(index)
+        record = DeviceRecord(s.device_id(index), labels, s.behaviour_for(labels))
+        self.records[record.device_id] = record
+        return record
 
     async def enroll_all(self) -> None:
         """Enroll every device (keys made here), at most ``enroll_concurrency`` at a time."""
         s = self.settings
         s.root.mkdir(parents=True, exist_ok=True)
+        if self.spread:
+            for index in self.indices:
+                self._new_record(index)
+            self._workers = [WorkerProcess(s, k, self.records) for k in range(s.workers)]
+            await asyncio.gather(*(w.start() for w in self._workers))
+            return
         gate = asyncio.Semaphore(s.enroll_concurrency)
 
-        async def one(index: int) -> SimAgent:
-            device_id = s.device_id(index)
-            labels = s.labels_for(index)
-            behaviour = s.behaviour_for(labels)
-            record = DeviceRecord(device_id, labels, behaviour)
-            self.records[device_id] = record
-            data_dir = s.root / device_id
-            http = self.pools[index % len(self.pools)]
+        async def one(n: int, index: int) -> SimAgent:
+            record = self._new_record(index)
+            data_dir = s.root / record.device_id
+            http = self.pools[n % len(self.pools)]
             async with gate:
                 await enroll(
                     http,
                     server_url=s.server_url,
                     data_dir=data_dir,
-                    device_id=device_id,
+                    device_id=record.device_id,
                     token=s.enroll_token,
-                    labels=labels,
+                    labels=record.labels,
                     wait_for_approval=False,
                     clock=self.clock,
                     sleep=asyncio.sleep,
@@ -297,29 +466,33 @@ class SimFleet:
                 )
             config = AgentConfig(
                 server_url=s.server_url,
-                device_id=device_id,
+                device_id=record.device_id,
                 data_dir=data_dir,
                 poll_wait=s.poll_wait,
             )
-            rng = random.Random(f"{s.seed}-{device_id}")  # noqa: S311 - simulation, not secrets
+            rng = random.Random(f"{s.seed}-{record.device_id}")  # noqa: S311 - simulation
             key = keys.load_private_key_pem((data_dir / "device.key").read_bytes())
             agent = SimAgent(
                 config,
                 http,
                 key=key,
                 clock=self.clock,
-                hooks=SimHookRunner(behaviour, labels, rng, s.slow_hook),
+                hooks=SimHookRunner(record.behaviour, record.labels, rng, s.slow_hook),
                 fs=self.fs,
                 rng=rng,
             )
             agent.record = record
+            agent.listener = self.listener
             record.phase = "enrolled"
             return agent
 
-        self.agents = list(await asyncio.gather(*(one(i) for i in range(s.devices))))
+        self.agents = list(await asyncio.gather(*(one(n, i) for n, i in enumerate(self.indices))))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every agent until ``stop`` is set; long polls in flight are cancelled."""
+        if self.spread:
+            await self._run_workers(stop)
+            return
         tasks = [asyncio.ensure_future(agent.run_forever(stop)) for agent in self.agents]
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -331,6 +504,26 @@ class SimFleet:
         for task in done:
             if task is not stopper and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+    async def _run_workers(self, stop: asyncio.Event) -> None:
+        for worker in self._workers:
+            worker.command("run")
+        exits = [asyncio.ensure_future(w.wait_exit()) for w in self._workers]
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait([*exits, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            for worker in self._workers:
+                worker.command("stop")
+            await asyncio.gather(*(w.close() for w in self._workers))
+            for task in exits:
+                task.cancel()
+        if stopper not in done:
+            raise SimulationError(
+                "a simulator worker stopped before the fleet was stopped",
+                hint=f"See the worker logs under {self.settings.root}.",
+            )
 
     def phases(self) -> Counter[str]:
         return Counter(r.phase for r in self.records.values())

@@ -219,6 +219,9 @@ def _rules(pairs: list[str]) -> list[BehaviourRule]:
     return rules
 
 
+SPREAD_FROM = 200  # simulated devices from which `agent simulate` uses every core
+
+
 @agent_app.command("simulate")
 def simulate_cmd(
     server: Annotated[str, typer.Option("--server", help="Server URL, e.g. http://127.0.0.1:8443")],
@@ -247,9 +250,19 @@ def simulate_cmd(
     ] = None,
     id_prefix: Annotated[str, typer.Option("--id-prefix", help="Device id prefix.")] = "sim",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes to spread the devices over, each with its own event loop "
+            f"[default: 1 below {SPREAD_FROM} devices, else one per CPU core].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Run N simulated devices (the real agent code) in one process, then report per device
-    the time from each manifest change to healthy.
+    """Run N simulated devices (the real agent code) in one or more processes, then report
+    per device the time from each manifest change to healthy.
 
     Example: kernex agent simulate --server http://127.0.0.1:8443 --enroll-token kxe_...
     --devices 200 --label ring=canary,stable --behaviour-label ring=canary:fail-health
@@ -278,6 +291,7 @@ def simulate_cmd(
         behaviour=behaviour,
         rules=_rules(behaviour_label or []),
         id_prefix=id_prefix,
+        workers=workers or (1 if devices < SPREAD_FROM else os.cpu_count() or 1),
     )
 
     async def go() -> SimFleet:

@@ -133,12 +133,17 @@ def _parse_hook(name: str, raw: Any) -> Hook:
     return Hook(argv=tuple(argv), timeout=float(timeout))
 
 
+# libyaml's safe loader when PyYAML was built with it: the same safe subset, several times
+# faster (every install and every config change parses the bundles' metadata).
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_metadata(raw: bytes) -> BundleMeta:
     """Parse and validate ``kernex-bundle.yaml``; every problem is a BundleError with a hint."""
     if len(raw) > MAX_METADATA_BYTES:
         raise BundleError(f"{METADATA_NAME} is larger than {MAX_METADATA_BYTES} bytes")
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader (C or Python)
     except yaml.YAMLError as exc:
         raise BundleError(f"{METADATA_NAME} is not valid YAML: {exc}", hint=_HINT) from exc
     if not isinstance(data, Mapping):

@@ -11,6 +11,7 @@ import httpx
 from agent_helpers import OK, Device, bundle_bytes, run, snapshot
 from agent_sim import ServerSimulator
 
+from kernex_agent.storage import DeviceFS
 from kernex_core.protocol import Phase
 
 FAIL = "#!/bin/sh\necho 'health: service does not answer' >&2\nexit 3\n"
@@ -156,6 +157,59 @@ def test_reports_are_queued_while_unreachable_and_sent_oldest_first(tmp_path: Pa
     assert list((dev.data_dir / "reports").iterdir()) == []
     times = [r.reported_at for _, r in sim.reports[-3:]]
     assert times == sorted(times)
+
+
+class RecordingFS(DeviceFS):
+    """The real file edge, noting every path it writes, renames or creates."""
+
+    def __init__(self) -> None:
+        self.touched: list[Path] = []
+
+    def write_atomic(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        self.touched.append(path)
+        super().write_atomic(path, data, mode=mode)
+
+    def mkdir(self, path: Path, *, mode: int = 0o755) -> None:
+        self.touched.append(path)
+        super().mkdir(path, mode=mode)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        self.touched.append(dst)
+        super().rename(src, dst)
+
+
+def test_reports_go_straight_out_while_the_server_answers(tmp_path: Path) -> None:
+    sim = ServerSimulator()
+    fs = RecordingFS()
+    dev = Device(tmp_path, sim, fs=fs)
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)])
+
+    assert dev.cycle().phase is Phase.HEALTHY
+
+    phases = [r.phase for r in sim.reports_for("dev-1")]
+    assert phases[-3:] == [Phase.DOWNLOADING, Phase.INSTALLING, Phase.HEALTHY]
+    queue = dev.data_dir / "reports"
+    assert not queue.exists()
+    assert [p for p in fs.touched if queue in p.parents or p == queue] == []
+
+
+def test_reports_made_while_down_arrive_oldest_first_before_newer_ones(tmp_path: Path) -> None:
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim)
+    dev.cycle()
+    sim.unreachable = True
+    for n in range(3):
+        run(dev.agent.report(Phase.FAILED, dev.agent.load_state(), error=f"offline {n}"))
+    assert len(list((dev.data_dir / "reports").glob("*.json"))) == 3
+    sim.unreachable = False
+    sent_before = len(sim.reports)
+
+    run(dev.agent.report(Phase.HEALTHY, dev.agent.load_state()))  # joins the end of the queue
+
+    errors = [r.error for _, r in sim.reports[sent_before:]]
+    assert errors == ["offline 0", "offline 1", "offline 2", None]
+    assert list((dev.data_dir / "reports").iterdir()) == []
 
 
 def test_a_stray_file_in_the_report_queue_does_not_stop_reporting(tmp_path: Path) -> None:

@@ -84,3 +84,51 @@ def test_simulate_command_converges_devices_on_a_real_server(tmp_path: Path) -> 
             "sim-0003": "stable",
         }
         assert {d["status"]["phase"] for d in listed} == {"healthy"}
+
+
+@pytest.mark.e2e
+def test_simulate_spreads_devices_over_worker_processes(tmp_path: Path) -> None:
+    prepare_fleet_repo(tmp_path / "fleet")
+    with LocalServer(tmp_path / "server", repo=tmp_path / "fleet") as server:
+        admin = {"Authorization": f"Bearer {server.admin_token}"}
+        token = httpx.post(
+            f"{server.base_url}/v1/admin/enrollment-tokens", json={"max_uses": 5}, headers=admin
+        ).json()["token"]
+        result = CliRunner().invoke(
+            app,
+            [
+                "agent", "simulate", "--server", server.base_url, "--enroll-token", token,
+                "--devices", "5", "--workers", "2", "--label", "ring=canary,stable",
+                "--duration", "3", "--root", str(tmp_path / "devices"), "--json",
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        assert out["summary"]["devices"] == 5
+        assert out["summary"]["phases"] == {"healthy": 5}
+        assert out["summary"]["convergences"] == 5  # every worker's times came back
+        assert [d["device"] for d in out["devices"]] == [f"sim-{i:04d}" for i in range(5)]
+        assert all(d["bundles"] == {} and len(d["convergences"]) == 1 for d in out["devices"])
+        for worker in (0, 1):  # both processes ran devices: each wrote its own log
+            assert (tmp_path / "devices" / f"worker-{worker}.log").exists()
+        listed = httpx.get(f"{server.base_url}/v1/admin/devices", headers=admin).json()["devices"]
+        assert {d["id"]: d["labels"]["ring"] for d in listed} == {
+            f"sim-{i:04d}": ("canary", "stable")[i % 2] for i in range(5)
+        }
+        assert {d["status"]["phase"] for d in listed} == {"healthy"}
+
+
+@pytest.mark.e2e
+def test_a_worker_that_cannot_enroll_fails_the_simulation_clearly(tmp_path: Path) -> None:
+    prepare_fleet_repo(tmp_path / "fleet")
+    with LocalServer(tmp_path / "server", repo=tmp_path / "fleet") as server:
+        result = CliRunner().invoke(
+            app,
+            [
+                "agent", "simulate", "--server", server.base_url, "--enroll-token", "kxe_wrong",
+                "--devices", "2", "--workers", "2", "--root", str(tmp_path / "devices"),
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output
+        assert "enrollment refused (403)" in result.output
