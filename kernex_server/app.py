@@ -396,6 +396,7 @@ async def _status_loop(kx: ServerContext) -> None:
         except Exception:  # keep serving; the batch went back to the queue for the next try
             log.exception("cannot record status reports")
 
+
 ROLLOUT_DEBOUNCE = 0.2  # seconds: reports arriving together make one evaluation
 
 
