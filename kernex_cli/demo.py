@@ -52,6 +52,21 @@ case ",$KERNEX_SIM_LABELS," in
 esac
 echo "hello $KERNEX_VERSION answers"
 """
+HEALTH_FAILS = """#!/bin/sh
+# hello 1.2.0 was built against a sensor service no device runs: it fails everywhere.
+echo "hello $KERNEX_VERSION: cannot reach the sensor service on port 7007" >&2
+exit 1
+"""
+# The last act's group `all` stages its releases: one wave of a tenth, then everyone.
+STAGED_GROUP = "all"
+STAGED_ROLLOUT = """\
+rollout:                # a release reaches a tenth of the fleet first
+  waves: [10%, 100%]
+  failure_threshold: 0% # one failed device halts the rollout
+  pause: 2s             # a healthy first wave is promoted after this
+  auto_rollback: true   # on a halt, serve the previous state to devices that moved
+"""
+STAGED_COMMIT = "all: stage releases in two waves, halt on the first failure"
 
 
 class DemoError(KernexError):
@@ -188,6 +203,19 @@ class Stage:
         if answer.get("state") in ("invalid", "unsigned"):
             raise DemoError(f"the server did not deploy the commit: {answer}")
         return answer
+
+    async def admin_get(self, path: str) -> dict[str, Any]:
+        assert self.server is not None  # noqa: S101
+        resp = await self.http.get(f"{self.server.base_url}{path}", headers=self.admin_headers())
+        if resp.status_code != 200:
+            raise DemoError(f"GET {path} failed: {resp.status_code} {resp.text}")
+        answer: dict[str, Any] = resp.json()
+        return answer
+
+    async def desired_serials(self) -> dict[str, int | None]:
+        """Each device's desired (served) manifest serial, as the server has it now."""
+        rows = (await self.admin_get("/v1/admin/devices"))["devices"]
+        return {d["id"]: d["desired_serial"] for d in rows}
 
     async def kernex(self, *args: str) -> str:
         """Run a real ``kernex`` command as a child process; its output, or DemoError."""
@@ -343,16 +371,7 @@ class Demo:
         v1 = write_bundle_dir(work, "1.0.0", HEALTH_OK)
         v2 = write_bundle_dir(work, "1.1.0", HEALTH_NEEDS_REV_B)
         for src in (v1, v2):
-            archive = work / f"{src.name}.tar.gz"
-            await st.kernex("bundle", "build", str(src), "-o", str(archive))
-            await st.kernex(
-                "bundle", "push", str(archive), "--repo", str(st.repo_path),
-                "--server", server.base_url, "--token", server.admin_token,
-            )  # fmt: skip
-            say.step(
-                f"Built {archive.name} and uploaded it; bundles/hello.yaml pins its sha256",
-                f"kernex bundle build {src.name} && kernex bundle push {archive.name}",
-            )
+            await self._push_bundle(src)
         await st.reconcile()
 
         s = await self._commit_and_converge(
@@ -396,7 +415,148 @@ class Demo:
             f"({s:.1f} s)",
             "kernex rollback --group all",
         )
+        await self._staged_rollout(result)
         return result
+
+    async def _push_bundle(self, src: Path) -> None:
+        st = self.stage
+        assert st.server is not None  # noqa: S101 - started by the story
+        archive = src.parent / f"{src.name}.tar.gz"
+        await st.kernex("bundle", "build", str(src), "-o", str(archive))
+        await st.kernex(
+            "bundle", "push", str(archive), "--repo", str(st.repo_path),
+            "--server", st.server.base_url, "--token", st.server.admin_token,
+        )  # fmt: skip
+        self.say.step(
+            f"Built {archive.name} and uploaded it; bundles/hello.yaml pins its sha256",
+            f"kernex bundle build {src.name} && kernex bundle push {archive.name}",
+        )
+
+    def _stage_group(self) -> None:
+        """The operator's edit: a rollout block in groups/all.yaml, committed with git."""
+        rel = f"groups/{STAGED_GROUP}.yaml"
+        target = self.stage.repo_path / rel
+        target.write_text(target.read_text().rstrip("\n") + "\n" + STAGED_ROLLOUT)
+        FleetRepo(self.stage.repo_path).commit([rel], STAGED_COMMIT)
+
+    async def _staged_rollout(self, result: DemoResult) -> None:
+        """The last act: a release that fails everywhere reaches the first wave only."""
+        st, say, n = self.stage, self.say, self.options.devices
+        await self._push_bundle(write_bundle_dir(self.root / "build", "1.2.0", HEALTH_FAILS))
+        await asyncio.to_thread(self._stage_group)
+        await st.reconcile()
+        say.step(
+            f"Gave group {STAGED_GROUP} a rollout: a first wave of 10%, then 100% after "
+            "2 s; any failure halts it and rolls its devices back",
+            f'$EDITOR groups/{STAGED_GROUP}.yaml && git commit -am "{STAGED_COMMIT}"',
+        )
+        before = await st.desired_serials()
+        await st.kernex(
+            "deploy", "hello@1.2.0", "--group", STAGED_GROUP, "--repo", str(st.repo_path)
+        )
+        committed = time.time()
+        revision = await asyncio.to_thread(FleetRepo(st.repo_path).head)
+        await st.reconcile()
+        halted = await self._until_halted(revision)
+        halted_after = time.time() - committed
+        result.timings.append(Timing("halt hello 1.2.0", halted_after))
+        detail = await st.admin_get(f"/v1/admin/rollouts/{halted['id']}")
+        canaries = {d["id"]: int(d["new_serial"]) for d in detail["device_list"] if d["admitted"]}
+
+        def back(r: DeviceRecord) -> bool:
+            took = canaries.get(r.device_id)
+            return _on("1.0.0", "healthy")(r) and (took is None or (r.serial or 0) > took)
+
+        s = await self._converge(back, committed, "roll back hello 1.2.0")
+        result.timings.append(Timing("auto-rollback 1.2.0", s))
+        failed = [r for r in self._records() if _failed_on(r, canaries.get(r.device_id))]
+        say.step(
+            f"hello 1.2.0 reached the first wave only: {len(canaries)} of {n} devices took "
+            f"it, {len(failed)} failed its health check, and the server halted rollout "
+            f"{halted['id']} ({halted_after:.1f} s); auto rollback served those devices 1.0.0 "
+            f"again under a higher serial; the other {n - len(canaries)} never received "
+            f"1.2.0 ({s:.1f} s)",
+            f"kernex deploy hello@1.2.0 --group {STAGED_GROUP}",
+        )
+        say.note(f"rollout {halted['id']} halted: {halted['reason']}")
+        devices = await self._check_staged(int(halted["id"]), before, canaries)
+        for report in _failure_reports(devices, canaries)[:1]:
+            say.note(f"{report['device']} reported: {report['error']}")
+            tail = (report.get("log_tail") or "").strip().splitlines()
+            if tail:
+                say.note(f"hook log: {tail[0]}")
+        assert st.server is not None  # noqa: S101
+        shown = await st.kernex(
+            "rollouts", "list",
+            "--server", st.server.base_url, "--token", st.server.admin_token,
+        )  # fmt: skip
+        say.step(
+            "Every device is healthy on the version it had; the rollout shows why",
+            f"kernex rollouts list   # and `kernex rollouts show {halted['id']}` for each "
+            "device's wave, serial and phase",
+        )
+        for line in shown.rstrip().splitlines():
+            say.note(line)
+
+    async def _until_halted(self, revision: str) -> dict[str, Any]:
+        """Follow the commit's rollout, noting its wave and state, until the server halts it."""
+        from kernex_cli.rollouts_cmds import wave_progress
+
+        deadline = time.monotonic() + self.options.step_timeout
+        said = ""
+        while True:
+            self._show()
+            rows = (await self.stage.admin_get("/v1/admin/rollouts"))["rollouts"]
+            found = next((r for r in rows if r["revision"] == revision), None)
+            if found is not None:
+                line = f"rollout {found['id']}: {found['state']}, {wave_progress(found)}"
+                if line != said:
+                    self.say.note(line)
+                    said = line
+                if found["state"] == "halted":
+                    return dict(found)
+                if found["state"] not in ("running", "paused"):
+                    raise DemoError(f"rollout {found['id']} ended {found['state']}, not halted")
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"the server did not halt the rollout of {revision[:12]} within "
+                    f"{self.options.step_timeout:g} s"
+                    + ("" if found else ": no rollout started for that commit"),
+                    hint="Look at the server log in the workspace (server.log).",
+                )
+            await asyncio.sleep(0.1)
+
+    async def _check_staged(
+        self, rollout_id: int, before: dict[str, int | None], canaries: dict[str, int]
+    ) -> list[dict[str, Any]]:
+        """What the act claims, as the server records it: the rollout is halted, the
+        devices outside the first wave were never served or reported 1.2.0 and kept their
+        serial, and every device is healthy on 1.0.0 again."""
+        st = self.stage
+        rows = (await st.admin_get("/v1/admin/rollouts"))["rollouts"]
+        state = next((r["state"] for r in rows if r["id"] == rollout_id), None)
+        if state != "halted":
+            raise DemoError(f"rollout {rollout_id} is {state}, not halted")
+        if not canaries or len(canaries) == len(before):
+            raise DemoError(f"rollout {rollout_id} admitted {len(canaries)} devices at once")
+        deadline = time.monotonic() + 10  # the last reports may still be on their way
+        while True:
+            devices = await asyncio.gather(
+                *(st.admin_get(f"/v1/admin/devices/{device_id}") for device_id in sorted(before))
+            )
+            wrong = [
+                f"{d['id']}: {problem}"
+                for d in devices
+                if (problem := _staged_problem(d, before[d["id"]], canaries.get(d["id"])))
+            ]
+            if not wrong:
+                return list(devices)
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"{len(wrong)} devices are not where the halted rollout should leave them: "
+                    + "; ".join(wrong[:5])
+                )
+            await asyncio.sleep(0.2)
 
     def _records(self) -> list[DeviceRecord]:
         assert self.stage.fleet is not None  # noqa: S101
@@ -407,6 +567,52 @@ class Demo:
         while True:
             self._show()
             await asyncio.sleep(1)
+
+
+def _failed_on(r: DeviceRecord, serial: int | None) -> bool:
+    """Whether the device reported ``serial`` as failed or rolled back."""
+    return serial is not None and any(
+        phase in ("failed", "rolled_back") and at_serial == serial
+        for _at, phase, at_serial, _rev in r.events
+    )
+
+
+def _failure_reports(
+    devices: Sequence[dict[str, Any]], canaries: dict[str, int]
+) -> list[dict[str, Any]]:
+    """The first wave's reports of the new serial as failed or rolled back (server side)."""
+    return [
+        {"device": d["id"], **h}
+        for d in devices
+        for h in d["status_history"]
+        if h["serial"] == canaries.get(d["id"]) and h["phase"] in ("failed", "rolled_back")
+    ]
+
+
+def _names(bundles: dict[str, Any] | None, version: str) -> bool:
+    return (bundles or {}).get("hello") == version
+
+
+def _staged_problem(device: dict[str, Any], before: int | None, took: int | None) -> str | None:
+    """Why one device is not where the halted rollout should leave it, or None."""
+    served = any(_names(d["bundles"], "1.2.0") for d in device["deployments"])
+    reported = any(_names(h["bundles"], "1.2.0") for h in device["status_history"])
+    status = device["status"] or {}
+    if status.get("phase") != "healthy" or not _names(status.get("bundles"), "1.0.0"):
+        return f"reports {status.get('phase')} on {status.get('bundles')}"
+    if device["reported_serial"] != device["desired_serial"]:
+        return f"reports serial {device['reported_serial']}, not {device['desired_serial']}"
+    if took is None:
+        if served or reported:
+            return "outside the first wave, yet it was served or reported hello 1.2.0"
+        if device["desired_serial"] != before:
+            return f"outside the first wave, yet its serial moved from {before}"
+        return None
+    if not served:
+        return "in the first wave, yet never served hello 1.2.0"
+    if (device["desired_serial"] or 0) <= took:
+        return f"in the first wave, yet not rolled back past serial {took}"
+    return None
 
 
 def phase_counts(records: Sequence[DeviceRecord]) -> Counter[str]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -68,7 +69,7 @@ class LiveNarrator(PlainNarrator):
             self.live.console.print(f"    [dim]$[/] [cyan]{command}[/]", highlight=False)
 
     def note(self, text: str) -> None:
-        self.live.console.print(f"    [dim]{text}[/]", highlight=False)
+        self.live.console.print(f"    [dim]{escape(text)}[/]", highlight=False)
 
     def fleet(self, records: Sequence[DeviceRecord]) -> None:
         from kernex_cli.demo import phase_counts, version_counts
@@ -97,7 +98,10 @@ def fleet_line(records: Sequence[DeviceRecord]) -> str:
 
 
 def _summary(result: DemoResult, keep: bool) -> None:
-    console.print("\nThe story ran as told. Commit -> last device converged:", highlight=False)
+    console.print(
+        "\nThe story ran as told. Commit -> last device converged (or the rollout halted):",
+        highlight=False,
+    )
     for timing in result.timings:
         console.print(f"  {timing.what:<22} {timing.seconds:6.2f} s", highlight=False)
     if keep:
@@ -107,6 +111,7 @@ def _summary(result: DemoResult, keep: bool) -> None:
             f"  export KERNEX_SERVER={server} KERNEX_TOKEN={token}\n"
             "  kernex status\n"
             "  kernex devices list\n"
+            "  kernex rollouts show 1\n"
             f"  kernex plan --repo {result.workspace / 'fleet'}\n"
             f"  git -C {result.workspace / 'fleet'} log --oneline",
             highlight=False,
@@ -130,7 +135,8 @@ def demo(
     ] = False,
 ) -> None:
     """Run the whole Kernex story on this machine: fleet repo, server, devices, a deploy, a
-    failed health check rolled back by the devices, and a rollback commit.
+    failed health check rolled back by the devices, a rollback commit, and a staged rollout
+    whose failing first wave halts it before the rest of the fleet gets the release.
 
     Loopback only; nothing to set up. Exits 0 when the story ran as told.
 
