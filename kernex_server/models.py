@@ -64,14 +64,9 @@ class Deployment(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
-class DeviceStatus(Base):
-    """The latest status report of a device."""
+class _ReportColumns:
+    """The columns of one status report, shared by the latest report and the history."""
 
-    __tablename__ = "device_status"
-
-    device_id: Mapped[str] = mapped_column(
-        String(63), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
-    )
     phase: Mapped[str] = mapped_column(String(16))
     serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -84,7 +79,17 @@ class DeviceStatus(Base):
     received_at: Mapped[float] = mapped_column(Float)
 
 
-class StatusReportRow(Base):
+class DeviceStatus(_ReportColumns, Base):
+    """The latest status report of a device."""
+
+    __tablename__ = "device_status"
+
+    device_id: Mapped[str] = mapped_column(
+        String(63), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class StatusReportRow(_ReportColumns, Base):
     """Status history, bounded per device by the ``status_history`` setting."""
 
     __tablename__ = "status_reports"
@@ -93,16 +98,6 @@ class StatusReportRow(Base):
     device_id: Mapped[str] = mapped_column(
         String(63), ForeignKey("devices.id", ondelete="CASCADE"), index=True
     )
-    phase: Mapped[str] = mapped_column(String(16))
-    serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    bundles: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    config_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    log_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
-    agent_version: Mapped[str] = mapped_column(String(64), default="")
-    reported_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    received_at: Mapped[float] = mapped_column(Float)
 
 
 class Revision(Base):
