@@ -42,7 +42,7 @@ def tests_postgres(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    session.install("-e", ".")
+    session.install("-e", ".[all]")
     session.run("kernex", "demo", *session.posargs)
 
 

@@ -55,7 +55,7 @@ class AgentConfig:
         except TypeError as exc:
             raise AgentStateError(
                 f"agent config is incomplete: {exc}",
-                hint="Run `kernex agent enroll` again.",
+                hint="Run `kernex-agent enroll` again.",
             ) from exc
 
     def with_overrides(self, **changes: Any) -> AgentConfig:
@@ -101,7 +101,7 @@ def load_config(data_dir: Path) -> AgentConfig:
     except FileNotFoundError as exc:
         raise AgentStateError(
             f"{data_dir} holds no enrolled agent (no agent.json)",
-            hint="Run `kernex agent enroll --server URL --token T` first, or pass --data-dir.",
+            hint="Run `kernex-agent enroll --server URL --token T` first, or pass --data-dir.",
         ) from exc
     except (OSError, ValueError) as exc:
         raise AgentStateError(f"cannot read {layout.config}: {exc}") from exc

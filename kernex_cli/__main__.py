@@ -1,5 +1,5 @@
 """``python -m kernex_cli``: the same as the ``kernex`` command."""
 
-from kernex_cli.main import main
+from kernex_cli.launch import main
 
 main()

@@ -118,4 +118,4 @@ def test_enroll_with_a_bad_token_and_usage_errors(tmp_path: Path, server: Server
 def test_run_without_enrollment_explains(tmp_path: Path) -> None:
     result = runner.invoke(app, ["agent", "run", "--once", "--data-dir", str(tmp_path)])
     assert result.exit_code == 1
-    assert "kernex agent enroll" in result.output
+    assert "kernex-agent enroll" in result.output

@@ -13,7 +13,7 @@ def test_importing_the_agent_loads_no_server_cli_or_heavy_library() -> None:
     code = (
         "import json, sys\n"
         "import kernex_agent, kernex_agent.agent, kernex_agent.runner, kernex_agent.enroll\n"
-        "import kernex_agent.__main__\n"
+        "import kernex_agent.__main__, kernex_agent.cli\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run(

@@ -26,7 +26,10 @@ def texts() -> list[Path]:
 def test_the_distribution_is_named_kernex_fleet() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION
-    assert project["scripts"]["kernex"] == "kernex_cli.main:main"
+    assert project["scripts"] == {
+        "kernex": "kernex_cli.launch:main",
+        "kernex-agent": "kernex_agent.cli:run",
+    }
 
 
 def test_no_doc_template_or_hint_installs_the_bare_name() -> None:
