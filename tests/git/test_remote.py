@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import git, make_repo
+from gitkit import git, make_repo
 
 from kernex_git import (
     GitCommandError,

@@ -8,9 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from kernex_server.errors import ServerSetupError
+from kernex_server.setup import init_data_dir
 
 SECRET = "ghp_s3cretT0kenForTheFleet"
 
@@ -63,3 +67,12 @@ def test_a_token_in_the_repo_url_reaches_no_response_and_no_log(
     for text in (ready.text, status.text, forced.text, metrics.text, caplog.text):
         assert SECRET not in text
     assert "cannot fetch" in caplog.text  # the failure is logged, without the token
+
+
+def test_server_init_names_a_credentialed_repo_without_its_token(tmp_path: Path) -> None:
+    url = f"https://deploy:{SECRET}@git.example/fleet.git"
+    init_data_dir(tmp_path / "data", repo=url, branch="main", env={})
+    with pytest.raises(ServerSetupError) as caught:
+        init_data_dir(tmp_path / "data", repo="/srv/other", branch="main", env={})
+    assert "https://***@git.example/fleet.git" in caught.value.message
+    assert SECRET not in caught.value.message
