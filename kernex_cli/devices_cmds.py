@@ -18,7 +18,8 @@ from kernex_cli.output import EXIT_USAGE, console, fail, print_json
 from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
 
 devices_app = typer.Typer(
-    help="List, show, accept, reject and revoke devices; settle proposed labels.", no_args_is_help=True
+    help="List, show, accept, reject and revoke devices; settle proposed labels.",
+    no_args_is_help=True,
 )
 
 STATES = ("pending", "accepted", "rejected", "revoked")

@@ -28,7 +28,9 @@ def label_text(labels: dict[str, Any] | None) -> str:
     return escape(", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "-")
 
 
-def _settle(verb: str, device_id: str, server: str | None, token: str | None, as_json: bool) -> None:
+def _settle(
+    verb: str, device_id: str, server: str | None, token: str | None, as_json: bool
+) -> None:
     with admin_session(server, token) as client:
         answer = client.post(f"/v1/admin/devices/{device_id}/labels/{verb}")
     if as_json:
