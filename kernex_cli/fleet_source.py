@@ -29,7 +29,7 @@ def template_dir(package_dir: Path | None = None) -> Path:
             return candidate
     raise FleetSourceError(
         f"the example fleet ({TEMPLATE_DIR_NAME}) is not installed next to {here}",
-        hint="Reinstall Kernex (`pip install --force-reinstall kernex`).",
+        hint="Reinstall Kernex (`pip install --force-reinstall kernex-fleet`).",
     )
 
 

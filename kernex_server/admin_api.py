@@ -8,22 +8,22 @@ docs/server.md for the list.
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from kernex_core.errors import KernexError
 from kernex_core.formats import DURATION_EXAMPLES, SHA256_RE
 from kernex_core.protocol import EnrollmentState
 from kernex_core.timefmt import format_time
-from kernex_server.audit import ERROR, OK, parse_when
-from kernex_server.auth import Endpoint, Role, requires
+from kernex_server.audit import parse_when
+from kernex_server.audited import audited
+from kernex_server.auth import Role, requires
+from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import BundleStoreError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
 from kernex_server.store import AuditQuery, DeviceRecord, TokenNameTakenError
@@ -32,54 +32,12 @@ ROLES = ("viewer", "operator", "admin")
 AUDIT_LIMIT_DEFAULT = 100
 AUDIT_LIMIT_MAX = 1000
 
-if TYPE_CHECKING:
-    from kernex_server.app import ServerContext
 
 PREFIX = "/v1/admin"
 
 
-def _kx(request: Request) -> ServerContext:
-    kx: ServerContext = request.app.state.kx
-    return kx
-
-
 def _time(value: float | None) -> str | None:
     return format_time(value) if value is not None else None
-
-
-def audited(action: str) -> Callable[[Endpoint], Endpoint]:
-    """Append the endpoint's outcome to the audit log. The target is
-    ``request.state.audit_target`` when the handler sets it, else the first path
-    parameter; ``request.state.audit_detail`` adds details (never secrets)."""
-
-    def wrap(endpoint: Endpoint) -> Endpoint:
-        @functools.wraps(endpoint)
-        async def recorded(request: Request) -> Response:
-            kx = _kx(request)
-            request.state.audit_detail = {}
-            try:
-                response = await endpoint(request)
-            except (ApiError, KernexError) as exc:
-                status = getattr(exc, "status", 500)
-                detail = {**request.state.audit_detail, "status": status, "error": exc.message}
-                await kx.auditor.request(
-                    request, action, _target(request), result=ERROR, detail=detail
-                )
-                raise
-            detail = {**request.state.audit_detail, "status": response.status_code}
-            await kx.auditor.request(request, action, _target(request), result=OK, detail=detail)
-            return response
-
-        return recorded
-
-    return wrap
-
-
-def _target(request: Request) -> str:
-    given = getattr(request.state, "audit_target", None)
-    if given:
-        return str(given)
-    return str(next(iter(request.path_params.values()), ""))
 
 
 def _status_out(status: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -176,14 +134,14 @@ async def _device_rows(kx: ServerContext) -> list[dict[str, Any]]:
 
 @requires(Role.VIEWER)
 async def list_devices(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     keep = device_filter(request)
     return json_response({"devices": [d for d in await _device_rows(kx) if keep(d)]})
 
 
 @requires(Role.VIEWER)
 async def fleet_status(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     devices = await _device_rows(kx)
     newest, deployed = await anyio.to_thread.run_sync(kx.store.latest_revisions)
     bundles = await anyio.to_thread.run_sync(kx.store.count_blobs)
@@ -241,7 +199,7 @@ def _revision_status(
 
 @requires(Role.VIEWER)
 async def show_device(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     device_id = request.path_params["device_id"]
 
     def load() -> dict[str, Any] | None:
@@ -264,7 +222,7 @@ async def show_device(request: Request) -> Response:
 
 
 async def _transition(request: Request, target: EnrollmentState, allowed: set[str]) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     device_id = request.path_params["device_id"]
     device = await anyio.to_thread.run_sync(kx.store.get_device, device_id)
     if device is None:
@@ -321,7 +279,7 @@ def _enroll_token_out(token: dict[str, Any]) -> dict[str, Any]:
 @requires(Role.ADMIN)
 @audited("enrollment_token.create")
 async def create_enrollment_token(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     data = parse_json(await read_body(request, kx.settings.max_body_bytes) or b"{}")
     if not isinstance(data, dict):
         raise ApiError(400, "body must be a JSON object")
@@ -352,7 +310,7 @@ async def create_enrollment_token(request: Request) -> Response:
 
 @requires(Role.ADMIN)
 async def list_enrollment_tokens(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     rows = await anyio.to_thread.run_sync(kx.store.list_enrollment_tokens)
     return json_response({"tokens": [_enroll_token_out(r) for r in rows]})
 
@@ -360,7 +318,7 @@ async def list_enrollment_tokens(request: Request) -> Response:
 @requires(Role.ADMIN)
 @audited("enrollment_token.revoke")
 async def revoke_enrollment_token(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     raw = request.path_params["token_id"]
     found = await anyio.to_thread.run_sync(
         lambda: kx.store.revoke_enrollment_token(int(raw), now=kx.clock())
@@ -371,7 +329,7 @@ async def revoke_enrollment_token(request: Request) -> Response:
 
 
 async def _upload(request: Request, expected: str | None) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     if expected is not None and not SHA256_RE.match(expected):
         raise ApiError(400, "bundle address must be a lowercase sha256 hex digest")
     try:
@@ -407,7 +365,7 @@ async def post_bundle(request: Request) -> Response:
 
 @requires(Role.VIEWER)
 async def list_bundles(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     rows = await anyio.to_thread.run_sync(kx.store.list_blobs)
     return json_response({"bundles": [{**r, "uploaded_at": _time(r["uploaded_at"])} for r in rows]})
 
@@ -415,7 +373,7 @@ async def list_bundles(request: Request) -> Response:
 @requires(Role.OPERATOR)
 @audited("reconcile.trigger")
 async def reconcile(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     force = request.query_params.get("force") in {"1", "true", "yes"}
     result = await kx.run_reconcile(force=force)
     request.state.audit_target = result.commit or ""
@@ -425,7 +383,7 @@ async def reconcile(request: Request) -> Response:
 
 @requires(Role.VIEWER)
 async def list_revisions(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     rows = await anyio.to_thread.run_sync(kx.store.revisions)
     return json_response({"revisions": [{**r, "created_at": _time(r["created_at"])} for r in rows]})
 
@@ -442,7 +400,7 @@ def _api_token_out(token: dict[str, Any]) -> dict[str, Any]:
 
 @requires(Role.ADMIN)
 async def list_tokens(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     rows = await anyio.to_thread.run_sync(kx.store.list_api_tokens)
     return json_response({"tokens": [_api_token_out(r) for r in rows]})
 
@@ -450,7 +408,7 @@ async def list_tokens(request: Request) -> Response:
 @requires(Role.ADMIN)
 @audited("token.create")
 async def create_token(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     data = parse_json(await read_body(request, kx.settings.max_body_bytes) or b"{}")
     if not isinstance(data, dict):
         raise ApiError(400, "body must be a JSON object")
@@ -490,7 +448,7 @@ async def create_token(request: Request) -> Response:
 @requires(Role.ADMIN)
 @audited("token.revoke")
 async def revoke_token(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     token_id: int = request.path_params["token_id"]
     if token_id == request.state.identity.id:
         raise ApiError(
@@ -510,7 +468,7 @@ async def revoke_token(request: Request) -> Response:
 
 @requires(Role.VIEWER)
 async def audit_log(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     params = request.query_params
     now = kx.clock()
 

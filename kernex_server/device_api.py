@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import anyio
 from starlette.requests import Request
@@ -28,11 +27,9 @@ from kernex_core.protocol import (
 )
 from kernex_server.audit import DENIED, OK
 from kernex_server.auth import AuthError, device_endpoint
+from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import EnrollmentError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
-
-if TYPE_CHECKING:
-    from kernex_server.app import ServerContext
 
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 MAX_LABELS = 64
@@ -55,14 +52,9 @@ def _enrollment_problem(enroll_request: EnrollRequest) -> str | None:
     return None
 
 
-def _kx(request: Request) -> ServerContext:
-    kx: ServerContext = request.app.state.kx
-    return kx
-
-
 @device_endpoint
 async def enroll(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     body = await read_body(request, kx.settings.max_body_bytes)
     try:
         enroll_request = EnrollRequest.from_dict(parse_json(body))
@@ -167,7 +159,7 @@ def _wait_seconds(request: Request) -> float:
 
 
 async def _own_device(request: Request) -> tuple[ServerContext, str, bytes]:
-    kx = _kx(request)
+    kx = context_of(request)
     body = await read_body(request, kx.settings.max_body_bytes)
     who = await kx.device_auth.authenticate(request, body)
     device_id = request.path_params["device_id"]
@@ -218,7 +210,7 @@ async def status(request: Request) -> Response:
 
 @device_endpoint
 async def bundle(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     body = await read_body(request, kx.settings.max_body_bytes)
     await kx.device_auth.authenticate(request, body)
     sha256 = request.path_params["sha256"]

@@ -2,8 +2,10 @@
 
 Admission, in order: a valid enrollment token (its use is counted), a key fingerprint
 declared in ``devices/<id>.yaml`` of the deployed revision, or else the device waits as
-``pending`` for an admin. The same id with another key is refused (409, no takeover);
-the same key again is idempotent and may complete a pending admission.
+``pending`` for an admin. The same id with another key is refused (409, no takeover),
+and so is the same key under another id (409: a key belongs to one device, which the
+unique index on ``devices.fingerprint`` also holds against a race). The same key again is
+idempotent and may complete a pending admission.
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ class Enroller:
         try:
             with self.sessions.begin() as s:
                 return self._enroll(s, request, public_key, fingerprint, declared_fingerprint, now)
-        except IntegrityError as exc:  # a concurrent enrollment of the same id won
+        except IntegrityError as exc:  # a concurrent enrollment of the same id or key won
             raise EnrollmentError(
-                f"device {request.device_id} was enrolled concurrently",
+                f"device {request.device_id} or its key was enrolled concurrently",
                 status=409,
                 hint="Retry the enrollment.",
             ) from exc
@@ -75,6 +77,15 @@ class Enroller:
                 status=409,
                 hint="Pick another device id, or have an admin remove the old device first.",
             )
+        if row is None:
+            owner = s.scalar(select(Device.id).where(Device.fingerprint == fingerprint))
+            if owner is not None:
+                raise EnrollmentError(
+                    f"key {fingerprint} is already enrolled under another device id",
+                    status=409,
+                    hint="Each device needs its own key: enroll this one from a fresh "
+                    "data directory (a new key), or re-enroll under the id it already has.",
+                )
         admitted_by = self._admission(s, request, fingerprint, declared, now, row)
         if row is None:
             row = Device(

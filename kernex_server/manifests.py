@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 import anyio
 
 from kernex_core import keys
+from kernex_core.fleet import DesiredState
 from kernex_core.manifest import BundleEntry, Manifest, sign_manifest
 from kernex_core.protocol import BUNDLE_PATH
-from kernex_server.desired import DesiredStateLike
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class ManifestIssuer:
     def build(
         self,
         device_id: str,
-        desired: DesiredStateLike,
+        desired: DesiredState,
         *,
         serial: int,
         revision: str,

@@ -21,7 +21,7 @@ class Device(Base):
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
     public_key: Mapped[str] = mapped_column(Text)
-    fingerprint: Mapped[str] = mapped_column(String(80), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     algorithm: Mapped[str] = mapped_column(String(32))
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(16), index=True)

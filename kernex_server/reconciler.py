@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kernex_core.envelope import Envelope
 from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_core.fleet import DesiredState, Fleet
 from kernex_core.manifest import Manifest
 from kernex_core.protocol import EnrollmentState
-from kernex_server.desired import DesiredStateLike, FleetLike, FleetLoader
 from kernex_server.git_source import FleetSource
 from kernex_server.manifests import ManifestIssuer, ServedManifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
@@ -71,9 +71,13 @@ class ReconcileResult:
         }
 
 
+FleetLoader = Callable[[Mapping[str, bytes]], Fleet]
+"""Reads the fleet repository's files (path -> bytes): ``kernex_core.fleet.load_fleet``."""
+
+
 @dataclass
 class _Loaded:
-    fleet: FleetLike
+    fleet: Fleet
     commit: str
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -102,10 +106,10 @@ class Reconciler:
         self.rollouts = RolloutEngine(self._write, ttl=self.manifest_ttl, online=lambda _d: True)
 
     @property
-    def fleet(self) -> FleetLike | None:
+    def fleet(self) -> Fleet | None:
         return self._loaded.fleet if self._loaded else None
 
-    def manifest_ttl(self, fleet: FleetLike | None = None) -> int:
+    def manifest_ttl(self, fleet: Fleet | None = None) -> int:
         fleet = fleet or self.fleet
         ttl = getattr(fleet.settings, "manifest_ttl", None) if fleet else None
         return int(ttl) if ttl else self.settings.manifest_ttl
@@ -229,7 +233,7 @@ class Reconciler:
         )
 
     def _apply(
-        self, s: Session, fleet: FleetLike, commit: str, now: float
+        self, s: Session, fleet: Fleet, commit: str, now: float
     ) -> tuple[list[ServedManifest], list[str]]:
         """Resolve every accepted device (and every pending one whose key the repository
         declares, which this admits); sign new manifests where the desired state changed."""
@@ -282,7 +286,7 @@ class Reconciler:
         self,
         s: Session,
         device_id: str,
-        desired: DesiredStateLike,
+        desired: DesiredState,
         commit: str,
         now: float,
         ttl: int,

@@ -6,7 +6,7 @@ audited as ``rollout.<act>`` with the rollout id as target.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -14,21 +14,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kernex_core.timefmt import format_time
-from kernex_server.admin_api import PREFIX, audited
+from kernex_server.admin_api import PREFIX
+from kernex_server.audited import audited
 from kernex_server.auth import Endpoint, Role, requires
+from kernex_server.context import context_of
 from kernex_server.http import ApiError, json_response
 from kernex_server.models import Rollout
 from kernex_server.rollouts import STATES, RolloutActError
 
-if TYPE_CHECKING:
-    from kernex_server.app import ServerContext
-
 ACTS = ("pause", "resume", "promote", "abort")
-
-
-def _kx(request: Request) -> ServerContext:
-    kx: ServerContext = request.app.state.kx
-    return kx
 
 
 def rollout_out(found: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +32,7 @@ def rollout_out(found: dict[str, Any]) -> dict[str, Any]:
 
 @requires(Role.VIEWER)
 async def list_rollouts(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     state = request.query_params.get("state") or None
     if state is not None and state not in STATES:
         raise ApiError(400, f"state must be one of {', '.join(STATES)}")
@@ -54,7 +48,7 @@ async def list_rollouts(request: Request) -> Response:
 
 @requires(Role.VIEWER)
 async def show_rollout(request: Request) -> Response:
-    kx = _kx(request)
+    kx = context_of(request)
     rollout_id: int = request.path_params["rollout_id"]
     engine = kx.reconciler.rollouts
 
@@ -71,7 +65,7 @@ async def show_rollout(request: Request) -> Response:
 
 def _act(verb: str) -> Endpoint:
     async def act(request: Request) -> Response:
-        kx = _kx(request)
+        kx = context_of(request)
         rollout_id: int = request.path_params["rollout_id"]
         try:
             found = await kx.rollout_act(rollout_id, verb)

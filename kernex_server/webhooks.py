@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -22,10 +22,8 @@ from starlette.routing import Route
 
 from kernex_server.audit import DENIED, OK
 from kernex_server.auth import AuthError, webhook_endpoint
+from kernex_server.context import context_of
 from kernex_server.http import ApiError, read_body
-
-if TYPE_CHECKING:
-    from kernex_server.app import ServerContext
 
 PATH = "/v1/hooks/git"
 MAX_PAYLOAD_BYTES = 5 * 1024 * 1024  # GitHub lists at most 20 commits in a push payload
@@ -76,7 +74,7 @@ def _ref(body: bytes) -> str | None:
 
 @webhook_endpoint
 async def git_hook(request: Request) -> Response:
-    kx: ServerContext = request.app.state.kx
+    kx = context_of(request)
     secret = kx.settings.webhook_secret
     sender = _sender(request)
     actor = f"webhook:{sender}"

@@ -247,7 +247,7 @@ def test_wheel_ships_the_template_and_init_works_from_it(tmp_path: Path) -> None
         check=True,
         capture_output=True,
     )
-    [wheel] = tmp_path.glob("kernex-*.whl")
+    [wheel] = tmp_path.glob("kernex_fleet-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "kernex_cli/fleet-repo-template/kernex.yaml" in names
     assert "kernex_cli/fleet-repo-template/.github/workflows/kernex.yml" in names

@@ -1,0 +1,234 @@
+"""The server context: everything a request handler needs, built once per app.
+
+``create_app`` (kernex_server.app) builds one ``ServerContext`` and keeps it on
+``app.state``; handlers reach it with ``context_of(request)``. Route modules import this
+module, never the app factory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from sqlalchemy.engine import Engine
+from starlette.requests import Request
+
+from kernex_core import keys
+from kernex_core.errors import KernexError
+from kernex_server.audit import ERROR, OK, Auditor
+from kernex_server.auth import AdminAuth, DeviceAuth
+from kernex_server.bundles import BlobStore
+from kernex_server.enrollment import Enroller
+from kernex_server.manifests import ManifestCache, ServedManifest
+from kernex_server.metrics import DeviceCensus, Metrics
+from kernex_server.models import Rollout
+from kernex_server.reconciler import (
+    DEPLOYED,
+    Reconciler,
+    ReconcileResult,
+    served_from_row,
+)
+from kernex_server.rollouts import RolloutActError, RolloutMetrics
+from kernex_server.settings import Settings
+from kernex_server.status import StatusRecorder
+from kernex_server.store import Store
+
+log = logging.getLogger("kernex.server")
+
+
+def context_of(request: Request) -> ServerContext:
+    """The ``ServerContext`` of the app serving ``request``."""
+    kx: ServerContext = request.app.state.kx
+    return kx
+
+
+@dataclass
+class ServerContext:
+    """Everything a request handler needs, built once per app."""
+
+    settings: Settings
+    engine: Engine
+    store: Store
+    blobs: BlobStore
+    cache: ManifestCache
+    device_auth: DeviceAuth
+    admin_auth: AdminAuth
+    enroller: Enroller
+    reconciler: Reconciler
+    manifest_public_key: keys.PublicKey
+    clock: Callable[[], float]
+    auditor: Auditor
+    metrics: Metrics
+    census: DeviceCensus
+    statuses: StatusRecorder
+    last_reconcile_at: float | None = None
+    last_reconcile_error: str | None = None  # the last pass raised (Git or database down)
+    last_fetch_at: float | None = None  # the last pass that read the Git source
+    _wake: anyio.Event | None = None  # set by a webhook; the reconcile loop waits on it
+    rollout_metrics: RolloutMetrics | None = None
+    _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
+
+    # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
+
+    async def evaluate_rollouts(self) -> None:
+        served = await anyio.to_thread.run_sync(self._evaluate_rollouts)
+        self.cache.publish(served)
+
+    def _evaluate_rollouts(self) -> list[ServedManifest]:
+        # Rollouts decide on reported phases, which reach the database in batches.
+        self.statuses.flush()
+        engine = self.reconciler.rollouts
+        served = self.reconciler.evaluate_rollouts()
+        with self.store.sessions() as s:
+            counts = engine.counts(s)
+        halts, engine.halts = engine.halts, 0
+        if self.rollout_metrics is not None:
+            self.rollout_metrics.observe(counts, halts)
+        for event in engine.take_events():
+            self.auditor.record(
+                "rollouts", event.action, str(event.rollout_id), detail=event.detail
+            )
+        return served
+
+    def rollout_counts(self) -> dict[str, int]:
+        with self.store.sessions() as s:
+            return self.reconciler.rollouts.counts(s)
+
+    async def rollout_report(self, device_id: str) -> None:
+        """A device reported: if a running rollout watches it, evaluate soon."""
+        if device_id not in self.reconciler.rollouts.watched:
+            return
+        if self._rollout_wake is not None:
+            self._rollout_wake.set()  # the loop evaluates, at most every ROLLOUT_DEBOUNCE
+        else:
+            await self.evaluate_rollouts()
+
+    async def rollout_act(self, rollout_id: int, verb: str) -> dict[str, Any]:
+        engine = self.reconciler.rollouts
+
+        def act(s: Any, now: float) -> tuple[list[ServedManifest], dict[str, Any]]:
+            served = engine.act(s, rollout_id, verb, now)
+            s.flush()
+            return served, engine.describe(s, s.get(Rollout, rollout_id))
+
+        done = await anyio.to_thread.run_sync(lambda: self.reconciler.locked(act))
+        if done is None:
+            raise RolloutActError(
+                "another server holds the reconcile lock", hint="Try again.", status=503
+            )
+        self.cache.publish(done[0])
+        await self.evaluate_rollouts()
+        return done[1]
+
+    async def issue_for(self, device_id: str) -> ServedManifest | None:
+        served = await anyio.to_thread.run_sync(self.reconciler.issue_for, device_id)
+        if served is not None:
+            self.cache.publish([served])
+        return served
+
+    async def run_reconcile(self, *, force: bool = False) -> ReconcileResult:
+        started = time.perf_counter()
+        try:
+            result = await anyio.to_thread.run_sync(lambda: self.reconciler.reconcile(force=force))
+        except Exception as exc:
+            self._observe("error", started)
+            self.last_reconcile_error = exc.message if isinstance(exc, KernexError) else str(exc)
+            raise
+        self._observe(result.state, started)
+        self.last_reconcile_error = None
+        if result.state != "no_source":
+            self.last_fetch_at = self.clock()
+        await self._apply(result)
+        return result
+
+    def _observe(self, state: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.reconcile_duration.labels(result=state).observe(elapsed)
+        self.metrics.reconciles.labels(result=state).inc()
+        self.last_reconcile_at = self.clock()
+
+    async def _apply(self, result: ReconcileResult) -> None:
+        for device_id in result.admitted:
+            self.device_auth.forget(device_id)
+            self.census.set_state(device_id, "accepted")
+        self.cache.publish(result.changed)
+        if result.state == DEPLOYED:
+            await self.evaluate_rollouts()
+        if result.state in {"deployed", "invalid", "unsigned"} and result.commit:
+            await anyio.to_thread.run_sync(lambda: self._audit_pass(result))
+
+    def _audit_pass(self, result: ReconcileResult) -> None:
+        commit = result.commit or ""
+        self.auditor.record(
+            "reconciler",
+            "reconcile",
+            commit,
+            result=OK if result.state == DEPLOYED else ERROR,
+            detail={
+                "state": result.state,
+                "devices_changed": len(result.changed),
+                "errors": [dict(e) for e in result.errors[:20]],
+                "error_count": len(result.errors),
+                "forced": result.forced,
+            },
+        )
+        for device_id in result.admitted:
+            self.auditor.record(
+                "reconciler",
+                "device.admit",
+                device_id,
+                detail={"by": "fingerprint", "commit": commit},
+            )
+
+    async def reconcile_once(self) -> None:
+        """One pass of the background loop: reconcile, re-sign; never raises."""
+        try:
+            result = await self.run_reconcile()
+            if result.state == "skipped":
+                await self.reload_cache()
+            resigned = await anyio.to_thread.run_sync(self.reconciler.resign_expiring)
+            self.cache.publish(resigned)
+        except KernexError as exc:
+            log.error("reconcile failed: %s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
+        except Exception:  # a database outage must not stop the loop; the next pass retries
+            log.exception("reconcile failed")
+
+    def wake_reconciler(self) -> bool:
+        """Ask the reconcile loop for a pass now; False when no loop runs."""
+        if self._wake is None:
+            return False
+        self._wake.set()
+        return True
+
+    async def load_census(self) -> None:
+        rows = await anyio.to_thread.run_sync(self.store.device_overview)
+        for r in rows:
+            device = r["device"]
+            self.census.set_state(device.id, device.state)
+            if r["status"] is not None:
+                self.census.set_phase(device.id, r["status"]["phase"])
+            if device.last_seen:
+                seen = self.device_auth.last_seen.get(device.id) or 0.0
+                self.device_auth.last_seen[device.id] = max(seen, device.last_seen)
+
+    async def reload_cache(self) -> None:
+        """Publish what the database holds (at start; when another server reconciles)."""
+        rows = await anyio.to_thread.run_sync(self.store.all_manifests)
+        fresh = [served_from_row(r) for r in rows]
+        self.cache.publish(
+            s for s in fresh if (c := self.cache.get(s.device_id)) is None or c.etag != s.etag
+        )
+
+    async def flush_statuses(self) -> None:
+        """Commit every status report accepted so far (admin reads call this first)."""
+        if self.statuses.pending():
+            await anyio.to_thread.run_sync(self.statuses.flush)
+
+    async def flush_heartbeats(self) -> None:
+        seen = self.device_auth.take_heartbeats()
+        if seen:
+            await anyio.to_thread.run_sync(self.store.touch, seen)

@@ -1,0 +1,94 @@
+"""The operations endpoints: ``/healthz`` (liveness), ``/readyz`` (readiness, naming the
+failing check) and ``/metrics`` (Prometheus, optionally behind ``metrics_token``)."""
+
+from __future__ import annotations
+
+import hmac
+import shutil
+import tempfile
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kernex_core.errors import KernexError
+from kernex_server.auth import AuthError, public_endpoint
+from kernex_server.context import ServerContext, context_of
+from kernex_server.database import check_connection
+from kernex_server.http import json_response
+from kernex_server.metrics import CONTENT_TYPE
+from kernex_server.settings import Settings
+
+
+@public_endpoint
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+@public_endpoint
+async def readyz(request: Request) -> Response:
+    """Ready when the database answers, the Git source was read within
+    ``ready_poll_intervals`` poll intervals, a revision is deployed, and the data
+    directory is writable with ``min_free_bytes`` free. 503 names what failed."""
+    kx = context_of(request)
+    checks: dict[str, Any] = {}
+    try:
+        await anyio.to_thread.run_sync(check_connection, kx.engine)
+        checks["database"] = "ok"
+    except KernexError as exc:
+        checks["database"] = exc.message
+    checks["git"] = _git_check(kx)
+    checks["fleet"] = (
+        "ok" if kx.reconciler.fleet is not None or kx.reconciler.source is None else "no revision"
+    )
+    checks["disk"] = await anyio.to_thread.run_sync(_disk_check, kx.settings)
+    failing = sorted(k for k, v in checks.items() if v != "ok")
+    body = {"ready": not failing, "checks": checks, "failing": failing}
+    return json_response(body, status=503 if failing else 200)
+
+
+def _git_check(kx: ServerContext) -> str:
+    if kx.reconciler.source is None:
+        return "ok"
+    limit = kx.settings.poll_interval * kx.settings.ready_poll_intervals
+    if kx.last_fetch_at is None:
+        return kx.last_reconcile_error or "not fetched yet"
+    age = kx.clock() - kx.last_fetch_at
+    if age > limit:
+        reason = f": {kx.last_reconcile_error}" if kx.last_reconcile_error else ""
+        return f"not fetched for {int(age)} s{reason}"
+    return "ok"
+
+
+def _disk_check(settings: Settings) -> str:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=settings.data_dir, prefix=".ready-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+        free = shutil.disk_usage(settings.data_dir).free
+    except OSError as exc:
+        return f"data directory not writable: {exc.strerror or exc}"
+    if free < settings.min_free_bytes:
+        return f"{free} bytes free, under min_free_bytes {settings.min_free_bytes}"
+    return "ok"
+
+
+@public_endpoint
+async def metrics_endpoint(request: Request) -> Response:
+    kx = context_of(request)
+    expected = kx.settings.metrics_token
+    if expected:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AuthError(401, "metrics need `Authorization: Bearer <metrics_token>`")
+    return Response(kx.metrics.render(), media_type=CONTENT_TYPE)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+]

@@ -1,0 +1,102 @@
+"""Enrollment holds what docs/security.md promises: one key is one device, a device never
+relabels itself, and strangers cannot flood the database. Real app, real SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from serverkit import SimDevice
+
+from kernex_core import keys
+from kernex_server.database import alembic_config, make_engine, migrate
+from kernex_server.models import Device
+
+
+def _audit(server: Any, action: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = server.admin_get(f"/v1/admin/audit?action={action}")["entries"]
+    return rows
+
+
+# -- one device key, one device (issue 11.3) ----------------------------------------------
+
+
+def test_a_device_key_enrolls_under_one_device_id_only(server: Any) -> None:
+    first = SimDevice("dev-1")
+    assert first.enroll(server.client, token=server.enrollment_token()).status_code == 201
+    token = server.enrollment_token(max_uses=1)
+    clone = SimDevice("dev-2", key=first.key)  # dev-1's key under another id
+    response = clone.enroll(server.client, token=token)
+    assert response.status_code == 409, response.text
+    assert "already enrolled" in response.json()["error"]
+    assert server.kx.store.get_device("dev-2") is None
+    # the refused attempt spent nothing: the single-use token still admits a real device
+    assert SimDevice("dev-3").enroll(server.client, token=token).json()["state"] == "accepted"
+    assert clone.manifest(server.client).status_code == 401
+    denied = [e for e in _audit(server, "device.enroll") if e["result"] == "denied"]
+    assert [e["target"] for e in denied] == ["dev-2"]
+    # without a token too: no pending device under the borrowed key
+    assert SimDevice("dev-4", key=first.key).enroll(server.client).status_code == 409
+    assert server.kx.store.get_device("dev-4") is None
+
+
+def test_the_database_refuses_a_second_device_with_the_same_key(server: Any) -> None:
+    key = keys.generate_ed25519().public_key()
+    now = time.time()
+
+    def row(device_id: str) -> Device:
+        return Device(
+            id=device_id,
+            public_key=keys.public_key_to_pem(key),
+            fingerprint=keys.fingerprint(key),
+            algorithm="ed25519",
+            labels={},
+            state="pending",
+            agent_version="",
+            enrolled_at=now,
+            updated_at=now,
+        )
+
+    sessions = server.kx.store.sessions
+    with sessions.begin() as s:
+        s.add(row("a-1"))
+    with pytest.raises(sa.exc.IntegrityError), sessions.begin() as s:
+        s.add(row("a-2"))
+
+
+def test_migration_revokes_later_devices_sharing_a_key(database: dict[str, str]) -> None:
+    """A database enrolled before the rule: the first device keeps the key, later ones
+    sharing it are revoked (and keep their key for the record), so the unique index holds."""
+    schema = database.get("database_schema", "")
+    engine = make_engine(database["database_url"], schema=schema)
+    try:
+        command.upgrade(alembic_config(engine), "0003")
+        pem = keys.public_key_to_pem(keys.generate_ed25519().public_key())
+        with engine.begin() as conn:
+            for device_id, at in (("owner", 1.0), ("ghost", 2.0), ("alone", 3.0)):
+                fp = "SHA256:shared" if device_id != "alone" else "SHA256:alone"
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO devices (id, public_key, fingerprint, algorithm, labels,"
+                        " state, agent_version, enrolled_at, updated_at)"
+                        " VALUES (:id, :pem, :fp, 'ed25519', '{}', 'accepted', '', :at, :at)"
+                    ),
+                    {"id": device_id, "pem": pem, "fp": fp, "at": at},
+                )
+        migrate(engine, schema=schema)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, fingerprint, state, admitted_by FROM devices ORDER BY id")
+            ).all()
+        by_id = {r[0]: r for r in rows}
+        assert by_id["owner"][1:3] == ("SHA256:shared", "accepted")
+        assert by_id["alone"][1:3] == ("SHA256:alone", "accepted")
+        assert by_id["ghost"][2] == "revoked"
+        assert by_id["ghost"][1] != "SHA256:shared"
+        assert "SHA256:shared" in by_id["ghost"][1]
+    finally:
+        engine.dispose()
