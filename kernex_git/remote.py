@@ -36,9 +36,9 @@ def fetch_branch(url: str, branch: str, mirror: Path, *, env: GitEnv) -> Reposit
     shown = redact_url(url)
     if not (mirror / "HEAD").is_file():
         log.info("starting a mirror of %s in %s", shown, mirror)
-        if mirror.exists() and not any(mirror.iterdir()):
-            mirror.rmdir()
         run_git(["init", "--quiet", "--bare", str(mirror)], env=env)
+    else:
+        _forget_stored_url(repo)
     spec = f"+refs/heads/{branch}:refs/heads/{branch}"
     try:
         repo.run(
@@ -58,3 +58,14 @@ def fetch_branch(url: str, branch: str, mirror: Path, *, env: GitEnv) -> Reposit
             hint=FETCH_HINT,
         ) from exc
     return repo
+
+
+def _forget_stored_url(repo: Repository) -> None:
+    """Mirrors made by older Kernex versions (``git clone --bare``) stored the URL, token
+    and all, as ``remote.origin.url``; fetches name the URL themselves, so drop it."""
+    try:
+        config = (repo.path / "config").read_text("utf-8", "replace")
+    except OSError:
+        return
+    if '[remote "origin"]' in config:
+        repo.run("config", "--remove-section", "remote.origin", check=False)

@@ -187,3 +187,16 @@ def _processes_naming(text: str) -> list[str]:
         if text in argv:
             found.append(argv.replace("\0", " "))
     return found
+
+
+def test_a_mirror_made_by_git_clone_forgets_the_stored_url(tmp_path: Path) -> None:
+    """Older servers cloned the mirror, which wrote the URL (token included) to its config."""
+    origin = tmp_path / "origin"
+    sha = make_repo(origin, {"kernex.yaml": "name: one\n"})
+    url = f"file://{origin}"
+    mirror = tmp_path / "fleet.git"
+    git(tmp_path, "clone", "-q", "--bare", url, str(mirror))
+    assert str(origin) in (mirror / "config").read_text()
+    repo = fetch_branch(url, "main", mirror, env=GitEnv.server())
+    assert repo.resolve("refs/heads/main") == sha
+    assert str(origin) not in (mirror / "config").read_text()
