@@ -24,7 +24,6 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "uvicorn",
         "psycopg",
         "prometheus_client",
-        "git",
     ),
 }
 SERVER_NOUNS = ("server", "demo")  # commands that start a server in this process

@@ -29,7 +29,6 @@ NOT_ON_A_DEVICE = (
     "alembic",
     "uvicorn",
     "psycopg",
-    "git",
     "prometheus_client",
     "typer",
     "rich",

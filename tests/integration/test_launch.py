@@ -51,7 +51,7 @@ def test_without_the_server_only_server_and_demo_need_it(without: set[str]) -> N
 
 def test_a_missing_module_maps_to_its_extra_or_to_none() -> None:
     assert launch.extra_of("sqlalchemy.orm") == "server"
-    assert launch.extra_of("git") == "server"
+    assert launch.extra_of("uvicorn") == "server"
     assert launch.extra_of("ruamel.yaml") == "cli"
     assert launch.extra_of("kernex_cli.nonexistent") is None
     assert launch.extra_of(None) is None
