@@ -28,7 +28,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import posixpath
-import re
 import stat
 import tarfile
 import zlib
@@ -39,6 +38,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from kernex_core.errors import BundleError
+from kernex_core.formats import NAME_RE, VERSION_RE
 
 METADATA_NAME = "kernex-bundle.yaml"
 DEFAULT_HOOK_TIMEOUT = 300.0  # seconds
@@ -47,8 +47,6 @@ MAX_MEMBERS = 20_000
 MAX_UNPACKED_BYTES = 2 * 1024**3  # 2 GiB
 MAX_METADATA_BYTES = 64 * 1024
 HOOK_NAMES = ("install", "health", "reload")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}\Z")
 _HINT = "Rebuild the bundle with `kernex bundle build DIR`."
 
 
