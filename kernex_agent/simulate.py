@@ -38,10 +38,11 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from kernex_agent.agent import Agent, CycleResult
+from kernex_agent.agent import Agent
 from kernex_agent.config import AgentConfig
 from kernex_agent.enroll import enroll
 from kernex_agent.hooks import HookResult, SubprocessHookRunner
+from kernex_agent.install import CycleResult
 from kernex_agent.state import AgentState
 from kernex_agent.storage import DeviceFS
 from kernex_core import keys

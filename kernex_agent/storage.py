@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from kernex_core.bundle import BundleMeta, ExtractLimits, extract_bundle
+from kernex_agent.unpack import free_bytes, unpack_bundle
+from kernex_core.bundle import BundleMeta, ExtractLimits
 from kernex_core.fsutil import atomic_write_bytes, fsync_dir
 
 
@@ -65,7 +66,11 @@ class DeviceFS:
     def extract(
         self, archive: Path, dest: Path, limits: ExtractLimits, *, sha256: str | None = None
     ) -> BundleMeta:
-        return extract_bundle(archive, dest, limits, sha256=sha256)
+        return unpack_bundle(archive, dest, limits, sha256=sha256, free=self.free_bytes)
+
+    def free_bytes(self, path: Path) -> int:
+        """Bytes still free for the agent on the file system holding ``path``."""
+        return free_bytes(path)
 
 
 def read_link(link: Path) -> str | None:

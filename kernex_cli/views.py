@@ -3,7 +3,6 @@ clean exits, duration and time parsing, and small Rich renderings."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,12 +12,10 @@ import typer
 
 from kernex_cli.client import AdminClient, ClientError, connect
 from kernex_cli.output import fail_from
+from kernex_core import formats
 from kernex_core.timefmt import parse_time
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @contextmanager
@@ -32,11 +29,15 @@ def admin_session(server: str | None, token: str | None) -> Iterator[AdminClient
 
 
 def parse_duration(text: str) -> int:
-    """``90``, ``30s``, ``10m``, ``24h``, ``7d``, ``2w`` to seconds (BadParameter: exit 2)."""
-    m = _DURATION_RE.match(text)
-    if not m or int(m.group(1)) <= 0:
-        raise typer.BadParameter(f"{text!r} is not a duration like 30s, 10m, 24h or 7d")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    """A positive duration (``90``, ``30s``, ``1h30m``, ``7d``; the grammar is
+    ``kernex_core.formats``) to seconds; BadParameter (exit 2) if not."""
+    try:
+        seconds = formats.parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if seconds <= 0:
+        raise typer.BadParameter(f"{text!r} is not a positive duration")
+    return seconds
 
 
 def duration_option(value: str | None) -> str | None:

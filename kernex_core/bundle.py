@@ -12,23 +12,25 @@ A bundle is a gzip-compressed tar with ``kernex-bundle.yaml`` at its root::
 plus its payload. Hooks are run with an argument list (never a shell) and a timeout in
 seconds (default 300).
 
-Extraction trusts nothing in the archive: member paths must stay inside the tree (no
-absolute paths, no ``..``), links must point inside it, only regular files, directories
-and links are allowed (no device nodes or fifos), setuid/setgid bits are refused, and
-member count and total unpacked size are bounded (a tar bomb). Python's own
-``filter="data"`` runs as well, as a second line.
+Nothing in an archive is trusted: ``scan_archive`` checks every member before anything is
+written (``MemberChecker``): member paths stay inside the tree (no absolute paths, no
+``..``) and never pass through a symlink member; a symlink's target stays inside and passes
+through no other symlink before its last component; a hard link names a regular file
+member; only regular files, directories and links are allowed (no device nodes or fifos);
+setuid/setgid bits are refused; member count and unpacked size are bounded (a tar bomb).
+Writing the tree is the agent's part (``kernex_agent.unpack``), with links made last.
 
 ``build_bundle`` is reproducible: the same directory gives the same bytes.
 """
 
 from __future__ import annotations
 
+import enum
 import gzip
 import hashlib
 import io
 import os
 import posixpath
-import re
 import stat
 import tarfile
 import zlib
@@ -40,6 +42,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from kernex_core.errors import BundleError
+from kernex_core.formats import NAME_RE, VERSION_RE
 
 METADATA_NAME = "kernex-bundle.yaml"
 DEFAULT_HOOK_TIMEOUT = 300.0  # seconds
@@ -48,8 +51,6 @@ MAX_MEMBERS = 20_000
 MAX_UNPACKED_BYTES = 2 * 1024**3  # 2 GiB
 MAX_METADATA_BYTES = 64 * 1024
 HOOK_NAMES = ("install", "health", "reload")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}\Z")
 _HINT = "Rebuild the bundle with `kernex bundle build DIR`."
 
 
@@ -190,44 +191,186 @@ def parse_metadata(raw: bytes) -> BundleMeta:
 @dataclass(frozen=True)
 class ExtractLimits:
     max_members: int = MAX_MEMBERS
-    max_unpacked_bytes: int = MAX_UNPACKED_BYTES
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES  # bytes of regular-file content
 
 
-def _check_member(member: tarfile.TarInfo) -> str:
-    name = member.name
-    if name.startswith("/") or "\\" in name or "\x00" in name:
+class Kind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One checked archive member: a normalised relative path and what to make there."""
+
+    path: str
+    kind: Kind
+    mode: int = 0o644  # 0o755 or 0o644 for files, 0o755 for directories
+    size: int = 0  # bytes, regular files only
+    target: str = ""  # symlink: the link text; hard link: the path of a file member
+
+    @property
+    def is_link(self) -> bool:
+        return self.kind in (Kind.SYMLINK, Kind.HARDLINK)
+
+
+_KINDS = {
+    tarfile.REGTYPE: Kind.FILE,
+    tarfile.AREGTYPE: Kind.FILE,
+    tarfile.DIRTYPE: Kind.DIR,
+    tarfile.SYMTYPE: Kind.SYMLINK,
+    tarfile.LNKTYPE: Kind.HARDLINK,
+}
+
+
+def _odd(path: str) -> bool:
+    return not path or path.startswith("/") or "\\" in path or "\x00" in path
+
+
+def check_member(info: tarfile.TarInfo) -> Member:
+    """The checks one member passes on its own: a plain relative path inside the tree, a
+    file, directory or link, no setuid/setgid bit, links that stay inside lexically."""
+    name = info.name
+    if _odd(name):
         raise BundleError(f"bundle member {name!r} has an absolute or odd path", hint=_HINT)
     norm = posixpath.normpath(name)
-    if norm == ".." or norm.startswith("../") or ".." in norm.split("/"):
+    if norm == ".." or norm.startswith("../") or ".." in name.split("/"):
         raise BundleError(f"bundle member {name!r} escapes the bundle with '..'", hint=_HINT)
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+    kind = _KINDS.get(info.type)
+    if norm == "." and kind is not Kind.DIR:
+        kind = None
+    if kind is None:
         raise BundleError(
             f"bundle member {name!r} is a device node, fifo or other special file", hint=_HINT
         )
-    if member.mode & (stat.S_ISUID | stat.S_ISGID):
+    if info.mode & (stat.S_ISUID | stat.S_ISGID):
         raise BundleError(f"bundle member {name!r} has a setuid/setgid bit", hint=_HINT)
-    if member.issym():
-        target = member.linkname
-        base = posixpath.dirname(norm)
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+    if kind is Kind.SYMLINK:
+        target = info.linkname
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(norm), target))
+        if _odd(target) or resolved == ".." or resolved.startswith("../"):
             raise BundleError(
                 f"bundle member {name!r} is a symlink out of the bundle ({target!r})", hint=_HINT
             )
-    if member.islnk():
-        target = posixpath.normpath(member.linkname)
-        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+        return Member(norm, kind, 0o777, target=target)
+    if kind is Kind.HARDLINK:
+        target = posixpath.normpath(info.linkname)
+        if _odd(info.linkname) or target == ".." or target.startswith("../"):
             raise BundleError(
-                f"bundle member {name!r} is a hard link out of the bundle ({member.linkname!r})",
+                f"bundle member {name!r} is a hard link out of the bundle ({info.linkname!r})",
                 hint=_HINT,
             )
-    return norm
+        return Member(norm, kind, target=target)
+    if kind is Kind.DIR:
+        return Member(norm, kind, 0o755)
+    return Member(norm, kind, 0o755 if info.mode & stat.S_IXUSR else 0o644, size=info.size)
 
 
-def _open(fh: BinaryIO) -> tarfile.TarFile:
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+class MemberChecker:
+    """Checks an archive's members as a whole, in a pure pass over their headers.
+
+    Besides each member's own checks (``check_member``) and the limits, a member's path
+    must not pass through a symlink member (whichever comes first in the archive), a
+    symlink's target must not pass through one before its last component (so a chain of
+    links each inside on its own, like ``s -> .`` and ``up -> s/..``, cannot lead out),
+    a hard link must name a regular file member, and no path appears twice.
+    """
+
+    def __init__(self, limits: ExtractLimits) -> None:
+        self.limits = limits
+        self.members: list[Member] = []
+        self.unpacked_bytes = 0
+
+    def add(self, info: tarfile.TarInfo) -> Member:
+        if len(self.members) >= self.limits.max_members:
+            raise BundleError(f"bundle has more than {self.limits.max_members} members (tar bomb?)")
+        member = check_member(info)
+        self.unpacked_bytes += member.size
+        if self.unpacked_bytes > self.limits.max_unpacked_bytes:
+            raise BundleError(
+                f"bundle unpacks to more than {self.limits.max_unpacked_bytes} bytes (tar bomb?)"
+            )
+        self.members.append(member)
+        return member
+
+    def finish(self, meta: BundleMeta) -> list[Member]:
+        """Run the checks across members; return them, every link after the rest."""
+        kinds: dict[str, Kind] = {}
+        twice: set[str] = set()
+        for m in self.members:
+            seen = kinds.get(m.path)
+            if seen is not None and not (seen is Kind.DIR and m.kind is Kind.DIR):
+                twice.add(m.path)
+            kinds[m.path] = m.kind
+        symlinks = {p for p, k in kinds.items() if k is Kind.SYMLINK}
+        for m in self.members:  # the first problem in archive order is the one reported
+            if m.path in twice:
+                raise BundleError(f"bundle member {m.path!r} appears twice", hint=_HINT)
+            for parent in _parents(m.path):
+                if parent in symlinks:
+                    raise BundleError(
+                        f"bundle member {m.path!r} passes through the symlink {parent!r}",
+                        hint=_HINT,
+                    )
+            if m.kind is Kind.SYMLINK:
+                self._check_target(m, symlinks)
+            elif m.kind is Kind.HARDLINK and kinds.get(m.target) is not Kind.FILE:
+                raise BundleError(
+                    f"bundle member {m.path!r} is a hard link to {m.target!r}, "
+                    "which is not a regular file in the bundle",
+                    hint=_HINT,
+                )
+        for hook in meta.hooks().values():
+            if kinds.get(posixpath.normpath(hook.argv[0])) is not Kind.FILE:
+                raise BundleError(
+                    f"hook file {hook.argv[0]!r} is missing from the bundle",
+                    hint="Put the hook file in the bundle directory and rebuild.",
+                )
+        return [m for m in self.members if not m.is_link] + [m for m in self.members if m.is_link]
+
+    @staticmethod
+    def _check_target(m: Member, symlinks: set[str]) -> None:
+        parts = [p for p in m.target.split("/") if p not in ("", ".")]
+        where = [p for p in posixpath.dirname(m.path).split("/") if p]
+        for i, part in enumerate(parts):
+            if part == "..":
+                if not where:
+                    raise BundleError(
+                        f"bundle member {m.path!r} is a symlink out of the bundle ({m.target!r})",
+                        hint=_HINT,
+                    )
+                where.pop()
+                continue
+            where.append(part)
+            here = "/".join(where)
+            if here in symlinks and i < len(parts) - 1:
+                raise BundleError(
+                    f"bundle member {m.path!r} links through the symlink {here!r} ({m.target!r})",
+                    hint=_HINT,
+                )
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """An archive that passed every check: its metadata and members (links last)."""
+
+    meta: BundleMeta
+    members: list[Member]
+    unpacked_bytes: int
+
+
+def open_stream(fh: BinaryIO) -> tarfile.TarFile:
+    """A forward-only reader over a tar.gz stream (read from the file's current offset)."""
     try:
-        return tarfile.open(fileobj=fh, mode="r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        return tarfile.open(fileobj=fh, mode="r|gz")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(f"bundle is not a readable tar.gz: {exc}", hint=_HINT) from exc
 
 
@@ -240,78 +383,32 @@ def file_sha256(fh: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def check_archive(path: Path, limits: ExtractLimits | None = None) -> BundleMeta:
-    """Check every member and the metadata without writing anything; return the metadata."""
-    with open(path, "rb") as fh:
-        return _check_members(fh, limits or ExtractLimits())
-
-
-def _check_members(fh: BinaryIO, limits: ExtractLimits) -> BundleMeta:
+def scan_archive(fh: BinaryIO, limits: ExtractLimits | None = None) -> Scanned:
+    """Read an open tar.gz from its start and check it whole, writing nothing."""
     fh.seek(0)
+    checker = MemberChecker(limits or ExtractLimits())
     meta_raw: bytes | None = None
-    total = 0
-    count = 0
-    with _open(fh) as tar:
+    with open_stream(fh) as tar:
         try:
-            for member in tar:
-                count += 1
-                if count > limits.max_members:
-                    raise BundleError(
-                        f"bundle has more than {limits.max_members} members (tar bomb?)"
-                    )
-                norm = _check_member(member)
-                if member.isfile():
-                    total += member.size
-                    if total > limits.max_unpacked_bytes:
-                        raise BundleError(
-                            f"bundle unpacks to more than {limits.max_unpacked_bytes} bytes "
-                            "(tar bomb?)"
-                        )
-                    if norm == METADATA_NAME:
-                        member_fh = tar.extractfile(member)
-                        if member_fh is None:  # pragma: no cover - isfile() gives a stream
-                            raise BundleError(f"cannot read {METADATA_NAME}")
-                        meta_raw = member_fh.read(MAX_METADATA_BYTES + 1)
+            for info in tar:
+                member = checker.add(info)
+                if member.kind is Kind.FILE and member.path == METADATA_NAME:
+                    member_fh = tar.extractfile(info)
+                    if member_fh is None:  # pragma: no cover - a file gives a stream
+                        raise BundleError(f"cannot read {METADATA_NAME}")
+                    meta_raw = member_fh.read(MAX_METADATA_BYTES + 1)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise BundleError(f"bundle archive is corrupt: {exc}", hint=_HINT) from exc
     if meta_raw is None:
         raise BundleError(f"bundle has no {METADATA_NAME} at its root", hint=_HINT)
-    return parse_metadata(meta_raw)
+    meta = parse_metadata(meta_raw)
+    return Scanned(meta, checker.finish(meta), checker.unpacked_bytes)
 
 
-def extract_bundle(
-    path: Path, dest: Path, limits: ExtractLimits | None = None, *, sha256: str | None = None
-) -> BundleMeta:
-    """Check the archive, then unpack it into ``dest`` (which must not exist yet).
-
-    With ``sha256``, the archive's digest is checked first; the file is opened once and
-    the digest, the checks and the unpacking all read that one open file, so renaming
-    other bytes over ``path`` meanwhile changes nothing.
-    """
+def check_archive(path: Path, limits: ExtractLimits | None = None) -> BundleMeta:
+    """Check every member and the metadata without writing anything; return the metadata."""
     with open(path, "rb") as fh:
-        if sha256 is not None:
-            got = file_sha256(fh)
-            if got != sha256:
-                raise BundleError(
-                    f"staged bundle {path.name} has sha256 {got}, expected {sha256}",
-                    hint="The staged file changed after it was verified; it is fetched again.",
-                )
-        meta = _check_members(fh, limits or ExtractLimits())
-        dest.mkdir(mode=0o755)
-        fh.seek(0)
-        with _open(fh) as tar:
-            try:
-                tar.extractall(dest, filter="data")
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                raise BundleError(f"bundle could not be unpacked: {exc}", hint=_HINT) from exc
-    for hook in meta.hooks().values():
-        target = dest / hook.argv[0]
-        if not target.is_file() or target.is_symlink():
-            raise BundleError(
-                f"hook file {hook.argv[0]!r} is missing from the bundle",
-                hint="Put the hook file in the bundle directory and rebuild.",
-            )
-    return meta
+        return scan_archive(fh, limits).meta
 
 
 def _add(tar: tarfile.TarFile, src: Path, rel: str) -> None:
@@ -324,7 +421,7 @@ def _add(tar: tarfile.TarFile, src: Path, rel: str) -> None:
         info.type = tarfile.SYMTYPE
         info.linkname = os.readlink(src)
         info.mode = 0o777
-        _check_member(info)
+        check_member(info)
         tar.addfile(info)
     elif stat.S_ISDIR(st.st_mode):
         info.type = tarfile.DIRTYPE

@@ -20,13 +20,11 @@ serial accepted so far and a clock reading, it returns a ``Manifest`` or raises
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernex_core import keys
-from kernex_core.bundle import NAME_RE, VERSION_RE
 from kernex_core.canonical import canonical_digest, canonical_json
 from kernex_core.envelope import Envelope, Signature, sign_envelope, verify_envelope
 from kernex_core.errors import (
@@ -35,13 +33,13 @@ from kernex_core.errors import (
     ManifestRejectedError,
     ReleaseSignatureError,
 )
+from kernex_core.formats import NAME_RE, SHA256_RE, VERSION_RE
 from kernex_core.release import verify_release
 from kernex_core.timefmt import format_time, parse_time
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.kernex.manifest+json"
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_BUNDLES = 256
-SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from kernex_core.formats import DURATION_EXAMPLES, SHA256_RE
 from kernex_core.protocol import EnrollmentState
 from kernex_core.timefmt import format_time
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
-from kernex_server.bundles import SHA256_RE
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import BundleStoreError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
@@ -62,6 +62,7 @@ def device_json(
         "fingerprint": device.fingerprint,
         "algorithm": device.algorithm,
         "labels": dict(device.labels),
+        "proposed_labels": device.proposed_labels,
         "admitted_by": device.admitted_by,
         "agent_version": device.agent_version,
         "enrolled_at": _time(device.enrolled_at),
@@ -482,7 +483,7 @@ async def audit_log(request: Request) -> Response:
             raise ApiError(
                 400,
                 f"{name}={raw!r} is neither an RFC 3339 time nor a duration",
-                hint="Examples: 2026-11-22T02:05:37Z, 90s, 15m, 1h, 7d.",
+                hint=f"Examples: 2026-11-22T02:05:37Z, {DURATION_EXAMPLES}.",
             ) from exc
 
     raw_limit = params.get("limit") or str(AUDIT_LIMIT_DEFAULT)

@@ -8,7 +8,6 @@ API only appends and reads; nothing updates or deletes an entry.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 
+from kernex_core.formats import DURATION_RE, parse_duration
 from kernex_core.timefmt import parse_time
 from kernex_server.store import Store
 
@@ -25,19 +25,15 @@ OK = "ok"
 DENIED = "denied"
 ERROR = "error"
 
-_DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
 def parse_when(text: str, *, now: float) -> float:
-    """An RFC 3339 time, or a duration back from now (``90s``, ``15m``, ``1h``, ``7d``)."""
-    m = _DURATION_RE.match(text.strip())
-    if m:
-        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    """An RFC 3339 time, or a duration back from now (``90s``, ``1h30m``, ``7d``)."""
+    if DURATION_RE.match(text):
+        return float(now - parse_duration(text))
     return float(parse_time(text))
 
 

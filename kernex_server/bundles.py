@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,10 +17,9 @@ from pathlib import Path
 
 import anyio
 
+from kernex_core.formats import SHA256_RE
 from kernex_core.fsutil import fsync_dir
 from kernex_server.errors import BundleStoreError
-
-SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

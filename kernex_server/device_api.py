@@ -12,6 +12,7 @@ from starlette.routing import Route
 from kernex_core import httpsig, keys
 from kernex_core.errors import KeyFormatError, RequestSignatureError
 from kernex_core.fleet.selector import LABEL_KEY_RE, LABEL_VALUE_RE
+from kernex_core.formats import SHA256_RE
 from kernex_core.protocol import (
     BUNDLE_PATH,
     DEVICE_ID_PATTERN,
@@ -26,7 +27,6 @@ from kernex_core.protocol import (
 )
 from kernex_server.audit import DENIED, OK
 from kernex_server.auth import AuthError, device_endpoint
-from kernex_server.bundles import SHA256_RE
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import EnrollmentError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
@@ -116,7 +116,7 @@ async def enroll(request: Request) -> Response:
             detail={"status": exc.status, "error": exc.message},
         )
         raise
-    if outcome.created or outcome.newly_accepted:
+    if outcome.created or outcome.newly_accepted or outcome.changes:
         await kx.auditor.request(
             request,
             "device.enroll",
@@ -127,6 +127,7 @@ async def enroll(request: Request) -> Response:
                 "state": outcome.device.state,
                 "admitted_by": outcome.device.admitted_by if outcome.newly_accepted else None,
                 "fingerprint": outcome.device.fingerprint,
+                **outcome.changes,
             },
         )
     kx.census.set_state(device_id, outcome.device.state)

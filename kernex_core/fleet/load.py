@@ -42,26 +42,21 @@ from kernex_core.fleet.source import (
     KeyPath,
     parse_file,
 )
+from kernex_core.formats import DURATION_EXAMPLES, NAME_RE, SHA256_RE, VERSION_RE, parse_duration
 from kernex_core.protocol import DEVICE_ID_PATTERN
 
 FLEET_FILE = "kernex.yaml"
 FLEET_FILE_PATTERNS = ("kernex.yaml", "bundles/*.yaml", "groups/*.yaml", "devices/*.yaml")
 FLEET_DIRS = ("bundles", "groups", "devices")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}\Z")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}\Z")
-DURATION_RE = re.compile(r"^(?:\d+[smhdw])+\Z")
-DURATION_PART_RE = re.compile(r"(\d+)([smhdw])")
 PERCENT_RE = re.compile(r"^(\d{1,3})\s*%\Z")
 OPENPGP_FPR_RE = re.compile(r"^[0-9A-Fa-f]{40}\Z")
 SSH_KEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+"
 )
 MAX_CONFIG_DEPTH = 32
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 SETTINGS_KEYS = frozenset(
     {"apiVersion", "name", "description", "policies", "defaults", "rollout", "trusted_signers"}
@@ -183,12 +178,15 @@ class _Checker:
         """Seconds, from an integer or a text like ``90s``, ``5m``, ``1h30m``, ``7d``, ``2w``."""
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        if isinstance(value, str) and DURATION_RE.match(value.strip()):
-            return sum(int(n) * _UNITS[u] for n, u in DURATION_PART_RE.findall(value))
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ValueError:
+                pass
         self.issue(
             path,
             f"expected a duration, found {value!r}",
-            "Write seconds as an integer, or a duration like 90s, 5m, 1h30m, 7d.",
+            f"Write seconds as an integer, or a duration like {DURATION_EXAMPLES}.",
         )
         return None
 

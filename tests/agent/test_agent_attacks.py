@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import tarfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -285,7 +286,7 @@ def _device(tar: tarfile.TarFile) -> None:
         (_link("evil", "/etc/passwd", tarfile.SYMTYPE), "symlink out of the bundle"),
         (_link("evil", "../../../../etc", tarfile.SYMTYPE), "symlink out of the bundle"),
         (_link("evil", "../../../../etc/passwd", tarfile.LNKTYPE), "hard link out of the bundle"),
-        (_link_chain, "outside the destination"),
+        (_link_chain, "passes through the symlink 'sub/up'"),
         (_device, "device node"),
     ],
     ids=[
@@ -493,3 +494,70 @@ def test_not_modified_forever_is_a_freeze_attack(tmp_path: Path) -> None:
     assert "expired" in (report.error or "")
     assert snapshot(dev.data_dir, BOOKKEEPING) == before  # the last good state stays
     assert dev.current_version("app") == "1.0.0"
+
+
+def _dotdot_chain(tar: tarfile.TarFile) -> None:
+    # `s -> .` and `up -> s/..` each resolve inside the tree on paper; on disk `up` is the
+    # parent of the unpack directory.
+    _link("s", ".", tarfile.SYMTYPE)(tar)
+    _link("up", "s/..", tarfile.SYMTYPE)(tar)
+    _file("up/kernex-pwned")(tar)
+
+
+def _cve_2025_4517(dest_len: int) -> Callable[[tarfile.TarFile], None]:
+    """A chain of symlinks whose expansion passes PATH_MAX, so ``os.path.realpath`` stops
+    resolving and Python's ``data`` filter (before 3.11.13/3.12.11/3.13.4) sees a path
+    inside the tree; the kernel follows the links out of it."""
+    steps = "abcdefghijklmnop"
+    path_max = os.pathconf("/", "PC_PATH_MAX")
+    component = "d" * ((path_max - dest_len - 1) // (len(steps) + 1))
+
+    def add(tar: tarfile.TarFile) -> None:
+        path = ""
+        for step in steps:
+            info = tarfile.TarInfo(os.path.join(path, component))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+            _link(os.path.join(path, step), component, tarfile.SYMTYPE)(tar)
+            path = os.path.join(path, component)
+        linkpath = os.path.join(*steps, "l" * 254)
+        _link(linkpath, os.path.join(*[".."] * len(steps)), tarfile.SYMTYPE)(tar)
+        _link("escape", os.path.join(linkpath, ".."), tarfile.SYMTYPE)(tar)
+        # A hard link to a file outside through the unchecked chain, then bytes over it.
+        _link("victimlink", "escape/victim", tarfile.LNKTYPE)(tar)
+        _file("victimlink")(tar)
+        _file("escape/kernex-pwned")(tar)
+
+    return add
+
+
+def test_symlink_dotdot_chain_is_refused(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    blob = sim.add_bundle(hostile(_dotdot_chain), "app", "2.0.0")
+    sim.publish("dev-1", [sim.entry(blob)])
+    assert not dev.cycle().ok
+    assert "through the symlink 's'" in (dev.last_report().error or "")
+    assert snapshot(dev.data_dir, BOOKKEEPING) == before
+    assert not (dev.data_dir / "bundles/app/slots/kernex-pwned").exists()
+    assert dev.current_version("app") == "1.0.0"
+
+
+def test_cve_2025_4517_symlink_chain_past_path_max_is_refused(installed, tmp_path: Path) -> None:
+    sim, dev = installed
+    slots = dev.data_dir / "bundles/app/slots"
+    victim = slots / "victim"
+    victim.write_text("untouched\n")
+    before = snapshot(dev.data_dir, BOOKKEEPING)
+    # The unpack directory is slots/.unpack-2.0.0-<sha256[:12]>-s<serial>.
+    dest_len = len(str(slots / ".unpack-2.0.0-")) + 12 + len("-s") + 2
+    blob = sim.add_bundle(hostile(_cve_2025_4517(dest_len)), "app", "2.0.0")
+    sim.publish("dev-1", [sim.entry(blob)])
+    assert not dev.cycle().ok
+    assert victim.read_text() == "untouched\n"
+    assert not (slots / "kernex-pwned").exists()
+    assert "through the symlink 'a'" in (dev.last_report().error or ""), dev.last_report().error
+    assert snapshot(dev.data_dir, BOOKKEEPING) == before
+    assert dev.current_version("app") == "1.0.0"
+    assert not list(slots.glob(".unpack-*"))

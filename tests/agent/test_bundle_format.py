@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from kernex_agent.unpack import unpack_bundle
 from kernex_core.bundle import (
     ExtractLimits,
     build_bundle,
     check_archive,
-    extract_bundle,
     parse_metadata,
 )
 from kernex_core.errors import BundleError
@@ -86,7 +86,7 @@ def test_build_is_reproducible_and_round_trips(tmp_path: Path) -> None:
         assert {m.mtime for m in tar.getmembers()} == {0}
         assert {m.uid for m in tar.getmembers()} == {0}
     dest = tmp_path / "out"
-    meta = extract_bundle(archive, dest)
+    meta = unpack_bundle(archive, dest)
     assert meta.name == "app"
     assert (dest / "data" / "a.txt").read_text() == "a"
     assert os.readlink(dest / "data" / "link") == "a.txt"
@@ -147,5 +147,90 @@ def test_garbage_and_missing_metadata(tmp_path: Path) -> None:
         check_archive(archive)
     dest = tmp_path / "never"
     with pytest.raises(BundleError):
-        extract_bundle(archive, dest)
+        unpack_bundle(archive, dest)
     assert not dest.exists()
+
+
+def _link_member(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def _with_hooks(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    hooks = [(_member(f"hooks/{h}", 0o755), b"#!/bin/sh\nexit 0\n") for h in ("install", "health")]
+    return _tar([(_member("kernex-bundle.yaml"), META), *hooks, *members])
+
+
+def test_ordinary_link_shapes_unpack(tmp_path: Path) -> None:
+    """Library-style symlink chains, links to directories and hard links are fine."""
+    archive = tmp_path / "ok.tar.gz"
+    archive.write_bytes(
+        _with_hooks(
+            [
+                (_link_member("lib/libx.so", "libx.so.1"), b""),  # before its target
+                (_link_member("lib/libx.so.1", "libx.so.1.2"), b""),
+                (_member("lib/libx.so.1.2"), b"elf"),
+                (_link_member("bin/lib", "../lib"), b""),
+                (_link_member("bin/x", "../lib/libx.so"), b""),
+                (_link_member("lib/hard", "lib/libx.so.1.2", tarfile.LNKTYPE), b""),
+                (_member("./share/doc"), b"doc"),
+            ]
+        )
+    )
+    dest = tmp_path / "out"
+    unpack_bundle(archive, dest)
+    assert (dest / "bin/x").read_bytes() == b"elf"
+    assert (dest / "bin/lib/libx.so").read_bytes() == b"elf"
+    assert os.readlink(dest / "lib/libx.so") == "libx.so.1"
+    assert os.stat(dest / "lib/hard").st_ino == os.stat(dest / "lib/libx.so.1.2").st_ino
+    assert (dest / "share/doc").read_bytes() == b"doc"
+
+
+@pytest.mark.parametrize(
+    ("members", "fragment"),
+    [
+        # The file comes first, the symlink it passes through later: still refused.
+        ([(_member("d/f"), b"x"), (_link_member("d", "."), b"")], "passes through the symlink"),
+        ([(_link_member("s", "."), b""), (_link_member("x", "s/../.."), b"")], "symlink out"),
+        ([(_link_member("x", "s/.."), b""), (_link_member("s", "."), b"")], "links through"),
+        ([(_link_member("h", "nowhere", tarfile.LNKTYPE), b"")], "not a regular file"),
+        ([(_link_member("s", "."), b""), (_link_member("h", "s", tarfile.LNKTYPE), b"")], "hard"),
+        ([(_member("a"), b"1"), (_member("a"), b"2")], "appears twice"),
+        ([(_member("a/../b"), b"1")], "escapes the bundle"),
+    ],
+    ids=[
+        "file-then-link",
+        "dotdot-out",
+        "link-before-chain",
+        "hard-dangling",
+        "hard-to-link",
+        "twice",
+        "inner-dotdot",
+    ],
+)
+def test_member_checks_across_the_archive(tmp_path: Path, members, fragment: str) -> None:
+    archive = tmp_path / "bad.tar.gz"
+    archive.write_bytes(_with_hooks(members))
+    with pytest.raises(BundleError, match=fragment):
+        check_archive(archive)
+    dest = tmp_path / "out"
+    with pytest.raises(BundleError, match=fragment):
+        unpack_bundle(archive, dest)
+    assert not dest.exists()
+
+
+def test_hook_must_be_a_regular_file_member(tmp_path: Path) -> None:
+    archive = tmp_path / "h.tar.gz"
+    archive.write_bytes(
+        _tar(
+            [
+                (_member("kernex-bundle.yaml"), META),
+                (_member("hooks/health", 0o755), b""),
+                (_link_member("hooks/install", "health"), b""),
+            ]
+        )
+    )
+    with pytest.raises(BundleError, match="hook file 'hooks/install' is missing"):
+        check_archive(archive)

@@ -107,16 +107,14 @@ def test_identifiers_with_a_trailing_newline_are_refused() -> None:
     """``$`` matches before a final newline: every identifier pattern must end at ``\\Z``."""
     import re
 
-    from kernex_core import bundle, manifest
+    from kernex_core import formats
     from kernex_core.fleet import selector
     from kernex_core.protocol import DEVICE_ID_PATTERN
-    from kernex_server.bundles import SHA256_RE
 
     assert re.match(DEVICE_ID_PATTERN, "dev-1\n") is None
-    assert SHA256_RE.match("a" * 64 + "\n") is None
-    assert manifest.SHA256_RE.match("a" * 64 + "\n") is None
-    assert bundle.NAME_RE.match("app\n") is None
-    assert bundle.VERSION_RE.match("1.0\n") is None
+    assert formats.SHA256_RE.match("a" * 64 + "\n") is None
+    assert formats.NAME_RE.match("app\n") is None
+    assert formats.VERSION_RE.match("1.0\n") is None
     assert selector.LABEL_KEY_RE.match("ring\n") is None
     assert selector.LABEL_VALUE_RE.match("canary\n") is None
 
@@ -128,7 +126,7 @@ def test_fleet_url_cannot_run_commands_through_git(
     that run commands (ext::) stay off even where the host's Git config allows them."""
     import pytest
 
-    from kernex_server.errors import GitSourceError
+    from kernex_git import GitError
     from kernex_server.git_source import GitFleetSource
 
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")  # a permissive host configuration
@@ -140,7 +138,7 @@ def test_fleet_url_cannot_run_commands_through_git(
         f"--upload-pack=touch {marker};: ://x",
     ):
         source = GitFleetSource(url, "main", clone_dir=tmp_path / f"clone{len(url)}")
-        with pytest.raises(GitSourceError):
+        with pytest.raises(GitError):
             source.sync()
         assert not marker.exists(), url
     ok = GitFleetSource(f"file://{fleet_repo.path}", "main", clone_dir=tmp_path / "ok")
