@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from kernex_core import fleet, keys
 from kernex_core.errors import KernexError
+from kernex_git import GitEnv
 from kernex_server import (
     admin_api,
     device_api,
@@ -77,6 +78,7 @@ def default_source(settings: Settings) -> FleetSource | None:
         settings.branch,
         clone_dir=settings.clone_dir,
         allowed_signers=settings.signers_path(),
+        env=GitEnv.server(settings.git_config_path),
     )
 
 
