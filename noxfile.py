@@ -9,7 +9,7 @@ import nox
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
-PACKAGES = ["kernex_core", "kernex_server", "kernex_agent", "kernex_cli"]
+PACKAGES = ["kernex_core", "kernex_git", "kernex_server", "kernex_agent", "kernex_cli"]
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 

@@ -14,7 +14,6 @@ import typer
 
 from kernex_cli.client import ClientError, ServerOption, TokenOption, connect
 from kernex_cli.gitops_cmds import JsonOption, PushOption, RepoOption, Scope, apply_edit
-from kernex_cli.gitrepo import FleetRepo
 from kernex_cli.output import console, fail, fail_from, print_json
 from kernex_cli.publish import (
     BundleInfo,
@@ -27,6 +26,7 @@ from kernex_cli.publish import (
 )
 from kernex_core import keys
 from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_git import Repository, read_fleet_files
 
 bundle_app = typer.Typer(help="Build, publish and list bundles.", no_args_is_help=True)
 
@@ -106,7 +106,7 @@ def push_cmd(
         sig_file = signature or signature_path_for(archive)
         if signature is not None or sig_file.exists():
             signatures = read_signatures(sig_file, info)
-        fleet = FleetRepo(repo)
+        fleet = Repository.open(repo)
         scope = Scope("bundle", info.name)
         if fleet.is_dirty(scope.path):
             fail(
@@ -210,10 +210,9 @@ def list_cmd(
 def _catalog_names(repo: Path) -> dict[str, list[str]]:
     """sha256 -> ["name@version", ...] from the repository's HEAD; empty when there is none."""
     from kernex_core.fleet import load_fleet
-    from kernex_server.git_tree import read_fleet_files
 
     try:
-        fleet = load_fleet(read_fleet_files(FleetRepo(repo).path, "HEAD"))
+        fleet = load_fleet(read_fleet_files(Repository.open(repo), "HEAD"))
     except KernexError:
         return {}
     out: dict[str, list[str]] = {}

@@ -29,9 +29,9 @@ import httpx
 
 from kernex_agent.simulate import DeviceRecord, SimFleet, SimSettings
 from kernex_cli.fleet_edit import unset_value
-from kernex_cli.gitrepo import FleetRepo
 from kernex_cli.localserver import KERNEX, LocalServer
 from kernex_core.errors import KernexError
+from kernex_git import Repository
 
 SERVER_SETTINGS = {"poll_interval": 1.0, "heartbeat_flush_interval": 1.0}
 RING = ("canary", "stable", "stable", "stable")  # dealt in turn: a quarter are canaries
@@ -120,12 +120,12 @@ def write_bundle_dir(root: Path, version: str, health: str, *, payload: bytes = 
     return src
 
 
-def prepare_fleet_repo(path: Path) -> FleetRepo:
+def prepare_fleet_repo(path: Path) -> Repository:
     """``kernex init`` the template, then start from no bundles (they are pushed later)."""
     from kernex_cli.fleet_source import init_fleet_repo
 
     init_fleet_repo(path)
-    repo = FleetRepo(path)
+    repo = Repository.open(path)
     edits = {
         "kernex.yaml": [["defaults", "bundles"], ["rollout"]],
         "groups/canary.yaml": [["bundles"], ["rollout"]],
@@ -145,7 +145,7 @@ class Stage:
         self.root = root
         self.devices = devices
         self.fleet_settings = fleet_settings
-        self.repo: FleetRepo | None = None
+        self.repo: Repository | None = None
         self.server: LocalServer | None = None
         self.fleet: SimFleet | None = None
         self.http = httpx.AsyncClient(timeout=60)
@@ -437,7 +437,7 @@ class Demo:
         rel = f"groups/{STAGED_GROUP}.yaml"
         target = self.stage.repo_path / rel
         target.write_text(target.read_text().rstrip("\n") + "\n" + STAGED_ROLLOUT)
-        FleetRepo(self.stage.repo_path).commit([rel], STAGED_COMMIT)
+        Repository.open(self.stage.repo_path).commit([rel], STAGED_COMMIT)
 
     async def _staged_rollout(self, result: DemoResult) -> None:
         """The last act: a release that fails everywhere reaches the first wave only."""
@@ -455,7 +455,7 @@ class Demo:
             "deploy", "hello@1.2.0", "--group", STAGED_GROUP, "--repo", str(st.repo_path)
         )
         committed = time.time()
-        revision = await asyncio.to_thread(FleetRepo(st.repo_path).head)
+        revision = await asyncio.to_thread(Repository.open(st.repo_path).head)
         await st.reconcile()
         halted = await self._until_halted(revision)
         halted_after = time.time() - committed

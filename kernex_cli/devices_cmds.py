@@ -1,4 +1,4 @@
-"""``kernex devices list|show|accept|reject|revoke``: the devices the server knows.
+"""``kernex devices list|show|accept|reject|revoke|labels``: the devices the server knows.
 
 Filters go to the server (``GET /v1/admin/devices?state=&phase=&online=&label=``) and are
 applied again to its answer, so the table is right even against a server that ignores one.
@@ -9,14 +9,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from kernex_cli.client import ServerOption, TokenOption
+from kernex_cli.labels_cmds import label_text, labels_app
 from kernex_cli.output import EXIT_USAGE, console, fail, print_json
 from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
 
 devices_app = typer.Typer(
-    help="List, show, accept, reject and revoke devices.", no_args_is_help=True
+    help="List, show, accept, reject and revoke devices; settle proposed labels.",
+    no_args_is_help=True,
 )
 
 STATES = ("pending", "accepted", "rejected", "revoked")
@@ -151,6 +154,12 @@ def _render_device(d: dict[str, Any]) -> None:
     )
     facts.add_row("key", f"{d.get('algorithm')} {d.get('fingerprint')}")
     facts.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(d["labels"].items())) or "-")
+    if d.get("proposed_labels") is not None:
+        facts.add_row(
+            "proposed",
+            f"[yellow]{label_text(d['proposed_labels'])}[/] "
+            f"(`kernex devices labels accept|reject {escape(d['id'])}`)",
+        )
     facts.add_row("agent", str(d.get("agent_version") or "-"))
     facts.add_row(
         "desired",
@@ -251,4 +260,5 @@ def revoke(
 
 
 def register(app: typer.Typer) -> None:
+    devices_app.add_typer(labels_app, name="labels")
     app.add_typer(devices_app, name="devices")

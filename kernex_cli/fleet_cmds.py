@@ -15,7 +15,7 @@ from kernex_cli.fleet_source import FleetSourceError, init_fleet_repo, read_work
 from kernex_cli.plan_render import render_markdown, render_text
 from kernex_core.errors import FleetInvalidError, KernexError, ValidationIssue
 from kernex_core.fleet import DesiredState, Fleet, compute_plan, load_fleet
-from kernex_server.git_tree import parent_commit, read_fleet_files, resolve_commit
+from kernex_git import Repository, read_fleet_files
 
 RepoOption = Annotated[Path, typer.Option("--repo", "-C", help="The fleet repository.")]
 
@@ -84,8 +84,9 @@ def validate(
         if rev is None:
             files = read_worktree_files(repo)
         else:
-            revision = resolve_commit(repo, rev)
-            files = read_fleet_files(repo, revision)
+            fleet_repo = Repository.open(repo)
+            revision = fleet_repo.resolve(rev)
+            files = read_fleet_files(fleet_repo, revision)
         fleet = load_fleet(files)
     except FleetInvalidError as exc:
         if as_json:
@@ -146,10 +147,11 @@ def plan(
     Example: kernex plan --base origin/main --format markdown --detailed-exitcode
     """
     try:
-        head_sha = resolve_commit(repo, head)
-        base_sha = resolve_commit(repo, base) if base is not None else parent_commit(repo, head_sha)
-        head_fleet = _load_revision(repo, head_sha, "head")
-        base_fleet = _load_revision(repo, base_sha, "base") if base_sha else None
+        fleet_repo = Repository.open(repo)
+        head_sha = fleet_repo.resolve(head)
+        base_sha = fleet_repo.resolve(base) if base is not None else fleet_repo.parent(head_sha)
+        head_fleet = _load_revision(fleet_repo, head_sha, "head")
+        base_fleet = _load_revision(fleet_repo, base_sha, "base") if base_sha else None
         reported = _read_inventory(inventory) if inventory else {}
         devices = _inventory(reported, base_fleet, head_fleet)
         head_states = head_fleet.resolve(devices)
@@ -170,7 +172,7 @@ def plan(
         raise typer.Exit(2)
 
 
-def _load_revision(repo: Path, sha: str, which: str) -> Fleet:
+def _load_revision(repo: Repository, sha: str, which: str) -> Fleet:
     try:
         return load_fleet(read_fleet_files(repo, sha))
     except FleetInvalidError as exc:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 from kernex_core.errors import KernexError
 from kernex_core.fleet import FLEET_DIRS, FLEET_FILE, MAX_FILE_BYTES
+from kernex_git import init_repository
 
 TEMPLATE_DIR_NAME = "fleet-repo-template"
 
@@ -54,28 +54,6 @@ def read_worktree_files(root: Path) -> dict[str, bytes]:
     return files
 
 
-def _git(directory: Path, *args: str) -> str:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(directory), *args], capture_output=True, text=True, check=False
-        )
-    except FileNotFoundError as exc:
-        raise FleetSourceError("git is not installed", hint="Install Git 2.28 or newer.") from exc
-    if done.returncode != 0:
-        raise FleetSourceError(f"git {args[0]} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _has_identity(directory: Path) -> bool:
-    for key in ("user.name", "user.email"):
-        done = subprocess.run(
-            ["git", "-C", str(directory), "config", key], capture_output=True, check=False
-        )
-        if done.returncode != 0 or not done.stdout.strip():
-            return False
-    return True
-
-
 def init_fleet_repo(directory: Path) -> str:
     """Copy the example fleet into ``directory`` (absent or empty), commit it; return the sha."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
@@ -90,10 +68,4 @@ def init_fleet_repo(directory: Path) -> str:
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    _git(directory, "init", "--quiet", "-b", "main")
-    _git(directory, "add", "--all")
-    identity: tuple[str, ...] = ()
-    if not _has_identity(directory):
-        identity = ("-c", "user.name=Kernex", "-c", "user.email=kernex@localhost")
-    _git(directory, *identity, "commit", "--quiet", "-m", "Start the fleet from the Kernex example")
-    return _git(directory, "rev-parse", "HEAD").strip()
+    return init_repository(directory, "Start the fleet from the Kernex example").head()

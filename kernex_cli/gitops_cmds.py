@@ -16,9 +16,9 @@ import typer
 
 from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.fleet_edit import parse_scalar, set_value, unset_value
-from kernex_cli.gitrepo import FleetRepo
 from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json
 from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_git import Repository, read_fleet_files
 
 BUNDLE_REF_RE = re.compile(
     r"^(?P<name>[a-z0-9][a-z0-9._-]*)@(?P<version>[A-Za-z0-9][A-Za-z0-9.+_-]*)$"
@@ -77,7 +77,7 @@ class EditOutcome:
 
 
 def apply_edit(
-    repo: FleetRepo,
+    repo: Repository,
     scope: Scope,
     new_text: str | None,
     message: str,
@@ -91,10 +91,9 @@ def apply_edit(
     resolved by the server, so a change the plan shows no device for is still committed.
     """
     from kernex_core.fleet import compute_plan, load_fleet
-    from kernex_server.git_tree import read_fleet_files
 
     base_sha = repo.head()
-    base_files = read_fleet_files(repo.path, base_sha)
+    base_files = read_fleet_files(repo, base_sha)
     head_files = dict(base_files)
     if new_text is None:
         head_files.pop(scope.path, None)
@@ -119,7 +118,7 @@ def apply_edit(
     return EditOutcome(base_sha, commit, changed, plan)
 
 
-def _current_text(repo: FleetRepo, scope: Scope, *, create: bool) -> str:
+def _current_text(repo: Repository, scope: Scope, *, create: bool) -> str:
     if repo.is_dirty(scope.path):
         fail(
             f"{scope.path} has uncommitted changes",
@@ -214,7 +213,7 @@ def _run_edit(
 
     client = None
     try:
-        repo = FleetRepo(repo_dir)
+        repo = Repository.open(repo_dir)
         text = _current_text(repo, scope, create=True)
         new_text = edit(text)
         if wait is not None:  # connect and snapshot before committing: fail early, lose nothing
@@ -286,7 +285,7 @@ def deploy(
     waiting = WaitSpec.from_options(wait, timeout, server, token, dry_run)
     name, version = m.group("name"), m.group("version")
     try:
-        _check_catalog(FleetRepo(repo), name, version)
+        _check_catalog(Repository.open(repo), name, version)
     except KernexError as exc:
         fail_from(exc)
     _run_edit(
@@ -301,11 +300,10 @@ def deploy(
     )
 
 
-def _check_catalog(repo: FleetRepo, name: str, version: str) -> None:
+def _check_catalog(repo: Repository, name: str, version: str) -> None:
     from kernex_core.fleet import load_fleet
-    from kernex_server.git_tree import read_fleet_files
 
-    fleet = load_fleet(read_fleet_files(repo.path, "HEAD"))
+    fleet = load_fleet(read_fleet_files(repo, "HEAD"))
     versions = fleet.catalog.get(name)
     if versions is None:
         known = ", ".join(sorted(fleet.catalog)) or "none"
@@ -348,7 +346,7 @@ def rollback(
     scope = _scope(group, device)
     waiting = WaitSpec.from_options(wait, timeout, server, token, dry_run)
     try:
-        fleet_repo = FleetRepo(repo)
+        fleet_repo = Repository.open(repo)
         if to is None:
             last = fleet_repo.last_change(scope.path)
             if last is None:
@@ -356,9 +354,9 @@ def rollback(
                     f"{scope.path} has no history to roll back",
                     hint="Name a revision with --to REV.",
                 )
-            rev = fleet_repo.rev_parse(f"{last}^") if _has_parent(fleet_repo, last) else None
+            rev = fleet_repo.resolve(f"{last}^") if _has_parent(fleet_repo, last) else None
         else:
-            rev = fleet_repo.rev_parse(to)
+            rev = fleet_repo.resolve(to)
         old = fleet_repo.show(rev, scope.path) if rev else None
     except KernexError as exc:
         fail_from(exc)
@@ -375,7 +373,7 @@ def rollback(
     )
 
 
-def _has_parent(repo: FleetRepo, commit: str) -> bool:
+def _has_parent(repo: Repository, commit: str) -> bool:
     return len(repo.git("rev-list", "--parents", "-n", "1", commit).split()) > 1
 
 

@@ -14,10 +14,10 @@ from rich.table import Table
 
 from kernex_cli.client import AdminClient
 from kernex_cli.converge import Convergence, Waiter, WaitError, WaitResult
-from kernex_cli.gitrepo import FleetRepo
 from kernex_cli.output import console, err_console
 from kernex_cli.rollouts_cmds import wave_progress
 from kernex_cli.views import parse_duration
+from kernex_git import Repository
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Progress:
 
 def run_wait(
     client: AdminClient,
-    repo: FleetRepo,
+    repo: Repository,
     commit: str,
     baseline: Mapping[str, int | None],
     timeout: str,

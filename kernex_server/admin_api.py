@@ -62,6 +62,7 @@ def device_json(
         "fingerprint": device.fingerprint,
         "algorithm": device.algorithm,
         "labels": dict(device.labels),
+        "proposed_labels": device.proposed_labels,
         "admitted_by": device.admitted_by,
         "agent_version": device.agent_version,
         "enrolled_at": _time(device.enrolled_at),

@@ -28,7 +28,16 @@ from starlette.routing import Route
 
 from kernex_core import fleet, keys
 from kernex_core.errors import KernexError
-from kernex_server import admin_api, device_api, openapi, ops, rollouts_api, webhooks
+from kernex_git import GitEnv
+from kernex_server import (
+    admin_api,
+    device_api,
+    labels_api,
+    openapi,
+    ops,
+    rollouts_api,
+    webhooks,
+)
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
@@ -69,6 +78,7 @@ def default_source(settings: Settings) -> FleetSource | None:
         settings.branch,
         clone_dir=settings.clone_dir,
         allowed_signers=settings.signers_path(),
+        env=GitEnv.server(settings.git_config_path),
     )
 
 
@@ -156,6 +166,7 @@ def create_app(
             Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
             *device_api.routes,
             *admin_api.routes,
+            *labels_api.routes,
             *rollouts_api.routes,
             *webhooks.routes,
         ],

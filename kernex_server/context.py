@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from kernex_core import keys
 from kernex_core.errors import KernexError
+from kernex_git import redact_text
 from kernex_server.audit import ERROR, OK, Auditor
 from kernex_server.auth import AdminAuth, DeviceAuth
 from kernex_server.bundles import BlobStore
@@ -136,7 +137,8 @@ class ServerContext:
             result = await anyio.to_thread.run_sync(lambda: self.reconciler.reconcile(force=force))
         except Exception as exc:
             self._observe("error", started)
-            self.last_reconcile_error = exc.message if isinstance(exc, KernexError) else str(exc)
+            message = exc.message if isinstance(exc, KernexError) else str(exc)
+            self.last_reconcile_error = redact_text(message)  # shown in /readyz and status
             raise
         self._observe(result.state, started)
         self.last_reconcile_error = None
@@ -193,7 +195,8 @@ class ServerContext:
             resigned = await anyio.to_thread.run_sync(self.reconciler.resign_expiring)
             self.cache.publish(resigned)
         except KernexError as exc:
-            log.error("reconcile failed: %s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
+            hint = f" ({exc.hint})" if exc.hint else ""
+            log.error("reconcile failed: %s", redact_text(f"{exc.message}{hint}"))
         except Exception:  # a database outage must not stop the loop; the next pass retries
             log.exception("reconcile failed")
 

@@ -116,7 +116,7 @@ async def enroll(request: Request) -> Response:
             detail={"status": exc.status, "error": exc.message},
         )
         raise
-    if outcome.created or outcome.newly_accepted:
+    if outcome.created or outcome.newly_accepted or outcome.changes:
         await kx.auditor.request(
             request,
             "device.enroll",
@@ -127,6 +127,7 @@ async def enroll(request: Request) -> Response:
                 "state": outcome.device.state,
                 "admitted_by": outcome.device.admitted_by if outcome.newly_accepted else None,
                 "fingerprint": outcome.device.fingerprint,
+                **outcome.changes,
             },
         )
     kx.census.set_state(device_id, outcome.device.state)

@@ -6,11 +6,17 @@ declared in ``devices/<id>.yaml`` of the deployed revision, or else the device w
 and so is the same key under another id (409: a key belongs to one device, which the
 unique index on ``devices.fingerprint`` also holds against a race). The same key again is
 idempotent and may complete a pending admission.
+
+A device never relabels itself: once it is accepted, rejected or revoked, the labels of a
+re-enrollment are kept apart as ``proposed_labels`` until an admin accepts them
+(``accept_labels``); only a pending device's labels follow its enrollment. Each outcome
+names what the enrollment changed, for the audit log.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +34,7 @@ class EnrollOutcome:
     device: DeviceRecord
     created: bool
     newly_accepted: bool
+    changes: dict[str, Any] = field(default_factory=dict)  # what a re-enrollment changed
 
 
 class Enroller:
@@ -102,11 +109,9 @@ class Enroller:
             )
             s.add(row)
             created = True
+            changes: dict[str, Any] = {}
         else:
-            row.labels = dict(request.labels)
-            row.agent_version = request.agent_version[:64]
-            row.last_seen = now
-            row.updated_at = now
+            changes = _reenroll(row, request, now)
             created = False
         newly = False
         if admitted_by is not None and row.state == EnrollmentState.PENDING.value:
@@ -114,7 +119,31 @@ class Enroller:
             row.admitted_by = admitted_by
             newly = True
         s.flush()
-        return EnrollOutcome(DeviceRecord.of(row), created, newly)
+        return EnrollOutcome(DeviceRecord.of(row), created, newly, changes)
+
+    def accept_labels(self, device_id: str, *, now: float) -> tuple[dict[str, str], Any] | None:
+        """Make a device's proposed labels its labels: (old labels, proposal); the
+        proposal is None when there is none. None when the device does not exist."""
+        return self._settle(device_id, now, accept=True)
+
+    def reject_labels(self, device_id: str, *, now: float) -> tuple[dict[str, str], Any] | None:
+        """Drop a device's proposed labels: (its labels, the proposal dropped)."""
+        return self._settle(device_id, now, accept=False)
+
+    def _settle(
+        self, device_id: str, now: float, *, accept: bool
+    ) -> tuple[dict[str, str], Any] | None:
+        with self.sessions.begin() as s:
+            row = s.get(Device, device_id)
+            if row is None:
+                return None
+            labels, proposed = dict(row.labels or {}), row.proposed_labels
+            if proposed is not None:
+                if accept:
+                    row.labels = dict(proposed)
+                row.proposed_labels = None
+                row.updated_at = now
+            return labels, proposed
 
     def _admission(
         self,
@@ -163,3 +192,27 @@ class Enroller:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise EnrollmentError("enrollment token is used up", status=403)
         return f"token:{row.name}"
+
+
+def _reenroll(row: Device, request: EnrollRequest, now: float) -> dict[str, Any]:
+    """Apply a re-enrollment of a known device; answer what changed (empty: nothing)."""
+    changes: dict[str, Any] = {}
+    asked = dict(request.labels)
+    current = dict(row.labels or {})
+    if row.state == EnrollmentState.PENDING.value:
+        if asked != current:
+            changes["labels"] = {"from": current, "to": asked}
+            row.labels = asked
+    else:  # admitted or refused: labels change through Git or an admin act only
+        proposal = asked if asked != current else None
+        if proposal != row.proposed_labels:
+            changes["proposed_labels"] = proposal
+            row.proposed_labels = proposal
+    version = request.agent_version[:64]
+    if version != row.agent_version:
+        changes["agent_version"] = {"from": row.agent_version, "to": version}
+        row.agent_version = version
+    row.last_seen = now
+    if changes:
+        row.updated_at = now
+    return changes

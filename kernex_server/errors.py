@@ -5,10 +5,10 @@
         ├── ServerSetupError         data directory, keys or settings missing or unreadable
         ├── DatabaseError            the database cannot be reached or migrated
         │   └── DatabasePermissionError  the role lacks a right (the hint names the GRANT)
-        ├── GitSourceError           the fleet repository cannot be read or fetched
         ├── BundleStoreError         a bundle cannot be stored (digest mismatch, size limit)
         └── EnrollmentError          an enrollment is refused (status code says why)
 
+Git failures are ``kernex_git.GitError`` (the one Git error tree, shared with the CLI).
 HTTP handlers turn these into JSON error bodies ``{"error": ..., "hint": ...}``.
 """
 
@@ -31,10 +31,6 @@ class DatabaseError(ServerError):
 
 class DatabasePermissionError(DatabaseError):
     """The database role lacks a right the migrations need."""
-
-
-class GitSourceError(ServerError):
-    """The fleet repository cannot be read, cloned or fetched."""
 
 
 class BundleStoreError(ServerError):

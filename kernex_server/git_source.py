@@ -1,32 +1,19 @@
-"""The Git edge of the reconciler: where the fleet repository's commits come from.
+"""Where the reconciler's commits come from: the fleet repository, through ``kernex_git``.
 
-A local path is read in place; a URL is cloned (bare) into the data directory and
-fetched on every poll. Files are read from Git objects (``kernex_server.git_tree``),
-never from a working tree. Every GitPython error becomes ``GitSourceError``.
+A local path is read in place; a URL is fetched into a bare mirror in the data directory
+on every poll. Files are read from Git objects, never from a working tree. Git runs in
+the locked-down server environment (``GitEnv.server``: no system or user config, only
+``<data_dir>/gitconfig``; no prompts; network limits), and every failure is a
+``kernex_git.GitError`` whose text has credentials redacted.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-import git
-
-from kernex_server import git_tree
-from kernex_server.errors import GitSourceError
-
-log = logging.getLogger("kernex.server.git")
-
-# Transports a fleet repository may come from. GIT_ALLOW_PROTOCOL overrides any
-# protocol.allow configuration of the host, so ext:: (runs a command) and other
-# helpers stay off; no prompt may hang the reconciler waiting for a password.
-GIT_ENV = {
-    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
-    "GIT_TERMINAL_PROMPT": "0",
-}
-FETCH_TIMEOUT = 600  # seconds a clone or fetch may take before it is killed
+from kernex_git import GitEnv, GitError, Repository, fetch_branch, is_remote, read_fleet_files
 
 
 class FleetSource(Protocol):
@@ -39,65 +26,45 @@ class FleetSource(Protocol):
     def verify_commit(self, commit: str) -> str | None: ...
 
 
-def is_remote(repo: str) -> bool:
-    return "://" in repo or (repo.count(":") == 1 and "@" in repo.split(":")[0])
-
-
 class GitFleetSource:
     def __init__(
-        self, repo: str, branch: str, *, clone_dir: Path, allowed_signers: Path | None = None
+        self,
+        repo: str,
+        branch: str,
+        *,
+        clone_dir: Path,
+        allowed_signers: Path | None = None,
+        env: GitEnv | None = None,
     ) -> None:
         self.url = repo
         self.branch = branch
         self.remote = is_remote(repo)
-        self.path = Path(clone_dir) if self.remote else Path(repo).expanduser().resolve()
+        self.env = env or GitEnv.server()
+        path = Path(clone_dir) if self.remote else Path(repo).expanduser().resolve()
+        self.repo = Repository(path, env=self.env)
         self.allowed_signers = allowed_signers
 
-    def _git(self) -> git.Git:
-        return git.Git(str(self.path))
+    @property
+    def path(self) -> Path:
+        return self.repo.path
 
     def sync(self) -> None:
-        if not self.remote:
-            if not self.path.exists():
-                raise GitSourceError(
-                    f"fleet repository {self.path} does not exist",
-                    hint="Set `repo` in server.toml to a Git repository path or URL.",
-                )
-            return
-        try:
-            if not (self.path / "HEAD").is_file():
-                log.info("cloning fleet repository %s into %s", self.url, self.path)
-                git.Git().execute(
-                    ["git", "clone", "--bare", "--no-tags", "--", self.url, str(self.path)],
-                    env=GIT_ENV,
-                    kill_after_timeout=FETCH_TIMEOUT,
-                )
-            spec = f"+refs/heads/{self.branch}:refs/heads/{self.branch}"
-            self._git().execute(
-                ["git", "fetch", "--prune", "--no-tags", "--", self.url, spec],
-                env=GIT_ENV,
-                kill_after_timeout=FETCH_TIMEOUT,
+        if self.remote:
+            fetch_branch(self.url, self.branch, self.path, env=self.env)
+        elif not self.path.exists():
+            raise GitError(
+                f"fleet repository {self.path} does not exist",
+                hint="Set `repo` in server.toml to a Git repository path or URL.",
             )
-        except git.GitCommandError as exc:
-            raise GitSourceError(
-                f"cannot fetch {self.url} ({self.branch}): {_stderr(exc)}",
-                hint="Check the repository URL, the branch and the server's Git credentials.",
-            ) from exc
 
     def head(self) -> str:
-        return git_tree.resolve_commit(self.path, f"refs/heads/{self.branch}")
+        return self.repo.resolve(f"refs/heads/{self.branch}")
 
     def read(self, commit: str) -> Mapping[str, bytes]:
-        return git_tree.read_fleet_files(self.path, commit)
+        return read_fleet_files(self.repo, commit)
 
     def is_ancestor(self, older: str, newer: str) -> bool:
-        try:
-            self._git().execute(["git", "merge-base", "--is-ancestor", older, newer])
-        except git.GitCommandError as exc:
-            if exc.status == 1:
-                return False
-            raise GitSourceError(f"cannot compare {older} and {newer}: {_stderr(exc)}") from exc
-        return True
+        return self.repo.is_ancestor(older, newer)
 
     def verify_commit(self, commit: str) -> str | None:
         """None when the commit carries a signature the allowed signers accept."""
@@ -106,21 +73,7 @@ class GitFleetSource:
                 "require_signed_commits is on but no allowed-signers file is configured "
                 f"({self.allowed_signers})"
             )
-        try:
-            self._git().execute(
-                [
-                    "git",
-                    "-c",
-                    f"gpg.ssh.allowedSignersFile={self.allowed_signers}",
-                    "verify-commit",
-                    commit,
-                ]
-            )
-        except git.GitCommandError as exc:
-            return f"commit {commit[:12]} is not signed by an allowed signer: {_stderr(exc)}"
-        return None
-
-
-def _stderr(exc: git.GitCommandError) -> str:
-    text = str(exc.stderr or "").strip().strip("'").strip()
-    return text.replace("stderr: ", "").strip() or str(exc)
+        problem = self.repo.verify_commit(commit, self.allowed_signers)
+        if problem is None:
+            return None
+        return f"commit {commit[:12]} is not signed by an allowed signer: {problem}"

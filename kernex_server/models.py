@@ -17,6 +17,8 @@ class Base(DeclarativeBase):
 
 
 class Device(Base):
+    """An enrolled device; its key (``fingerprint``) belongs to it alone."""
+
     __tablename__ = "devices"
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -24,6 +26,9 @@ class Device(Base):
     fingerprint: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     algorithm: Mapped[str] = mapped_column(String(32))
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # what the device asked for when it re-enrolled once admitted or refused; an admin
+    # accepts (they become ``labels``) or rejects them
+    proposed_labels: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     admitted_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
     agent_version: Mapped[str] = mapped_column(String(64), default="")

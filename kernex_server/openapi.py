@@ -71,6 +71,10 @@ SCHEMAS: dict[str, Schema] = {
         fingerprint=STR,
         algorithm=STR,
         labels={"type": "object", "additionalProperties": STR},
+        proposed_labels={
+            "oneOf": [{"type": "object", "additionalProperties": STR}, {"type": "null"}],
+            "description": "labels the device asked for at re-enrollment, for an admin",
+        },
         admitted_by=NSTR,
         agent_version=STR,
         enrolled_at=TIME,
@@ -90,6 +94,12 @@ SCHEMAS: dict[str, Schema] = {
     },
     "DeviceList": obj(["devices"], devices=arr(ref("Device"))),
     "DeviceState": obj(["id", "state"], id=STR, state=STR),
+    "DeviceLabels": obj(
+        ["id", "labels"],
+        id=STR,
+        labels={"type": "object", "additionalProperties": STR},
+        proposed_labels={"type": "null"},
+    ),
     "ValidationIssue": obj(file=STR, line=NINT, key=NSTR, message=STR),
     "FleetStatus": obj(
         ["revision", "devices", "rollouts", "bundles"],
@@ -406,6 +416,18 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Revoke a device (final)",
         None,
         _ok("DeviceState"),
+        [],
+    ),
+    ("POST", "/v1/admin/devices/{device_id}/labels/accept"): (
+        "Make the labels a device proposed its labels (409 when it proposed none)",
+        None,
+        _ok("DeviceLabels"),
+        [],
+    ),
+    ("POST", "/v1/admin/devices/{device_id}/labels/reject"): (
+        "Drop the labels a device proposed (409 when it proposed none)",
+        None,
+        _ok("DeviceLabels"),
         [],
     ),
     ("GET", "/v1/admin/enrollment-tokens"): (

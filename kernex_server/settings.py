@@ -71,6 +71,12 @@ class Settings:
     def clone_dir(self) -> Path:
         return self.data_dir / "fleet.git"
 
+    @property
+    def git_config_path(self) -> Path:
+        """Kernex's own Git configuration (credential helper, SSH command), when present;
+        the server ignores the system's and the server user's Git configuration."""
+        return self.data_dir / "gitconfig"
+
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'kernex.db'}"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kernex_core import keys
 from kernex_core.fsutil import atomic_write_bytes, atomic_write_text
+from kernex_git import redact_url
 from kernex_server.database import make_engine, migrate, session_factory
 from kernex_server.errors import ServerSetupError
 from kernex_server.settings import Settings, render_settings_file, webhook_secret_line
@@ -59,7 +60,7 @@ def init_data_dir(
         settings = Settings.load(data_dir, env)
     if repo and settings.repo != repo:
         raise ServerSetupError(
-            f"{settings_path} already names repo {settings.repo!r}",
+            f"{settings_path} already names repo {redact_url(settings.repo)!r}",
             hint="Edit server.toml to change the fleet repository.",
         )
     engine = make_engine(settings.effective_database_url(), schema=settings.database_schema)

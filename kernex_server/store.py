@@ -59,6 +59,7 @@ class DeviceRecord:
     agent_version: str
     enrolled_at: float
     last_seen: float | None
+    proposed_labels: Mapping[str, str] | None = None
 
     @classmethod
     def of(cls, row: Device) -> DeviceRecord:
@@ -73,6 +74,7 @@ class DeviceRecord:
             row.agent_version,
             row.enrolled_at,
             row.last_seen,
+            dict(row.proposed_labels) if row.proposed_labels is not None else None,
         )
 
 

@@ -124,3 +124,25 @@ def test_enroll_tokens_bad_duration_and_unknown_id(kernex: Kernex) -> None:
     missing = kernex("enroll-tokens", "revoke", "999")
     assert missing.exit_code == 1
     assert "no enrollment token 999" in missing.output
+
+
+def test_devices_labels_accept_settles_what_a_device_proposed(
+    kernex: Kernex, kx_server: RunningServer
+) -> None:
+    device = kx_server.enroll("edge-1", ring="stable")
+    device.labels = {"ring": "canary"}
+    with kx_server.http() as client:
+        assert device.enroll(client).status_code == 200  # re-enrollment: a proposal only
+    shown = kernex("devices", "show", "edge-1")
+    assert shown.exit_code == 0, shown.output
+    assert "ring=stable" in shown.output
+    assert "proposed" in shown.output
+    assert "ring=canary" in shown.output
+    accepted = kernex("devices", "labels", "accept", "edge-1")
+    assert accepted.exit_code == 0, accepted.output
+    assert "ring=canary" in accepted.output
+    data = json.loads(kernex("devices", "show", "edge-1", "--json").stdout)
+    assert (data["labels"], data["proposed_labels"]) == ({"ring": "canary"}, None)
+    again = kernex("devices", "labels", "reject", "edge-1")
+    assert again.exit_code == 1
+    assert "no proposed labels" in again.output

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from serverkit import SimDevice
+from serverkit import SimDevice, verify_manifest
 
 from kernex_core import keys
 from kernex_server.database import alembic_config, make_engine, migrate
@@ -100,3 +100,90 @@ def test_migration_revokes_later_devices_sharing_a_key(database: dict[str, str])
         assert "SHA256:shared" in by_id["ghost"][1]
     finally:
         engine.dispose()
+
+
+# -- a device never relabels itself (issue 11.4) ------------------------------------------
+
+
+def _config(server: Any, device: SimDevice) -> dict[str, Any]:
+    response = device.manifest(server.client)
+    assert response.status_code == 200, response.text
+    return dict(verify_manifest(response.content, device.device_id, server.key).config)
+
+
+def _device(server: Any, device_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = server.admin_get(f"/v1/admin/devices/{device_id}")
+    return found
+
+
+def test_an_admitted_device_cannot_relabel_itself(server: Any) -> None:
+    device = SimDevice("dev-1", labels={"ring": "stable"})
+    assert device.enroll(server.client, token=server.enrollment_token()).status_code == 201
+    assert _config(server, device) == {"app": {"greeting": "hello"}}
+    # the device asks to join the canary group, whose config it must not get by itself
+    device.labels = {"ring": "canary"}
+    again = device.enroll(server.client)
+    assert again.status_code == 200, again.text
+    shown = _device(server, "dev-1")
+    assert shown["labels"] == {"ring": "stable"}
+    assert shown["proposed_labels"] == {"ring": "canary"}
+    assert _config(server, device) == {"app": {"greeting": "hello"}}
+    assert server.admin_get("/v1/admin/devices?label=ring=canary")["devices"] == []
+    enrolls = _audit(server, "device.enroll")
+    assert enrolls[0]["detail"]["proposed_labels"] == {"ring": "canary"}
+    # the same request again changes nothing and adds no audit entry
+    assert device.enroll(server.client).status_code == 200
+    assert len(_audit(server, "device.enroll")) == len(enrolls)
+    # an admin accepts the proposal: the labels move and the manifest follows
+    accepted = server.admin_post("/v1/admin/devices/dev-1/labels/accept")
+    assert accepted["labels"] == {"ring": "canary"}
+    shown = _device(server, "dev-1")
+    assert (shown["labels"], shown["proposed_labels"]) == ({"ring": "canary"}, None)
+    assert _config(server, device) == {"app": {"greeting": "hello", "canary": True}}
+    entry = _audit(server, "device.labels.accept")[0]
+    assert (entry["target"], entry["result"]) == ("dev-1", "ok")
+    assert entry["detail"]["from"] == {"ring": "stable"}
+    assert entry["detail"]["to"] == {"ring": "canary"}
+    # nothing left to accept
+    nothing = server.client.post("/v1/admin/devices/dev-1/labels/accept", headers=server.auth)
+    assert nothing.status_code == 409
+
+
+def test_a_proposal_can_be_rejected_and_needs_an_admin(server: Any) -> None:
+    device = SimDevice("dev-1", labels={"ring": "stable"})
+    assert device.enroll(server.client, token=server.enrollment_token()).status_code == 201
+    device.labels = {"ring": "canary"}
+    assert device.enroll(server.client).status_code == 200
+    operator = server.kx.store.create_api_token("op", "operator", now=time.time())
+    refused = server.client.post(
+        "/v1/admin/devices/dev-1/labels/accept", headers={"Authorization": f"Bearer {operator}"}
+    )
+    assert refused.status_code == 403
+    server.admin_post("/v1/admin/devices/dev-1/labels/reject")
+    shown = _device(server, "dev-1")
+    assert (shown["labels"], shown["proposed_labels"]) == ({"ring": "stable"}, None)
+    assert _audit(server, "device.labels.reject")[0]["detail"]["proposed"] == {"ring": "canary"}
+    missing = server.client.post("/v1/admin/devices/nobody/labels/accept", headers=server.auth)
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("verb", ["revoke", "reject"])
+def test_a_refused_device_cannot_relabel_itself(server: Any, verb: str) -> None:
+    device = SimDevice("dev-1", labels={"ring": "stable"})
+    assert device.enroll(server.client).status_code == 201
+    server.admin_post(f"/v1/admin/devices/dev-1/{verb}")
+    device.labels = {"ring": "canary"}
+    device.enroll(server.client)
+    shown = _device(server, "dev-1")
+    assert shown["labels"] == {"ring": "stable"}
+    assert shown["proposed_labels"] == {"ring": "canary"}
+
+
+def test_every_reenrollment_that_changes_something_is_audited(server: Any) -> None:
+    device = SimDevice("dev-1", labels={"ring": "stable"})
+    assert device.enroll(server.client).status_code == 201  # pending
+    device.labels = {"ring": "beta"}  # a pending device's labels are still its own to set
+    assert device.enroll(server.client).status_code == 200
+    assert _device(server, "dev-1")["labels"] == {"ring": "beta"}
+    changed = _audit(server, "device.enroll")[0]
+    assert changed["detail"]["labels"] == {"from": {"ring": "stable"}, "to": {"ring": "beta"}}

@@ -126,7 +126,7 @@ def test_fleet_url_cannot_run_commands_through_git(
     that run commands (ext::) stay off even where the host's Git config allows them."""
     import pytest
 
-    from kernex_server.errors import GitSourceError
+    from kernex_git import GitError
     from kernex_server.git_source import GitFleetSource
 
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")  # a permissive host configuration
@@ -138,7 +138,7 @@ def test_fleet_url_cannot_run_commands_through_git(
         f"--upload-pack=touch {marker};: ://x",
     ):
         source = GitFleetSource(url, "main", clone_dir=tmp_path / f"clone{len(url)}")
-        with pytest.raises(GitSourceError):
+        with pytest.raises(GitError):
             source.sync()
         assert not marker.exists(), url
     ok = GitFleetSource(f"file://{fleet_repo.path}", "main", clone_dir=tmp_path / "ok")
