@@ -22,11 +22,11 @@ from kernex_agent.config import AgentConfig, Layout
 from kernex_agent.errors import EnrollmentError
 from kernex_agent.state import AgentState, dump_json, read_json
 from kernex_agent.storage import DeviceFS
-from kernex_agent.trust import TrustAnchors
 from kernex_core import keys
 from kernex_core.errors import KeyFormatError
 from kernex_core.protocol import DEVICE_ID_PATTERN, EnrollmentState, EnrollRequest
 from kernex_core.release import ReleaseKeySet
+from kernex_core.trust import TrustAnchors
 
 RATE_LIMIT_PATIENCE = 300.0  # seconds an enrollment waits out 429s without max_wait
 
