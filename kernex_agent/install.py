@@ -413,7 +413,7 @@ class Installer(Reporter):
 
 def load_slot_meta(slot_dir: Path) -> BundleMeta:
     try:
-        return parse_metadata((slot_dir / METADATA_NAME).read_bytes())
+        return parse_metadata((slot_dir / METADATA_NAME).read_bytes(), numeric_version=True)
     except OSError as exc:
         raise BundleError(f"slot {slot_dir} has no readable {METADATA_NAME}: {exc}") from exc
 

@@ -85,7 +85,7 @@ def unpack_bundle(
                     f"staged bundle {path.name} has sha256 {got}, expected {sha256}",
                     hint="The staged file changed after it was verified; it is fetched again.",
                 )
-        scanned = scan_archive(fh, limits)
+        scanned = scan_archive(fh, limits, numeric_version=True)
         need = scanned.unpacked_bytes + BLOCK * len(scanned.members)
         have = free(dest.parent)
         if have < need:

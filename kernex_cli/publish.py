@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernex_cli.bundle_build import build_bundle, check_archive, read_metadata
 from kernex_cli.client import AdminClient
 from kernex_cli.fleet_edit import EditError, _dump, _load
 from kernex_core import keys
-from kernex_core.bundle import METADATA_NAME, build_bundle, check_archive, parse_metadata
 from kernex_core.envelope import Signature
 from kernex_core.errors import BundleError, EnvelopeError, KernexError
 from kernex_core.fsutil import atomic_write_bytes, atomic_write_text
@@ -70,7 +70,7 @@ def build_to_file(
 ) -> BuiltBundle:
     """Build ``src_dir`` into ``out`` (default NAME-VERSION.tar.gz); sign it when given a key."""
     data = build_bundle(src_dir)
-    meta = parse_metadata((src_dir / METADATA_NAME).read_bytes())
+    meta = read_metadata(src_dir)
     out = out or Path(f"{meta.name}-{meta.version}.tar.gz")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, data)

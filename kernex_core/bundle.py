@@ -1,9 +1,9 @@
-"""Bundles: the tar.gz archives the agent installs, and how to read, check and build them.
+"""Bundles: the tar.gz archives the agent installs; their metadata and member checks (pure).
 
 A bundle is a gzip-compressed tar with ``kernex-bundle.yaml`` at its root::
 
     name: app
-    version: 1.4.0
+    version: "1.4.0"                    # a string: unquoted, YAML reads 1.10 as 1.1
     hooks:
       install: hooks/install            # a path relative to the bundle root, run as argv[0]
       health: {run: [hooks/health, --quick], timeout: 30}
@@ -20,23 +20,19 @@ member; only regular files, directories and links are allowed (no device nodes o
 setuid/setgid bits are refused; member count and unpacked size are bounded (a tar bomb).
 Writing the tree is the agent's part (``kernex_agent.unpack``), with links made last.
 
-``build_bundle`` is reproducible: the same directory gives the same bytes.
+Building a bundle from a directory is the CLI's part (``kernex_cli.bundle_build``).
 """
 
 from __future__ import annotations
 
 import enum
-import gzip
 import hashlib
-import io
-import os
 import posixpath
 import stat
 import tarfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import yaml
@@ -139,8 +135,14 @@ def _parse_hook(name: str, raw: Any) -> Hook:
 _SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def parse_metadata(raw: bytes) -> BundleMeta:
-    """Parse and validate ``kernex-bundle.yaml``; every problem is a BundleError with a hint."""
+def parse_metadata(raw: bytes, *, numeric_version: bool = False) -> BundleMeta:
+    """Parse and validate ``kernex-bundle.yaml``; every problem is a BundleError with a hint.
+
+    ``version`` must be a YAML string: ``version: 1.10`` unquoted is the number 1.1, so it
+    is refused with a hint to quote it. The agent passes ``numeric_version=True`` to keep
+    reading archives built before this rule (their catalog entries carry the number's
+    ``str()``, and so does the metadata read here).
+    """
     if len(raw) > MAX_METADATA_BYTES:
         raise BundleError(f"{METADATA_NAME} is larger than {MAX_METADATA_BYTES} bytes")
     try:
@@ -162,6 +164,12 @@ def parse_metadata(raw: bytes) -> BundleMeta:
             hint="Use lower-case letters, digits, '.', '_' and '-' (at most 63).",
         )
     if isinstance(version, (int, float)) and not isinstance(version, bool):
+        if not numeric_version:
+            raise BundleError(
+                f"{METADATA_NAME}: version is the number {version!r}, not a string",
+                hint='Quote the version exactly as meant, e.g. version: "1.10" '
+                "(unquoted, YAML reads 1.10 as the number 1.1).",
+            )
         version = str(version)
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise BundleError(
@@ -383,7 +391,9 @@ def file_sha256(fh: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def scan_archive(fh: BinaryIO, limits: ExtractLimits | None = None) -> Scanned:
+def scan_archive(
+    fh: BinaryIO, limits: ExtractLimits | None = None, *, numeric_version: bool = False
+) -> Scanned:
     """Read an open tar.gz from its start and check it whole, writing nothing."""
     fh.seek(0)
     checker = MemberChecker(limits or ExtractLimits())
@@ -401,62 +411,5 @@ def scan_archive(fh: BinaryIO, limits: ExtractLimits | None = None) -> Scanned:
             raise BundleError(f"bundle archive is corrupt: {exc}", hint=_HINT) from exc
     if meta_raw is None:
         raise BundleError(f"bundle has no {METADATA_NAME} at its root", hint=_HINT)
-    meta = parse_metadata(meta_raw)
+    meta = parse_metadata(meta_raw, numeric_version=numeric_version)
     return Scanned(meta, checker.finish(meta), checker.unpacked_bytes)
-
-
-def check_archive(path: Path, limits: ExtractLimits | None = None) -> BundleMeta:
-    """Check every member and the metadata without writing anything; return the metadata."""
-    with open(path, "rb") as fh:
-        return scan_archive(fh, limits).meta
-
-
-def _add(tar: tarfile.TarFile, src: Path, rel: str) -> None:
-    st = src.lstat()
-    info = tarfile.TarInfo(rel)
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    if stat.S_ISLNK(st.st_mode):
-        info.type = tarfile.SYMTYPE
-        info.linkname = os.readlink(src)
-        info.mode = 0o777
-        check_member(info)
-        tar.addfile(info)
-    elif stat.S_ISDIR(st.st_mode):
-        info.type = tarfile.DIRTYPE
-        info.mode = 0o755
-        tar.addfile(info)
-    elif stat.S_ISREG(st.st_mode):
-        info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-        data = src.read_bytes()
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    else:
-        raise BundleError(f"{src} is not a regular file, directory or symlink")
-
-
-def build_bundle(src_dir: Path) -> bytes:
-    """Pack ``src_dir`` (which holds kernex-bundle.yaml) into reproducible tar.gz bytes."""
-    src_dir = Path(src_dir)
-    meta_path = src_dir / METADATA_NAME
-    if not meta_path.is_file():
-        raise BundleError(
-            f"{src_dir} has no {METADATA_NAME}",
-            hint="Write kernex-bundle.yaml with name, version and hooks (see docs/bundles.md).",
-        )
-    meta = parse_metadata(meta_path.read_bytes())
-    for hook in meta.hooks().values():
-        if not (src_dir / hook.argv[0]).is_file():
-            raise BundleError(f"hook file {hook.argv[0]!r} is missing from {src_dir}")
-    paths = sorted(
-        (p for p in src_dir.rglob("*") if p != src_dir), key=lambda p: p.relative_to(src_dir)
-    )
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for p in paths:
-            _add(tar, p, p.relative_to(src_dir).as_posix())
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()

@@ -121,9 +121,14 @@ def create_app(
             on_reject=metrics.device_rejected,
         ),
         admin_auth=AdminAuth(
-            store, clock=clock, limiter=RateLimiter(settings.token_rate, settings.token_burst)
+            store,
+            clock=clock,
+            limiter=RateLimiter(settings.token_rate, settings.token_burst),
+            failures=RateLimiter(settings.auth_failure_rate, settings.auth_failure_burst),
         ),
-        enroller=Enroller(sessions),
+        enroller=Enroller(
+            sessions, limiter=RateLimiter(settings.enroll_rate, settings.enroll_burst)
+        ),
         reconciler=reconciler,
         manifest_public_key=key.public_key(),
         clock=clock,

@@ -52,6 +52,10 @@ class Settings:
     token_burst: int = 200  # admin requests a token may make at once before the rate applies
     device_rate: float = 5.0  # requests per second per device (0: no limit)
     device_burst: int = 60  # requests a device may make at once before the rate applies
+    enroll_rate: float = 1.0  # POST /v1/enroll per second per client address (0: no limit)
+    enroll_burst: int = 30  # enrollments an address may send at once before the rate applies
+    auth_failure_rate: float = 0.5  # admin 401s per second per client address (0: no limit)
+    auth_failure_burst: int = 20  # admin 401s an address may get before the rate applies
     ready_poll_intervals: float = 3.0  # /readyz fails when Git was not fetched for this many
     min_free_bytes: int = 256 * 1024**2  # /readyz fails below this much free space (bytes)
 

@@ -18,7 +18,7 @@ from kernex_agent.config import AgentConfig, load_config
 from kernex_agent.enroll import enroll
 from kernex_agent.hooks import SubprocessHookRunner
 from kernex_agent.storage import DeviceFS
-from kernex_core.bundle import build_bundle
+from kernex_cli.bundle_build import build_bundle
 
 T = TypeVar("T")
 

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from kernex_cli.bundle_build import build_bundle
 from kernex_core import keys
-from kernex_core.bundle import build_bundle
 from kernex_core.envelope import Envelope, sign_envelope
 from kernex_core.errors import RequestSignatureError
 from kernex_core.httpsig import NonceCache, verify_request

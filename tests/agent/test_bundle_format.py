@@ -1,4 +1,4 @@
-"""kernex_core.bundle: metadata, safe extraction limits, reproducible builds."""
+"""Bundles: metadata and member checks (core), unpacking (agent), reproducible builds (CLI)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 
 from kernex_agent.unpack import unpack_bundle
-from kernex_core.bundle import (
-    ExtractLimits,
-    build_bundle,
-    check_archive,
-    parse_metadata,
-)
+from kernex_cli.bundle_build import build_bundle, check_archive
+from kernex_core.bundle import ExtractLimits, parse_metadata
 from kernex_core.errors import BundleError
 
 META = b"""name: app
@@ -234,3 +230,17 @@ def test_hook_must_be_a_regular_file_member(tmp_path: Path) -> None:
     )
     with pytest.raises(BundleError, match="hook file 'hooks/install' is missing"):
         check_archive(archive)
+
+
+def test_numeric_version_is_refused_but_old_archives_still_unpack(tmp_path: Path) -> None:
+    raw = b"name: app\nversion: 1.10\nhooks: {install: hooks/install, health: hooks/health}\n"
+    with pytest.raises(BundleError, match=r"version is the number 1\.1, not a string") as info:
+        parse_metadata(raw)
+    assert 'version: "1.10"' in (info.value.hint or "")
+    # An archive built before the rule: the agent reads it as it always did ("1.1").
+    archive = tmp_path / "old.tar.gz"
+    hooks = [(_member(f"hooks/{h}", 0o755), b"#!/bin/sh\n") for h in ("install", "health")]
+    archive.write_bytes(_tar([(_member("kernex-bundle.yaml"), raw), *hooks]))
+    assert unpack_bundle(archive, tmp_path / "out").version == "1.1"
+    with pytest.raises(BundleError, match="not a string"):
+        check_archive(archive)  # `kernex bundle push old.tar.gz` says why

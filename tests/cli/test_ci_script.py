@@ -17,7 +17,7 @@ import pytest
 from conftest import Kernex, RunningServer
 from serverkit import FleetRepo, kernex_yaml, sha
 
-from kernex_core.bundle import build_bundle
+from kernex_cli.bundle_build import build_bundle
 
 pytestmark = pytest.mark.e2e
 

@@ -180,3 +180,49 @@ def test_build_refuses_a_bad_bundle_name(tmp_path: Path) -> None:
     result = runner.invoke(app, ["bundle", "build", str(src), "-o", str(tmp_path / "x.tar.gz")])
     assert result.exit_code == 1
     assert "not a valid bundle name" in result.output
+
+
+def _build_refused(tmp_path: Path, src: Path) -> str:
+    out = tmp_path / "x.tar.gz"
+    result = runner.invoke(app, ["bundle", "build", str(src), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    return result.output
+
+
+def test_build_refuses_an_unquoted_number_as_version(tmp_path: Path) -> None:
+    """`version: 1.10` is the float 1.1 to YAML: refused, with a hint to quote it."""
+    src = make_bundle_dir(tmp_path)
+    (src / "kernex-bundle.yaml").write_text(
+        "name: hello\nversion: 1.10\nhooks: {install: hooks/install, health: hooks/health}\n"
+    )
+    output = _build_refused(tmp_path, src)
+    assert "version is the number 1.1, not a string" in output
+    assert 'version: "1.10"' in output
+
+
+@pytest.mark.parametrize(
+    ("body", "mode", "fragment", "hint"),
+    [
+        ("echo installing\n", 0o755, "does not start with '#!'", "#!/bin/sh"),
+        ("#!/bin/sh\nexit 0\n", 0o644, "is not executable", "chmod +x"),
+    ],
+    ids=["no-shebang", "not-executable"],
+)
+def test_build_refuses_hooks_a_device_could_not_run(
+    tmp_path: Path, body: str, mode: int, fragment: str, hint: str
+) -> None:
+    src = make_bundle_dir(tmp_path)
+    (src / "hooks" / "install").write_text(body)
+    (src / "hooks" / "install").chmod(mode)
+    output = _build_refused(tmp_path, src)
+    assert f"install hook file 'hooks/install' {fragment}" in output
+    assert hint in output
+
+
+def test_build_accepts_a_binary_hook(tmp_path: Path) -> None:
+    src = make_bundle_dir(tmp_path)
+    (src / "hooks" / "health").write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 57)
+    result = runner.invoke(app, ["bundle", "build", str(src), "-o", str(tmp_path / "b.tar.gz")])
+    assert result.exit_code == 0, result.output
