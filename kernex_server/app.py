@@ -147,6 +147,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_migrations:
             await anyio.to_thread.run_sync(lambda: migrate(engine, schema=settings.database_schema))
+        # after a restore, serials resume above anything a device could have seen
+        await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
         await kx.reload_cache()
         await kx.load_census()
         await _reconcile_once(kx)
