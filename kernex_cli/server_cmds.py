@@ -190,6 +190,46 @@ def restore_cmd(
     )
 
 
+@server_app.command("prune")
+def prune_cmd(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be removed.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Remove rows past the retain_*_days settings now (the server also does this every
+    prune_interval seconds). What devices are served is never removed.
+
+    Example: kernex server prune --dry-run
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kernex_server.database import make_engine, session_factory
+    from kernex_server.retention import Pruner, RetentionPolicy
+    from kernex_server.settings import Settings
+
+    try:
+        settings = Settings.load(_data_dir(data_dir), dict(os.environ))
+        engine = make_engine(settings.effective_database_url(), schema=settings.database_schema)
+        try:
+            pruner = Pruner(session_factory(engine), RetentionPolicy.of(settings))
+            counts = pruner.plan() if dry_run else pruner.prune()
+        finally:
+            engine.dispose()
+    except KernexError as exc:
+        fail_from(exc)
+    except SQLAlchemyError as exc:  # e.g. the database is unreachable
+        first = str(exc).strip().splitlines()[0]
+        fail_from(KernexError(f"cannot prune: {first}", hint="Check the database settings."))
+    if as_json:
+        print_json({"dry_run": dry_run, "rows": counts})
+        return
+    verb = "would remove" if dry_run else "removed"
+    for kind, n in counts.items():
+        console.print(f"{verb} {n:>8} {kind.replace('_', ' ')}", highlight=False)
+
+
 KEEP_ALIVE_SECONDS = 75  # idle seconds before the server closes a kept-alive connection
 
 

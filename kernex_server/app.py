@@ -52,6 +52,7 @@ from kernex_server.metrics import DeviceCensus, Metrics
 from kernex_server.middleware import ObservabilityMiddleware
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
+from kernex_server.retention import Pruner, RetentionPolicy
 from kernex_server.rollouts import RolloutMetrics
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
@@ -158,6 +159,9 @@ def create_app(
                 tg.start_soon(_reconcile_loop, kx)
                 tg.start_soon(_status_loop, kx)
                 tg.start_soon(_rollout_loop, kx)
+                if settings.prune_interval > 0:
+                    pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
+                    tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
             try:
                 yield
@@ -229,6 +233,19 @@ async def _rollout_loop(kx: ServerContext) -> None:
         except Exception:  # a database outage must not stop the loop
             log.exception("cannot evaluate rollouts")
         await anyio.sleep(ROLLOUT_DEBOUNCE)
+
+
+async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
+    """Drop rows past their retention (kernex_server.retention), in small batches."""
+    while True:
+        await anyio.sleep(kx.settings.prune_interval)
+        try:
+            removed = await anyio.to_thread.run_sync(pruner.prune)
+        except Exception:  # a database outage must not stop the loop; the next pass retries
+            log.exception("cannot prune old rows")
+            continue
+        if any(removed.values()):
+            log.info("pruned %s", ", ".join(f"{n} {k}" for k, n in removed.items() if n))
 
 
 async def _heartbeat_loop(kx: ServerContext) -> None:

@@ -58,6 +58,14 @@ class Settings:
     auth_failure_burst: int = 20  # admin 401s an address may get before the rate applies
     ready_poll_intervals: float = 3.0  # /readyz fails when Git was not fetched for this many
     min_free_bytes: int = 256 * 1024**2  # /readyz fails below this much free space (bytes)
+    # Retention (docs/operations.md): rows older than this many days are pruned; 0 keeps all.
+    retain_audit_days: float = 365.0  # audit log entries
+    retain_status_days: float = 90.0  # status history (on top of status_history per device)
+    retain_deployments_days: float = 365.0  # deployment history (never a current serial's)
+    retain_rollouts_days: float = 180.0  # completed and superseded rollouts
+    retain_revisions_days: float = 365.0  # revisions (never the deployed one or one served)
+    prune_interval: float = 3600.0  # seconds between pruning passes (0: the server never prunes)
+    prune_batch: int = 1000  # rows deleted per transaction while pruning
 
     @property
     def manifest_key_path(self) -> Path:
