@@ -15,8 +15,8 @@ import httpx
 import pytest
 from serverkit import FleetRepo, kernex_yaml, sha
 
+from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer
-from kernex_core.bundle import build_bundle
 
 pytestmark = pytest.mark.e2e
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
