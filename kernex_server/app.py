@@ -32,6 +32,7 @@ from kernex_git import GitEnv
 from kernex_server import (
     admin_api,
     device_api,
+    info_api,
     labels_api,
     openapi,
     ops,
@@ -176,6 +177,7 @@ def create_app(
             *ops.routes,
             Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
             *device_api.routes,
+            *info_api.routes,
             *admin_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
