@@ -31,6 +31,7 @@ from kernex_core.errors import KernexError
 from kernex_git import GitEnv
 from kernex_server import (
     admin_api,
+    bundle_gc,
     device_api,
     info_api,
     labels_api,
@@ -143,6 +144,10 @@ def create_app(
         kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
     )
     kx.rollout_metrics = RolloutMetrics(metrics.registry)
+    kx.bundle_gc = bundle_gc.BundleCollector(
+        sessions, kx.blobs, reconciler, grace_days=settings.bundle_gc_grace_days, clock=clock
+    )
+    metrics.watch_store(lambda: kx.blobs.total_bytes)
     reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
 
     @contextlib.asynccontextmanager
@@ -153,6 +158,7 @@ def create_app(
         await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
         await kx.reload_cache()
         await kx.load_census()
+        await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
         await _reconcile_once(kx)
         await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
@@ -178,6 +184,7 @@ def create_app(
             Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
             *device_api.routes,
             *info_api.routes,
+            *bundle_gc.routes,
             *admin_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,

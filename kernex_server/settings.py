@@ -66,6 +66,7 @@ class Settings:
     retain_revisions_days: float = 365.0  # revisions (never the deployed one or one served)
     prune_interval: float = 3600.0  # seconds between pruning passes (0: the server never prunes)
     prune_batch: int = 1000  # rows deleted per transaction while pruning
+    bundle_gc_grace_days: float = 7.0  # bundle gc spares blobs uploaded more recently
 
     @property
     def manifest_key_path(self) -> Path:
