@@ -1,6 +1,7 @@
 """Enrollment: make the device key, enroll with the server, pin its manifest key.
 
-The request is signed with the new key (keyid = device id), proving possession. The
+The request is signed with the new key (keyid = device id), proving possession. A 429
+(the server's per-address enrollment limit) is waited out as its Retry-After says. The
 server's manifest key is pinned only if its fingerprint matches the id the server gave
 and, when the operator passed one, the fingerprint they expect.
 """
@@ -26,6 +27,8 @@ from kernex_core.errors import KeyFormatError
 from kernex_core.protocol import DEVICE_ID_PATTERN, EnrollmentState, EnrollRequest
 from kernex_core.release import ReleaseKeySet
 from kernex_core.trust import TrustAnchors
+
+RATE_LIMIT_PATIENCE = 300.0  # seconds an enrollment waits out 429s without max_wait
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,23 @@ async def enroll(
         enrollment_token=token,
     )
     started = clock()
+    limit = max_wait if max_wait is not None else RATE_LIMIT_PATIENCE
     while True:
-        status, response, text = await client.enroll(request)
+        answer = await client.enroll(request)
+        response = answer.response
+        if answer.status == 429:  # the server limits enrollments per address: wait, retry
+            wait = max(1.0, answer.retry_after or poll_interval)
+            if clock() - started + wait > limit:
+                raise EnrollmentError(
+                    f"the server is limiting enrollments from this address: {answer.error}",
+                    hint=f"Try again in {wait:.0f} s, or ask the server admin to raise "
+                    "enroll_rate/enroll_burst.",
+                )
+            await sleep(wait)
+            continue
         if response is None:
             raise EnrollmentError(
-                f"enrollment refused ({status}): {text}",
+                f"enrollment refused ({answer.status}): {answer.error}",
                 hint="Check the enrollment token, or ask an admin to accept the device.",
             )
         if response.state in (EnrollmentState.REJECTED, EnrollmentState.REVOKED):

@@ -29,6 +29,7 @@ import typer
 
 from kernex_core.errors import KernexError
 from kernex_core.fsutil import atomic_write_text
+from kernex_git import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -139,12 +140,13 @@ class AdminClient:
             yield
         except httpx.TimeoutException as exc:
             raise ServerUnreachableError(
-                f"the Kernex server at {self.connection.server} did not answer in time",
+                f"the Kernex server at {redact_url(self.connection.server)} did not answer in time",
                 hint="Check that the server is running and reachable, then try again.",
             ) from exc
         except httpx.TransportError as exc:
             raise ServerUnreachableError(
-                f"cannot reach the Kernex server at {self.connection.server} ({exc})",
+                f"cannot reach the Kernex server at {redact_url(self.connection.server)} "
+                f"({redact_text(str(exc))})",
                 hint="Check the URL (--server, KERNEX_SERVER or `kernex login`) and that "
                 "`kernex server run` is up.",
             ) from exc
@@ -252,7 +254,7 @@ def login(
         fail_from(exc)
     path = connection.save()
     console.print(
-        f"logged in to {connection.server} as [bold]{who['name']}[/] ({who['role']}); "
+        f"logged in to {redact_url(connection.server)} as [bold]{who['name']}[/] ({who['role']}); "
         f"saved to {path}",
         highlight=False,
     )

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from sqlalchemy.engine import Engine
@@ -37,6 +37,9 @@ from kernex_server.rollouts import RolloutActError
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
+
+if TYPE_CHECKING:
+    from kernex_server.bundle_gc import BundleCollector
 
 log = logging.getLogger("kernex.server")
 
@@ -72,6 +75,7 @@ class ServerContext:
     _wake: anyio.Event | None = None  # set by a webhook; the reconcile loop waits on it
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
+    bundle_gc: BundleCollector | None = None  # set by create_app
 
     # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
 

@@ -130,6 +130,13 @@ class Metrics:
     ) -> None:
         self.registry.register(_DeviceCollector(census, last_seen, offline_after, clock))
 
+    def watch_store(self, total_bytes: Callable[[], float]) -> None:
+        Gauge(
+            "kernex_bundle_store_bytes",
+            "Bytes in the server's bundle store.",
+            registry=self.registry,
+        ).set_function(total_bytes)
+
     def device_rejected(self, reason: str) -> None:
         self.device_rejections.labels(reason=reason).inc()
 

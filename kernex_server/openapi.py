@@ -176,6 +176,15 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "AuditList": obj(["entries"], entries=arr(ref("AuditEntry"))),
     "StoredBundle": obj(["sha256", "size", "created"], sha256=STR, size=INT, created=BOOL),
+    "BundleGc": obj(
+        ["dry_run", "removed", "removed_bytes", "kept", "store_bytes"],
+        dry_run=BOOL,
+        removed=arr(obj(sha256=STR, size=INT)),
+        removed_bytes=INT,
+        kept=INT,
+        store_bytes=INT,
+        unreadable_revisions=arr(STR),
+    ),
     "BundleList": obj(
         ["bundles"],
         bundles=arr(obj(sha256=STR, size=INT, uploaded_at=TIME, uploaded_by=NSTR)),
@@ -463,6 +472,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             200: ("already stored", ref("StoredBundle"), JSON),
         },
         [],
+    ),
+    ("POST", "/v1/admin/bundles/gc"): (
+        "Remove stored bundles nothing retained names, past the grace period "
+        "(?dry_run=1 lists them only; admin)",
+        None,
+        _ok("BundleGc"),
+        [_q("dry_run", BOOL, "1: only list what would be removed")],
     ),
     ("POST", "/v1/admin/reconcile"): (
         "Run a reconcile pass now",
