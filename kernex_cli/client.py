@@ -79,15 +79,7 @@ class Connection:
         environ: Mapping[str, str] | None = None,
     ) -> Connection:
         env = os.environ if environ is None else environ
-        saved: dict[str, Any] = {}
-        path = credentials_path(env)
-        if path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise NotConfiguredError(
-                    f"cannot read {path}: {exc}", hint="Run `kernex login` again."
-                ) from exc
+        saved = _saved(env)
         server = server or env.get("KERNEX_SERVER") or saved.get("server")
         token = token or env.get("KERNEX_TOKEN") or saved.get("token")
         if not server or not token:
@@ -105,6 +97,32 @@ class Connection:
             path, json.dumps({"server": self.server, "token": self.token}) + "\n", mode=0o600
         )
         return path
+
+
+def _saved(env: Mapping[str, str]) -> dict[str, Any]:
+    """What `kernex login` saved, or nothing."""
+    path = credentials_path(env)
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NotConfiguredError(
+            f"cannot read {path}: {exc}", hint="Run `kernex login` again."
+        ) from exc
+    return saved if isinstance(saved, dict) else {}
+
+
+def resolve_server(server: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The server URL alone (public endpoints need no token), found as for a connection."""
+    env = os.environ if environ is None else environ
+    url = server or env.get("KERNEX_SERVER") or _saved(env).get("server")
+    if not url:
+        raise NotConfiguredError(
+            "no Kernex server given",
+            hint="Pass --server, set KERNEX_SERVER, or run `kernex login`.",
+        )
+    return str(url).rstrip("/")
 
 
 class AdminClient:

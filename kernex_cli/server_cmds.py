@@ -1,4 +1,5 @@
-"""``kernex server``: init, run and migrate the Kernex server.
+"""``kernex server``: init, run and migrate the Kernex server (``info`` asks a running one,
+see ``server_info_cmds``).
 
 The server package is imported inside the commands, so ``kernex --help`` stays fast and
 a device installation without the server's dependencies can still run the CLI.
@@ -16,13 +17,18 @@ from kernex_cli.output import console, fail_from, print_json
 from kernex_core.errors import KernexError
 
 server_app = typer.Typer(
-    help="Run the Kernex server: init, run, migrate, backup, restore, prune.", no_args_is_help=True
+    help="Run the Kernex server: init, run, migrate, backup, restore, prune; info on a "
+    "running one.",
+    no_args_is_help=True,
 )
 
 DATA_DIR_HELP = "Data directory (default: $KERNEX_DATA_DIR or ./kernex-data)."
 
 
 def register(app: typer.Typer) -> None:
+    from kernex_cli import server_info_cmds
+
+    server_info_cmds.register(server_app)
     app.add_typer(server_app, name="server")
 
 

@@ -210,6 +210,8 @@ async def status(request: Request) -> Response:
         raise ApiError(422, f"invalid status report: {exc}") from exc
     kx.statuses.accept(device_id, report, now=kx.clock())
     kx.census.set_phase(device_id, report.phase.value)
+    if report.serial is not None:
+        await kx.serial_seen(device_id, report.serial)  # never serve below what it has
     await kx.rollout_report(device_id)  # staged rollouts watch their devices' reports
     return Response(status_code=204)
 

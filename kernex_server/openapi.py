@@ -280,6 +280,14 @@ SCHEMAS: dict[str, Schema] = {
     "RolloutList": obj(["rollouts"], rollouts=arr(ref("Rollout"))),
     "WebhookResult": obj(["reconcile"], reconcile=BOOL, event=STR, ref=NSTR),
     "Health": obj(status=STR),
+    "ServerInfo": obj(
+        ["url", "version", "manifest_key_id", "manifest_public_key"],
+        url=STR,
+        version=STR,
+        manifest_key_id=STR,
+        manifest_public_key=STR,
+        proof={"$ref": "#/components/schemas/Envelope", "description": "with ?challenge="},
+    ),
     "Ready": obj(
         ["ready", "checks", "failing"],
         ready=BOOL,
@@ -347,6 +355,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         [],
     ),
     ("GET", PATH): ("This description", None, {200: ("OpenAPI 3.1", ANY_OBJ, JSON)}, []),
+    ("GET", "/v1/server-info"): (
+        "The server's URL, version and manifest key; with ?challenge= a proof signed by it",
+        None,
+        _ok("ServerInfo"),
+        [_q("challenge", STR, "16-128 random URL-safe characters to sign")],
+    ),
     ("POST", "/v1/enroll"): (
         "Enroll a device key (signed by that key)",
         _body(ref("EnrollRequest")),

@@ -58,32 +58,50 @@ def lift_to_floor(
 ) -> list[ServedManifest]:
     """Re-sign every manifest whose serial is below ``floor`` under the floor itself (same
     content, fresh validity), recorded as a deployment; rollouts follow the new serial."""
-    out = []
     rows = s.scalars(select(DeviceManifest).where(DeviceManifest.serial < floor)).all()
-    for row in rows:
-        old = stored_manifest(row.envelope)
-        manifest = replace(old, serial=floor, issued_at=int(now), expires_at=int(now) + ttl)
-        envelope = issuer.sign(manifest)
-        for column in (RolloutDevice.new_serial, RolloutDevice.rollback_serial):
-            s.execute(
-                update(RolloutDevice)
-                .where(RolloutDevice.device_id == row.device_id)
-                .where(column == row.serial)
-                .values({column.key: floor})
-            )
-        row.serial = floor
-        row.envelope = envelope.decode("utf-8")
-        row.issued_at = manifest.issued_at
-        row.expires_at = manifest.expires_at
-        s.add(
-            Deployment(
-                device_id=row.device_id,
-                serial=floor,
-                revision=row.revision,
-                desired_digest=row.desired_digest,
-                bundles={b.name: b.version for b in manifest.bundles},
-                created_at=now,
-            )
+    return [_lift(s, issuer, row, floor, now=now, ttl=ttl) for row in rows]
+
+
+def lift_device(
+    s: Session, issuer: ManifestIssuer, device_id: str, seen: int, *, now: float, ttl: int
+) -> ServedManifest | None:
+    """A device reported serial ``seen``, above the one it is served (the server lost
+    state it had, e.g. a restore with too small a jump): serve the same content under
+    ``seen + 1``. ``None`` when the device has no manifest; the current one when it is
+    at or above ``seen`` already (another server sharing the database issued it)."""
+    row = s.get(DeviceManifest, device_id)
+    if row is None:
+        return None
+    if row.serial >= seen:
+        return ServedManifest(row.device_id, row.serial, row.envelope.encode(), row.expires_at)
+    return _lift(s, issuer, row, seen + 1, now=now, ttl=ttl)
+
+
+def _lift(
+    s: Session, issuer: ManifestIssuer, row: DeviceManifest, floor: int, *, now: float, ttl: int
+) -> ServedManifest:
+    old = stored_manifest(row.envelope)
+    manifest = replace(old, serial=floor, issued_at=int(now), expires_at=int(now) + ttl)
+    envelope = issuer.sign(manifest)
+    for column in (RolloutDevice.new_serial, RolloutDevice.rollback_serial):
+        s.execute(
+            update(RolloutDevice)
+            .where(RolloutDevice.device_id == row.device_id)
+            .where(column == row.serial)
+            .values({column.key: floor})
         )
-        out.append(ServedManifest(row.device_id, floor, envelope, manifest.expires_at))
-    return out
+    row.serial = floor
+    row.envelope = envelope.decode("utf-8")
+    row.issued_at = manifest.issued_at
+    row.expires_at = manifest.expires_at
+    s.add(
+        Deployment(
+            device_id=row.device_id,
+            serial=floor,
+            revision=row.revision,
+            desired_digest=row.desired_digest,
+            bundles={b.name: b.version for b in manifest.bundles},
+            created_at=now,
+        )
+    )
+    return ServedManifest(row.device_id, floor, envelope, manifest.expires_at)

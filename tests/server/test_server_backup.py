@@ -10,6 +10,7 @@ import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -205,3 +206,27 @@ def test_cli_backup_and_restore(tmp_path: Path) -> None:
                              str(tmp_path / "new"), "--json"])  # fmt: skip
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.output)["serial_floor"] == DEFAULT_SERIAL_JUMP
+
+
+def test_a_device_ahead_of_the_server_is_served_above_its_serial(server: Any) -> None:
+    """The safety net under the floor: a device that reports a serial higher than the one
+    it is served (it refuses lower ones) gets the same content under a higher serial."""
+    device = SimDevice("dev-1")
+    device.enroll(server.client, token=server.enrollment_token())
+    server.reconcile()
+    first = verify_manifest(device.manifest(server.client).content, "dev-1", server.key)
+    assert first.serial == 1
+    report = {"phase": "failed", "serial": 7, "error": "manifest rejected (serial): 1 < 7"}
+    assert device.status(server.client, report).status_code == 204
+    raw = device.manifest(server.client).content
+    lifted = verify_manifest(raw, "dev-1", server.key, min_serial=7)
+    assert lifted.serial == 8
+    assert lifted.desired_digest() == first.desired_digest()
+    shown = server.admin_get("/v1/admin/devices/dev-1")
+    assert shown["desired_serial"] == 8
+    assert [d["serial"] for d in shown["deployments"]][:2] == [8, 1]
+    audit = server.admin_get("/v1/admin/audit?action=device.serial_resumed")["entries"]
+    assert audit[0]["detail"] == {"reported": 7, "was": 1, "serial": 8}
+    # a lower (older) serial in a report changes nothing
+    assert device.status(server.client, {"phase": "healthy", "serial": 3}).status_code == 204
+    assert server.admin_get("/v1/admin/devices/dev-1")["desired_serial"] == 8

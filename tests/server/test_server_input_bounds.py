@@ -48,3 +48,15 @@ def test_numbers_too_large_for_the_database_are_400(server: Any, path: str) -> N
     if path.startswith("/v1/admin/enrollment"):
         answer = server.client.post(path, json={"max_uses": 2**31}, headers=server.auth)
         assert answer.status_code == 400, answer.text
+
+
+def test_server_info_is_public_and_signs_only_a_bounded_challenge(server: Any) -> None:
+    plain = server.client.get("/v1/server-info")
+    assert plain.status_code == 200
+    assert "proof" not in plain.json()
+    for bad in ["short", "x" * 129, "has space in it 123", "a" * 20 + "\n"]:
+        answer = server.client.get("/v1/server-info", params={"challenge": bad})
+        assert answer.status_code == 400, bad
+    good = server.client.get("/v1/server-info", params={"challenge": "c" * 32})
+    assert good.json()["proof"]["payloadType"] == "application/vnd.kernex.server-info+json"
+    assert good.headers["cache-control"] == "no-store"
