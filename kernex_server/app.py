@@ -50,12 +50,11 @@ from kernex_server.errors import ServerSetupError
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
 from kernex_server.manifests import ManifestCache, ManifestIssuer
-from kernex_server.metrics import DeviceCensus, Metrics
+from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
 from kernex_server.retention import Pruner, RetentionPolicy
-from kernex_server.rollouts import RolloutMetrics
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store

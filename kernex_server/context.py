@@ -25,7 +25,7 @@ from kernex_server.auth import AdminAuth, DeviceAuth
 from kernex_server.bundles import BlobStore
 from kernex_server.enrollment import Enroller
 from kernex_server.manifests import ManifestCache, ServedManifest
-from kernex_server.metrics import DeviceCensus, Metrics
+from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.models import Rollout
 from kernex_server.reconciler import (
     DEPLOYED,
@@ -33,7 +33,7 @@ from kernex_server.reconciler import (
     ReconcileResult,
     served_from_row,
 )
-from kernex_server.rollouts import RolloutActError, RolloutMetrics
+from kernex_server.rollouts import RolloutActError
 from kernex_server.serials import lift_device
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from kernex_core.rollout import STATES as ROLLOUT_STATES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -140,3 +142,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RolloutMetrics:
+    """``kernex_rollouts{state}`` (refreshed by every evaluation) and a halt counter."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.by_state = Gauge("kernex_rollouts", "Rollouts by state.", ["state"], registry=registry)
+        self.halts = Counter(
+            "kernex_rollout_halts", "Rollouts halted by failures.", registry=registry
+        )
+        for state in ROLLOUT_STATES:
+            self.by_state.labels(state=state).set(0)
+
+    def observe(self, counts: Mapping[str, int], halts: int) -> None:
+        for state, n in counts.items():
+            self.by_state.labels(state=state).set(n)
+        if halts:
+            self.halts.inc(halts)

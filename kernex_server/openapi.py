@@ -16,9 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kernex_core import __version__
+from kernex_core.rollout import STATES as ROLLOUT_STATES
 from kernex_server.auth import auth_kind, public_endpoint
 from kernex_server.http import json_response
-from kernex_server.rollouts import STATES as ROLLOUT_STATES
 
 PATH = "/openapi.json"
 

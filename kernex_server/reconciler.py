@@ -13,7 +13,6 @@ The passes return the manifests that changed; the caller publishes them to the c
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,13 +23,12 @@ from typing import Any, TypeVar
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from kernex_core.envelope import Envelope
 from kernex_core.errors import FleetInvalidError, KernexError
 from kernex_core.fleet import DesiredState, Fleet
 from kernex_core.manifest import Manifest
 from kernex_core.protocol import EnrollmentState
 from kernex_server.git_source import FleetSource
-from kernex_server.manifests import ManifestIssuer, ServedManifest
+from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
 from kernex_server.rollouts import RolloutEngine
 from kernex_server.serials import lift_to_floor, read_floor
@@ -409,9 +407,7 @@ class Reconciler:
                     select(DeviceManifest).where(DeviceManifest.expires_at < threshold)
                 )
                 for row in rows:
-                    old = Manifest.from_dict(
-                        json.loads(Envelope.from_json(row.envelope.encode()).payload)
-                    )
+                    old = stored_manifest(row.envelope)
                     fresh, envelope = self.issuer.resign(old, now=now, ttl=ttl)
                     row.envelope = envelope.decode("utf-8")
                     row.issued_at = fresh.issued_at

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Delete, Table, and_, delete, exists, func, or_, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
+from kernex_core.rollout import HOLDING
 from kernex_server.models import (
     AuditEntry,
     Deployment,
@@ -36,7 +37,6 @@ from kernex_server.models import (
     RolloutDevice,
     StatusReportRow,
 )
-from kernex_server.rollouts import HOLDING
 from kernex_server.settings import Settings
 
 DAY = 86400.0

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from kernex_core.rollout import STATES
 from kernex_core.timefmt import format_time
 from kernex_server.admin_api import PREFIX
 from kernex_server.audited import audited
@@ -20,7 +21,7 @@ from kernex_server.auth import Endpoint, Role, requires
 from kernex_server.context import context_of
 from kernex_server.http import ApiError, json_response, path_id
 from kernex_server.models import Rollout
-from kernex_server.rollouts import STATES, RolloutActError
+from kernex_server.rollouts import RolloutActError
 
 ACTS = ("pause", "resume", "promote", "abort")
 

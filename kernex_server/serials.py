@@ -13,15 +13,12 @@ device takes it as newer than anything it saw. See docs/operations.md.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from kernex_core.envelope import Envelope
-from kernex_core.manifest import Manifest
-from kernex_server.manifests import ManifestIssuer, ServedManifest
+from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
 from kernex_server.models import Deployment, DeviceManifest, RolloutDevice, ServerState
 
 SERIAL_FLOOR = "serial_floor"
@@ -83,7 +80,7 @@ def lift_device(
 def _lift(
     s: Session, issuer: ManifestIssuer, row: DeviceManifest, floor: int, *, now: float, ttl: int
 ) -> ServedManifest:
-    old = Manifest.from_dict(json.loads(Envelope.from_json(row.envelope.encode()).payload))
+    old = stored_manifest(row.envelope)
     manifest = replace(old, serial=floor, issued_at=int(now), expires_at=int(now) + ttl)
     envelope = issuer.sign(manifest)
     for column in (RolloutDevice.new_serial, RolloutDevice.rollback_serial):
