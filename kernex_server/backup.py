@@ -38,7 +38,7 @@ from kernex_server import dbdump
 from kernex_server.database import current_revision, make_engine, session_factory
 from kernex_server.dbdump import LOGICAL, PG_DUMP, SQLITE, BackupError
 from kernex_server.models import BundleBlob
-from kernex_server.serials import DEFAULT_SERIAL_JUMP, raise_floor
+from kernex_server.serials import DEFAULT_SERIAL_JUMP, highest_serial, raise_floor
 from kernex_server.settings import MANIFEST_KEY_FILE, SETTINGS_FILE, Settings
 
 FORMAT = "kernex-backup"
@@ -318,6 +318,15 @@ def _place_blobs(stage: Path, blob_dir: Path) -> None:
         os.replace(path, target)
 
 
+def _highest_serial(engine: Engine) -> int:
+    """The highest serial of a database about to be replaced (0 if it has none)."""
+    try:
+        with session_factory(engine)() as s:
+            return highest_serial(s)
+    except sa.exc.DBAPIError:  # not a Kernex database, or one of a much older schema
+        return 0
+
+
 def _restore_database(
     settings: Settings, stage: Path, manifest: dict[str, Any], *, force: bool, jump: int
 ) -> int:
@@ -331,6 +340,7 @@ def _restore_database(
                 hint="Restore onto the same kind, or move with a `--method logical` backup.",
             )
         dbdump.ensure_schema(engine, settings.database_schema)
+        replaced = 0
         if dbdump.has_tables(engine):
             if not force:
                 raise BackupError(
@@ -338,6 +348,7 @@ def _restore_database(
                     "already has tables",
                     hint="Point the restore at an empty database, or pass --force.",
                 )
+            replaced = _highest_serial(engine)  # its devices may have seen these serials
             dbdump.drop_tables(engine)
         if db["method"] == SQLITE:
             engine.dispose()
@@ -355,7 +366,7 @@ def _restore_database(
             dbdump.logical_import(stage / LOGICAL_DIR, engine, db.get("alembic_revision"))
         dbdump.migrate_to_head(engine, settings.database_schema)
         with session_factory(engine).begin() as s:
-            return raise_floor(s, jump)
+            return raise_floor(s, jump, at_least=replaced)
     finally:
         engine.dispose()
         shutil.rmtree(stage / "database", ignore_errors=True)

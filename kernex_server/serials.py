@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
@@ -31,20 +31,23 @@ def read_floor(s: Session) -> int:
 
 
 def highest_serial(s: Session) -> int:
-    """The highest serial the database knows of, in any table that records one."""
+    """The highest serial the database knows of, in any table that records one (tables
+    of an older schema than 0006 have no floor yet)."""
     candidates = [
         s.scalar(select(func.max(DeviceManifest.serial))),
         s.scalar(select(func.max(Deployment.serial))),
         s.scalar(select(func.max(RolloutDevice.new_serial))),
         s.scalar(select(func.max(RolloutDevice.rollback_serial))),
-        read_floor(s),
     ]
+    if inspect(s.connection()).has_table(ServerState.__tablename__):
+        candidates.append(read_floor(s))
     return max(int(c or 0) for c in candidates)
 
 
-def raise_floor(s: Session, jump: int) -> int:
-    """Set the floor to the highest known serial plus ``jump``; return it."""
-    floor = highest_serial(s) + jump
+def raise_floor(s: Session, jump: int, *, at_least: int = 0) -> int:
+    """Set the floor to the highest known serial (or ``at_least``, the highest of the
+    database a forced restore replaced) plus ``jump``; return it."""
+    floor = max(highest_serial(s), at_least) + jump
     row = s.get(ServerState, SERIAL_FLOOR)
     if row is None:
         s.add(ServerState(name=SERIAL_FLOOR, value=floor))

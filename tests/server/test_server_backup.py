@@ -147,10 +147,11 @@ def test_restore_refuses_a_non_empty_data_dir_and_checks_checksums(
         restore_backup(archive, settings.data_dir)
     assert "--force" in (refused.value.hint or "")
 
-    # --force overwrites, and a restore keeps the floor rising
+    # --force overwrites; the floor rises above the replaced database's serials too
     floor = restore_backup(archive, settings.data_dir, force=True).serial_floor
     assert floor == DEFAULT_SERIAL_JUMP
-    assert restore_backup(archive, settings.data_dir, force=True).serial_floor == floor
+    again = restore_backup(archive, settings.data_dir, force=True).serial_floor
+    assert again == floor + DEFAULT_SERIAL_JUMP
 
     tampered = tmp_path / "tampered.tar.gz"
     with tarfile.open(archive) as src, tarfile.open(tampered, "w:gz") as dst:
