@@ -31,13 +31,13 @@ from kernex_agent.install import CycleResult, Installer, describe
 from kernex_agent.reports import Clock, Sleep
 from kernex_agent.state import AgentState
 from kernex_agent.storage import DeviceFS
-from kernex_agent.trust import TrustAnchors, accept_manifest
 from kernex_core import keys
 from kernex_core.bundle import ExtractLimits
 from kernex_core.errors import KernexError, ManifestRejectedError
 from kernex_core.manifest import MAX_MANIFEST_BYTES
 from kernex_core.protocol import Phase
 from kernex_core.timefmt import format_time, parse_time
+from kernex_core.trust import TrustAnchors, accept_manifest
 
 log = logging.getLogger("kernex.agent")
 

@@ -43,6 +43,14 @@ class _Answer:
 
 
 @dataclass(frozen=True)
+class EnrollAnswer:
+    status: int
+    response: EnrollResponse | None  # None: refused, see ``error``
+    error: str
+    retry_after: float | None = None  # seconds, from a 429's Retry-After
+
+
+@dataclass(frozen=True)
 class ManifestFetch:
     raw: bytes | None  # None: not modified (304)
     etag: str | None
@@ -120,13 +128,15 @@ class DeviceClient:
         except httpx.HTTPError as exc:
             raise ServerUnreachableError(f"{method} {path}: {exc!r}") from exc
 
-    async def enroll(self, request: EnrollRequest) -> tuple[int, EnrollResponse | None, str]:
+    async def enroll(self, request: EnrollRequest) -> EnrollAnswer:
         body = json.dumps(request.to_dict()).encode()
         resp = await self._request("POST", ENROLL_PATH, body=body, timeout=self.request_timeout)
         if resp.status_code >= 400:
-            return resp.status_code, None, _error_text(resp)
+            retry = _seconds(resp.headers.get("retry-after"))
+            return EnrollAnswer(resp.status_code, None, _error_text(resp), retry)
         try:
-            return resp.status_code, EnrollResponse.from_dict(json.loads(resp.content)), ""
+            answer = EnrollResponse.from_dict(json.loads(resp.content))
+            return EnrollAnswer(resp.status_code, answer, "")
         except (ValueError, KeyError, RecursionError) as exc:
             raise ServerResponseError(
                 resp.status_code, f"enrollment answer is malformed: {exc}"
@@ -262,6 +272,11 @@ class DeviceClient:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc
+
+
+def _seconds(raw: str | None) -> float | None:
+    """A Retry-After in seconds (the server sends whole seconds; a date is ignored)."""
+    return float(raw) if raw is not None and raw.strip().isdigit() else None
 
 
 def _error_text(resp: _Answer) -> str:

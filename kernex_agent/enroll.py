@@ -1,12 +1,18 @@
 """Enrollment: make the device key, enroll with the server, pin its manifest key.
 
-The request is signed with the new key (keyid = device id), proving possession. The
+The request is signed with the new key (keyid = device id), proving possession. A 429
+(the server's per-address enrollment limit) is waited out as its Retry-After says. With
+an expected fingerprint, the server must first prove it holds that manifest key
+(``GET /v1/server-info?challenge=``), so a wrong server or fingerprint is refused before
+the device key, the token or the device id is sent. The
 server's manifest key is pinned only if its fingerprint matches the id the server gave
 and, when the operator passed one, the fingerprint they expect.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,11 +27,14 @@ from kernex_agent.config import AgentConfig, Layout
 from kernex_agent.errors import EnrollmentError
 from kernex_agent.state import AgentState, dump_json, read_json
 from kernex_agent.storage import DeviceFS
-from kernex_agent.trust import TrustAnchors
-from kernex_core import keys
+from kernex_core import keys, serverinfo
 from kernex_core.errors import KeyFormatError
 from kernex_core.protocol import DEVICE_ID_PATTERN, EnrollmentState, EnrollRequest
 from kernex_core.release import ReleaseKeySet
+from kernex_core.trust import TrustAnchors
+
+MAX_INFO_BYTES = 64 * 1024  # bytes read of a server-info answer
+RATE_LIMIT_PATIENCE = 300.0  # seconds an enrollment waits out 429s without max_wait
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,46 @@ def _device_key(layout: Layout, fs: DeviceFS) -> keys.PrivateKey:
     return key
 
 
+async def check_server(
+    http: httpx.AsyncClient, server_url: str, expected: str, *, timeout: float = 30.0
+) -> serverinfo.ServerInfo:
+    """Ask the server to prove it holds the manifest key ``expected`` names."""
+    challenge = serverinfo.new_challenge()
+    url = server_url.rstrip("/") + serverinfo.SERVER_INFO_PATH
+    try:
+        async with asyncio.timeout(timeout):
+            async with http.stream(
+                "GET", url, params={"challenge": challenge}, timeout=httpx.Timeout(timeout)
+            ) as resp:
+                content = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    content += chunk
+                    if len(content) > MAX_INFO_BYTES:
+                        raise EnrollmentError("the server-info answer is too large")
+    except (TimeoutError, httpx.HTTPError) as exc:
+        raise EnrollmentError(
+            f"cannot reach {url}: {exc!r}", hint="Check --server and that the server runs."
+        ) from exc
+    if resp.status_code == 404:
+        raise EnrollmentError(
+            f"{server_url} does not answer {serverinfo.SERVER_INFO_PATH}, so its manifest key "
+            "cannot be checked before enrolling",
+            hint="Upgrade the server, or check the URL.",
+        )
+    if resp.status_code != 200:
+        raise EnrollmentError(f"{url} answered {resp.status_code}")
+    try:
+        answer = json.loads(content)
+    except (ValueError, RecursionError) as exc:
+        raise EnrollmentError(f"{url} did not answer JSON") from exc
+    try:
+        return serverinfo.verify(answer, challenge=challenge, expected_key_id=expected)
+    except serverinfo.ServerInfoError as exc:
+        raise EnrollmentError(
+            f"refusing to enroll: {exc.message}", hint=exc.hint or "Check the server URL."
+        ) from exc
+
+
 async def enroll(
     http: httpx.AsyncClient,
     *,
@@ -89,6 +138,8 @@ async def enroll(
         )
     fs = fs or DeviceFS()
     release = load_release_keys(release_key_files)
+    if expected_fingerprint is not None:  # before a key, a token or a device id is sent
+        await check_server(http, server_url, expected_fingerprint)
     layout = Layout(data_dir)
     fs.mkdir(layout.root, mode=0o700)
     key = _device_key(layout, fs)
@@ -101,11 +152,23 @@ async def enroll(
         enrollment_token=token,
     )
     started = clock()
+    limit = max_wait if max_wait is not None else RATE_LIMIT_PATIENCE
     while True:
-        status, response, text = await client.enroll(request)
+        answer = await client.enroll(request)
+        response = answer.response
+        if answer.status == 429:  # the server limits enrollments per address: wait, retry
+            wait = max(1.0, answer.retry_after or poll_interval)
+            if clock() - started + wait > limit:
+                raise EnrollmentError(
+                    f"the server is limiting enrollments from this address: {answer.error}",
+                    hint=f"Try again in {wait:.0f} s, or ask the server admin to raise "
+                    "enroll_rate/enroll_burst.",
+                )
+            await sleep(wait)
+            continue
         if response is None:
             raise EnrollmentError(
-                f"enrollment refused ({status}): {text}",
+                f"enrollment refused ({answer.status}): {answer.error}",
                 hint="Check the enrollment token, or ask an admin to accept the device.",
             )
         if response.state in (EnrollmentState.REJECTED, EnrollmentState.REVOKED):

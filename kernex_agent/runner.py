@@ -17,7 +17,7 @@ import httpx
 from kernex_agent.agent import Agent
 from kernex_agent.config import CRASH_AT_ENV, Layout, load_config
 from kernex_agent.state import read_json
-from kernex_agent.trust import TrustAnchors
+from kernex_core.trust import TrustAnchors
 
 
 async def run_agent(data_dir: Path, *, once: bool, env: Mapping[str, str]) -> int:

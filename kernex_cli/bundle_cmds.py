@@ -1,4 +1,4 @@
-"""``kernex bundle build|push|list``: make a bundle, publish it, see what the server holds.
+"""``kernex bundle build|push|list|gc``: make a bundle, publish it, see what the server holds.
 
 ``build`` writes a reproducible tar.gz (and, with ``--sign-key``, the release signature
 next to it as FILE.sig.json); ``push`` streams it to the server's store and records it in
@@ -28,7 +28,9 @@ from kernex_core import keys
 from kernex_core.errors import FleetInvalidError, KernexError
 from kernex_git import Repository, read_fleet_files
 
-bundle_app = typer.Typer(help="Build, publish and list bundles.", no_args_is_help=True)
+bundle_app = typer.Typer(
+    help="Build, publish, list and garbage-collect bundles.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -205,6 +207,46 @@ def list_cmd(
             str(row.get("uploaded_by") or ""),
         )
     console.print(table)
+
+
+@bundle_app.command("gc")
+def gc_cmd(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove stored bundles that no retained revision, manifest or rollout names and that
+    were uploaded before the grace period (bundle_gc_grace_days). Needs an admin token.
+
+    Run with --dry-run first. Example: kernex bundle gc --dry-run
+    """
+    try:
+        with connect(server, token) as client:
+            result = client.request(
+                "POST", "/v1/admin/bundles/gc", params={"dry_run": "1" if dry_run else None}
+            )
+    except KernexError as exc:
+        fail_from(exc)
+    if as_json:
+        print_json(result)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for row in result["removed"]:
+        console.print(f"{verb} {row['sha256']}  {row['size']} bytes", highlight=False)
+    console.print(
+        f"{verb} {len(result['removed'])} bundle(s), {result['removed_bytes']} bytes; "
+        f"kept {result['kept']}; the store holds {result['store_bytes']} bytes",
+        highlight=False,
+    )
+    for commit in result.get("unreadable_revisions") or []:
+        console.print(
+            f"[yellow]note:[/] the catalog of revision {commit[:12]} could not be read; "
+            "bundles only it names were not protected",
+            highlight=False,
+        )
 
 
 def _catalog_names(repo: Path) -> dict[str, list[str]]:

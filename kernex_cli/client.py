@@ -29,6 +29,7 @@ import typer
 
 from kernex_core.errors import KernexError
 from kernex_core.fsutil import atomic_write_text
+from kernex_git import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -78,15 +79,7 @@ class Connection:
         environ: Mapping[str, str] | None = None,
     ) -> Connection:
         env = os.environ if environ is None else environ
-        saved: dict[str, Any] = {}
-        path = credentials_path(env)
-        if path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise NotConfiguredError(
-                    f"cannot read {path}: {exc}", hint="Run `kernex login` again."
-                ) from exc
+        saved = _saved(env)
         server = server or env.get("KERNEX_SERVER") or saved.get("server")
         token = token or env.get("KERNEX_TOKEN") or saved.get("token")
         if not server or not token:
@@ -104,6 +97,32 @@ class Connection:
             path, json.dumps({"server": self.server, "token": self.token}) + "\n", mode=0o600
         )
         return path
+
+
+def _saved(env: Mapping[str, str]) -> dict[str, Any]:
+    """What `kernex login` saved, or nothing."""
+    path = credentials_path(env)
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NotConfiguredError(
+            f"cannot read {path}: {exc}", hint="Run `kernex login` again."
+        ) from exc
+    return saved if isinstance(saved, dict) else {}
+
+
+def resolve_server(server: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The server URL alone (public endpoints need no token), found as for a connection."""
+    env = os.environ if environ is None else environ
+    url = server or env.get("KERNEX_SERVER") or _saved(env).get("server")
+    if not url:
+        raise NotConfiguredError(
+            "no Kernex server given",
+            hint="Pass --server, set KERNEX_SERVER, or run `kernex login`.",
+        )
+    return str(url).rstrip("/")
 
 
 class AdminClient:
@@ -139,12 +158,13 @@ class AdminClient:
             yield
         except httpx.TimeoutException as exc:
             raise ServerUnreachableError(
-                f"the Kernex server at {self.connection.server} did not answer in time",
+                f"the Kernex server at {redact_url(self.connection.server)} did not answer in time",
                 hint="Check that the server is running and reachable, then try again.",
             ) from exc
         except httpx.TransportError as exc:
             raise ServerUnreachableError(
-                f"cannot reach the Kernex server at {self.connection.server} ({exc})",
+                f"cannot reach the Kernex server at {redact_url(self.connection.server)} "
+                f"({redact_text(str(exc))})",
                 hint="Check the URL (--server, KERNEX_SERVER or `kernex login`) and that "
                 "`kernex server run` is up.",
             ) from exc
@@ -252,7 +272,7 @@ def login(
         fail_from(exc)
     path = connection.save()
     console.print(
-        f"logged in to {connection.server} as [bold]{who['name']}[/] ({who['role']}); "
+        f"logged in to {redact_url(connection.server)} as [bold]{who['name']}[/] ({who['role']}); "
         f"saved to {path}",
         highlight=False,
     )

@@ -33,7 +33,8 @@ from kernex_cli.localserver import KERNEX, LocalServer
 from kernex_core.errors import KernexError
 from kernex_git import Repository
 
-SERVER_SETTINGS = {"poll_interval": 1.0, "heartbeat_flush_interval": 1.0}
+# All simulated devices enroll from 127.0.0.1: no per-address enrollment limit here.
+SERVER_SETTINGS = {"poll_interval": 1.0, "heartbeat_flush_interval": 1.0, "enroll_rate": 0.0}
 RING = ("canary", "stable", "stable", "stable")  # dealt in turn: a quarter are canaries
 HW = ("rev-b", "rev-b", "rev-a")  # a third run the older hardware revision
 FAILING_LABEL = ("hw", "rev-a")  # hello 1.1.0's health check fails there

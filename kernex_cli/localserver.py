@@ -47,13 +47,14 @@ class LocalServer:
         settings: Mapping[str, float] | None = None,
         log_level: str = "warning",
         start_timeout: float = 60.0,  # seconds for init + first /healthz
+        port: int = 0,  # 0: a free one, chosen at the first start
     ) -> None:
         self.data_dir = Path(data_dir)
         self.repo = Path(repo)
         self.settings = dict(settings or {})
         self.log_level = log_level
         self.start_timeout = start_timeout
-        self.port = 0
+        self.port = port
         self.admin_token = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -86,7 +87,7 @@ class LocalServer:
     def start(self) -> None:
         if not self.admin_token:
             self.init()
-        self.port = free_port()
+        self.port = self.port or free_port()
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [

@@ -1,4 +1,5 @@
-"""Manifests: the signed desired state of one device, and the agent's trust rules.
+"""Manifests: the signed desired state of one device (the trust rules that check one are in
+``kernex_core.trust``).
 
 Wire form: a DSSE envelope (payload type ``application/vnd.kernex.manifest+json``) whose
 payload is the canonical JSON of ``Manifest.to_dict()``::
@@ -11,30 +12,21 @@ payload is the canonical JSON of ``Manifest.to_dict()``::
      "config": {...},
      "manifest_keys": [{"keyid": "SHA256:..", "public_key": "PEM"}],   # optional: rotation
      "release_keys": {<DSSE envelope of a release-key set>}}            # optional: rotation
-
-``ManifestVerifier`` is the pure trust object: fed bytes, the pinned keys, the highest
-serial accepted so far and a clock reading, it returns a ``Manifest`` or raises
-``ManifestRejectedError`` naming the rule that failed. The caller does the I/O.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernex_core import keys
 from kernex_core.canonical import canonical_digest, canonical_json
-from kernex_core.envelope import Envelope, Signature, sign_envelope, verify_envelope
+from kernex_core.envelope import Envelope, Signature, sign_envelope
 from kernex_core.errors import (
     EnvelopeError,
-    KeyFormatError,
-    ManifestRejectedError,
-    ReleaseSignatureError,
 )
 from kernex_core.formats import NAME_RE, SHA256_RE, VERSION_RE
-from kernex_core.release import verify_release
 from kernex_core.timefmt import format_time, parse_time
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.kernex.manifest+json"
@@ -188,97 +180,3 @@ class Manifest:
 def sign_manifest(manifest: Manifest, key: keys.PrivateKey) -> Envelope:
     keyid = keys.fingerprint(key.public_key())
     return sign_envelope(MANIFEST_PAYLOAD_TYPE, manifest.payload(), {keyid: key})
-
-
-@dataclass
-class ManifestVerifier:
-    """The agent's trust rules for manifests, as a pure object.
-
-    ``manifest_keys`` are the pinned server keys (keyid -> key); ``release_keys``, when
-    set, must sign every bundle; ``min_serial`` is the highest serial accepted before.
-    """
-
-    device_id: str
-    manifest_keys: Mapping[str, keys.PublicKey]
-    min_serial: int = 0
-    release_keys: Mapping[str, keys.PublicKey] | None = None
-    release_threshold: int = 1
-    max_bytes: int = MAX_MANIFEST_BYTES
-
-    def verify(self, raw: bytes, now: float) -> Manifest:
-        if len(raw) > self.max_bytes:
-            raise ManifestRejectedError(
-                "size", f"manifest of {len(raw)} bytes exceeds the {self.max_bytes} byte limit"
-            )
-        try:
-            envelope = Envelope.from_json(raw, max_bytes=self.max_bytes)
-        except EnvelopeError as exc:
-            raise ManifestRejectedError("format", f"manifest envelope: {exc}") from exc
-        try:
-            verify_envelope(envelope, self.manifest_keys, payload_type=MANIFEST_PAYLOAD_TYPE)
-        except EnvelopeError as exc:
-            raise ManifestRejectedError(
-                "signature",
-                f"manifest signature: {exc}",
-                hint="The manifest was not signed by the pinned server key; re-enroll only "
-                "if the server key was rotated on purpose.",
-            ) from exc
-        try:
-            manifest = Manifest.from_dict(json.loads(envelope.payload))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestRejectedError("format", f"manifest payload: {exc}") from exc
-        except RecursionError as exc:
-            raise ManifestRejectedError("format", "manifest payload is nested too deeply") from exc
-        if manifest.device_id != self.device_id:
-            raise ManifestRejectedError(
-                "device", f"manifest is for device {manifest.device_id!r}, not {self.device_id!r}"
-            )
-        if manifest.serial < self.min_serial:
-            raise ManifestRejectedError(
-                "serial",
-                f"manifest serial {manifest.serial} is lower than {self.min_serial}, the "
-                "highest accepted (rollback attack or server state lost)",
-            )
-        if now >= manifest.expires_at:
-            raise ManifestRejectedError(
-                "expired",
-                f"manifest expired at {format_time(manifest.expires_at)} "
-                f"(now {format_time(now)}): freeze attack or a server that stopped signing",
-                hint="Check the device clock and that the server is re-signing manifests.",
-            )
-        if self.release_keys is not None:
-            check_release_signatures(manifest, self.release_keys, self.release_threshold)
-        return manifest
-
-
-def check_release_signatures(
-    manifest: Manifest, release_keys: Mapping[str, keys.PublicKey], threshold: int = 1
-) -> None:
-    """Every bundle must be signed by ``threshold`` of the pinned release keys."""
-    for bundle in manifest.bundles:
-        try:
-            verify_release(
-                bundle.release_signatures,
-                release_keys,
-                name=bundle.name,
-                version=bundle.version,
-                sha256=bundle.sha256,
-                size=bundle.size,
-                threshold=threshold,
-            )
-        except ReleaseSignatureError as exc:
-            raise ManifestRejectedError("release", str(exc), hint=exc.hint) from exc
-
-
-def manifest_keys_from(manifest: Manifest) -> dict[str, keys.PublicKey]:
-    """The announced manifest keys (for rotation), checked against their keyids."""
-    out: dict[str, keys.PublicKey] = {}
-    for keyid, pem in manifest.manifest_keys:
-        try:
-            key = keys.load_public_key_pem(pem, source="announced manifest key")
-        except KeyFormatError as exc:
-            raise ManifestRejectedError("format", str(exc)) from exc
-        if keys.fingerprint(key) != keyid:
-            raise ManifestRejectedError("format", f"announced key does not match id {keyid}")
-        out[keyid] = key
-    return out

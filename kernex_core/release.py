@@ -6,19 +6,18 @@ type and the statement), and the signatures travel in the bundle catalog and in 
 manifest, so a breached server cannot make a device install bytes no release key signed.
 
 A release-key set (``application/vnd.kernex.release-keys+json``) replaces the pinned set
-only when a currently pinned release key signed it, as TUF rotates its root.
+only when a currently pinned release key signed it (``kernex_core.trust``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kernex_core import keys
 from kernex_core.canonical import canonical_json
-from kernex_core.envelope import Envelope, Signature, pae, verify_envelope
+from kernex_core.envelope import Signature, pae
 from kernex_core.errors import EnvelopeError, KeyFormatError, ReleaseSignatureError
 
 RELEASE_PAYLOAD_TYPE = "application/vnd.kernex.release+json"
@@ -107,23 +106,3 @@ class ReleaseKeySet:
                 raise EnvelopeError(f"release key entry keyid {entry.get('keyid')!r} != {kid}")
             parsed[kid] = key
         return cls(version=version, keys=parsed, threshold=threshold)
-
-
-def accept_release_key_set(envelope: Envelope, current: ReleaseKeySet) -> ReleaseKeySet:
-    """Return the new key set if ``current`` signed it with a higher version; else raise."""
-
-    verify_envelope(
-        envelope,
-        current.keys,
-        payload_type=RELEASE_KEYS_PAYLOAD_TYPE,
-        threshold=current.threshold,
-    )
-    try:
-        new = ReleaseKeySet.from_dict(json.loads(envelope.payload))
-    except (ValueError, RecursionError) as exc:
-        raise EnvelopeError(f"release key set payload is not JSON: {exc}") from exc
-    if new.version <= current.version:
-        raise EnvelopeError(
-            f"release key set version {new.version} is not newer than {current.version}"
-        )
-    return new

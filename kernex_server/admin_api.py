@@ -25,7 +25,14 @@ from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import BundleStoreError
-from kernex_server.http import ApiError, json_response, parse_json, read_body
+from kernex_server.http import (
+    MAX_ROW_ID,
+    ApiError,
+    json_response,
+    parse_json,
+    path_id,
+    read_body,
+)
 from kernex_server.store import AuditQuery, DeviceRecord, TokenNameTakenError
 
 ROLES = ("viewer", "operator", "admin")
@@ -277,6 +284,12 @@ def _enroll_token_out(token: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _positive_int(value: object) -> bool:
+    """A JSON whole number above 0 (``true`` is an int in Python, not here), and one the
+    database holds."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ROW_ID
+
+
 @requires(Role.ADMIN)
 @audited("enrollment_token.create")
 async def create_enrollment_token(request: Request) -> Response:
@@ -289,9 +302,9 @@ async def create_enrollment_token(request: Request) -> Response:
     max_uses = data.get("max_uses")
     if not isinstance(name, str) or len(name) > 120:
         raise ApiError(400, "'name' must be a string of at most 120 characters")
-    if expires_in is not None and (not isinstance(expires_in, int) or expires_in <= 0):
+    if expires_in is not None and not _positive_int(expires_in):
         raise ApiError(400, "'expires_in' must be a positive number of seconds, or null")
-    if max_uses is not None and (not isinstance(max_uses, int) or max_uses <= 0):
+    if max_uses is not None and not _positive_int(max_uses):
         raise ApiError(400, "'max_uses' must be a positive integer, or null")
     request.state.audit_target = name
     request.state.audit_detail = {"expires_in": expires_in, "max_uses": max_uses}
@@ -320,12 +333,12 @@ async def list_enrollment_tokens(request: Request) -> Response:
 @audited("enrollment_token.revoke")
 async def revoke_enrollment_token(request: Request) -> Response:
     kx = context_of(request)
-    raw = request.path_params["token_id"]
+    token_id = path_id(request, "token_id", "enrollment token")
     found = await anyio.to_thread.run_sync(
-        lambda: kx.store.revoke_enrollment_token(int(raw), now=kx.clock())
+        lambda: kx.store.revoke_enrollment_token(token_id, now=kx.clock())
     )
     if not found:
-        raise ApiError(404, f"no enrollment token {raw}")
+        raise ApiError(404, f"no enrollment token {token_id}")
     return Response(status_code=204)
 
 
@@ -419,9 +432,7 @@ async def create_token(request: Request) -> Response:
     request.state.audit_target = name
     if role not in ROLES:
         raise ApiError(400, f"'role' must be one of {', '.join(ROLES)}")
-    if expires_in is not None and (
-        not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0
-    ):
+    if expires_in is not None and not _positive_int(expires_in):
         raise ApiError(400, "'expires_in' must be a positive number of seconds, or null")
     request.state.audit_detail = {"role": role, "expires_in": expires_in}
     now = kx.clock()
@@ -450,7 +461,7 @@ async def create_token(request: Request) -> Response:
 @audited("token.revoke")
 async def revoke_token(request: Request) -> Response:
     kx = context_of(request)
-    token_id: int = request.path_params["token_id"]
+    token_id = path_id(request, "token_id", "token")
     if token_id == request.state.identity.id:
         raise ApiError(
             409,

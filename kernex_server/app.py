@@ -31,7 +31,9 @@ from kernex_core.errors import KernexError
 from kernex_git import GitEnv
 from kernex_server import (
     admin_api,
+    bundle_gc,
     device_api,
+    info_api,
     labels_api,
     openapi,
     ops,
@@ -48,11 +50,11 @@ from kernex_server.errors import ServerSetupError
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
 from kernex_server.manifests import ManifestCache, ManifestIssuer
-from kernex_server.metrics import DeviceCensus, Metrics
+from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
-from kernex_server.rollouts import RolloutMetrics
+from kernex_server.retention import Pruner, RetentionPolicy
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
@@ -121,9 +123,14 @@ def create_app(
             on_reject=metrics.device_rejected,
         ),
         admin_auth=AdminAuth(
-            store, clock=clock, limiter=RateLimiter(settings.token_rate, settings.token_burst)
+            store,
+            clock=clock,
+            limiter=RateLimiter(settings.token_rate, settings.token_burst),
+            failures=RateLimiter(settings.auth_failure_rate, settings.auth_failure_burst),
         ),
-        enroller=Enroller(sessions),
+        enroller=Enroller(
+            sessions, limiter=RateLimiter(settings.enroll_rate, settings.enroll_burst)
+        ),
         reconciler=reconciler,
         manifest_public_key=key.public_key(),
         clock=clock,
@@ -136,14 +143,21 @@ def create_app(
         kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
     )
     kx.rollout_metrics = RolloutMetrics(metrics.registry)
+    kx.bundle_gc = bundle_gc.BundleCollector(
+        sessions, kx.blobs, reconciler, grace_days=settings.bundle_gc_grace_days, clock=clock
+    )
+    metrics.watch_store(lambda: kx.blobs.total_bytes)
     reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_migrations:
             await anyio.to_thread.run_sync(lambda: migrate(engine, schema=settings.database_schema))
+        # after a restore, serials resume above anything a device could have seen
+        await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
         await kx.reload_cache()
         await kx.load_census()
+        await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
         await _reconcile_once(kx)
         await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
@@ -151,6 +165,9 @@ def create_app(
                 tg.start_soon(_reconcile_loop, kx)
                 tg.start_soon(_status_loop, kx)
                 tg.start_soon(_rollout_loop, kx)
+                if settings.prune_interval > 0:
+                    pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
+                    tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
             try:
                 yield
@@ -165,6 +182,8 @@ def create_app(
             *ops.routes,
             Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
             *device_api.routes,
+            *info_api.routes,
+            *bundle_gc.routes,
             *admin_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
@@ -222,6 +241,19 @@ async def _rollout_loop(kx: ServerContext) -> None:
         except Exception:  # a database outage must not stop the loop
             log.exception("cannot evaluate rollouts")
         await anyio.sleep(ROLLOUT_DEBOUNCE)
+
+
+async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
+    """Drop rows past their retention (kernex_server.retention), in small batches."""
+    while True:
+        await anyio.sleep(kx.settings.prune_interval)
+        try:
+            removed = await anyio.to_thread.run_sync(pruner.prune)
+        except Exception:  # a database outage must not stop the loop; the next pass retries
+            log.exception("cannot prune old rows")
+            continue
+        if any(removed.values()):
+            log.info("pruned %s", ", ".join(f"{n} {k}" for k, n in removed.items() if n))
 
 
 async def _heartbeat_loop(kx: ServerContext) -> None:

@@ -14,6 +14,8 @@ and checks each declares one (``auth_kind``).
 
 Refused admin requests (401/403) are audited. Authenticated callers spend from a token
 bucket per admin token and per device; an empty bucket answers 429 with Retry-After.
+Unauthenticated admin requests (401) spend from a bucket per client address before their
+audit row is written, so a stranger cannot grow the audit log without bound.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from starlette.responses import Response
 from kernex_core import httpsig, keys
 from kernex_core.errors import KeyFormatError, RequestSignatureError
 from kernex_core.protocol import EnrollmentState
+from kernex_server.audit import client_address
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.store import Store, TokenIdentity
 
@@ -75,11 +78,11 @@ class AuthError(Exception):
         self.retry_after = retry_after
 
 
-def rate_limited(who: str, retry_after: int) -> AuthError:
+def rate_limited(who: str, retry_after: int, settings: str = "token_rate/device_rate") -> AuthError:
     return AuthError(
         429,
         f"too many requests from {who}",
-        hint=f"Retry in {retry_after} s; the limits are token_rate/device_rate in server.toml.",
+        hint=f"Retry in {retry_after} s; the limits are {settings} in server.toml.",
         retry_after=retry_after,
     )
 
@@ -103,6 +106,15 @@ def requires(role: Role) -> Callable[[Endpoint], Endpoint]:
                         hint="Ask an admin for a token with that role (`kernex tokens create`).",
                     )
             except AuthError as exc:
+                if exc.status == 401:  # a stranger: spend from its address's bucket first
+                    address = client_address(request)
+                    wait = kx.admin_auth.failures.take(address)
+                    if wait is not None:  # refused without the audit row a 401 would write
+                        raise rate_limited(
+                            f"address {address} (failed authentications)",
+                            wait,
+                            "auth_failure_rate/auth_failure_burst",
+                        ) from exc
                 await kx.auditor.request(
                     request,
                     "auth",
@@ -163,10 +175,12 @@ class AdminAuth:
         clock: Callable[[], float] = time.time,
         *,
         limiter: RateLimiter | None = None,
+        failures: RateLimiter | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.limiter = limiter or RateLimiter(0, 1)
+        self.limiter = limiter or RateLimiter(0, 1)  # per token
+        self.failures = failures or RateLimiter(0, 1)  # 401s per client address
 
     async def authenticate(self, request: Request) -> TokenIdentity:
         header = request.headers.get("authorization", "")

@@ -32,6 +32,29 @@ class StoredBlob:
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.total_bytes = 0  # bytes stored, from ``stored()`` at start, then kept up to date
+
+    def stored(self) -> dict[str, tuple[int, float]]:
+        """Every blob in the store: sha256 -> (size, mtime); refreshes ``total_bytes``."""
+        out: dict[str, tuple[int, float]] = {}
+        for path in (self.root / "sha256").glob("*/*"):
+            if SHA256_RE.match(path.name):
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    out[path.name] = (st.st_size, st.st_mtime)
+        self.total_bytes = sum(size for size, _ in out.values())
+        return out
+
+    def remove(self, sha256: str) -> int:
+        """Delete a blob; return the bytes freed (0 when it was not there)."""
+        path = self.path_for(sha256)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        self.total_bytes = max(0, self.total_bytes - size)
+        return size
 
     def path_for(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
@@ -87,9 +110,11 @@ class BlobStore:
     def _commit(self, tmp: Path, sha: str, size: int) -> StoredBlob:
         target = self.path_for(sha)
         if target.is_file() and target.stat().st_size == size:
+            os.utime(target)  # uploaded again: its garbage-collection grace period restarts
             return StoredBlob(sha, size, created=False)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         fsync_dir(target.parent)
+        self.total_bytes += size
         return StoredBlob(sha, size, created=True)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from sqlalchemy.engine import Engine
@@ -25,7 +25,7 @@ from kernex_server.auth import AdminAuth, DeviceAuth
 from kernex_server.bundles import BlobStore
 from kernex_server.enrollment import Enroller
 from kernex_server.manifests import ManifestCache, ServedManifest
-from kernex_server.metrics import DeviceCensus, Metrics
+from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.models import Rollout
 from kernex_server.reconciler import (
     DEPLOYED,
@@ -33,12 +33,17 @@ from kernex_server.reconciler import (
     ReconcileResult,
     served_from_row,
 )
-from kernex_server.rollouts import RolloutActError, RolloutMetrics
+from kernex_server.rollouts import RolloutActError
+from kernex_server.serials import lift_device
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
 
+if TYPE_CHECKING:
+    from kernex_server.bundle_gc import BundleCollector
+
 log = logging.getLogger("kernex.server")
+MAX_SERIAL = 2**53  # a reported serial at or above this is not followed (JSON-safe integers)
 
 
 def context_of(request: Request) -> ServerContext:
@@ -72,6 +77,7 @@ class ServerContext:
     _wake: anyio.Event | None = None  # set by a webhook; the reconcile loop waits on it
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
+    bundle_gc: BundleCollector | None = None  # set by create_app
 
     # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
 
@@ -124,6 +130,32 @@ class ServerContext:
         self.cache.publish(done[0])
         await self.evaluate_rollouts()
         return done[1]
+
+    async def serial_seen(self, device_id: str, seen: int) -> None:
+        """A device reported serial ``seen``: when that is above the serial it is served
+        (state lost, e.g. restored with too small a jump), serve it above ``seen``."""
+        served = self.cache.get(device_id)
+        if served is None or seen <= served.serial or seen >= MAX_SERIAL:
+            return
+        reconciler = self.reconciler
+
+        def lift(s: Any, now: float) -> ServedManifest | None:
+            ttl = reconciler.manifest_ttl()
+            return lift_device(s, reconciler.issuer, device_id, seen, now=now, ttl=ttl)
+
+        done = await anyio.to_thread.run_sync(lambda: reconciler.locked(lift))
+        if done is None:
+            return
+        self.cache.publish([done])
+        if done.serial > seen:
+            log.warning("device %s reported serial %d, above its %d: now %d",
+                        device_id, seen, served.serial, done.serial)  # fmt: skip
+            detail = {"reported": seen, "was": served.serial, "serial": done.serial}
+            await anyio.to_thread.run_sync(
+                lambda: self.auditor.record(
+                    "reconciler", "device.serial_resumed", device_id, detail=detail
+                )
+            )
 
     async def issue_for(self, device_id: str) -> ServedManifest | None:
         served = await anyio.to_thread.run_sync(self.reconciler.issue_for, device_id)

@@ -25,8 +25,8 @@ from kernex_core.protocol import (
     EnrollResponse,
     StatusReport,
 )
-from kernex_server.audit import DENIED, OK
-from kernex_server.auth import AuthError, device_endpoint
+from kernex_server.audit import DENIED, OK, client_address
+from kernex_server.auth import AuthError, device_endpoint, rate_limited
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import EnrollmentError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
@@ -55,6 +55,11 @@ def _enrollment_problem(enroll_request: EnrollRequest) -> str | None:
 @device_endpoint
 async def enroll(request: Request) -> Response:
     kx = context_of(request)
+    address = client_address(request)
+    wait = kx.enroller.limiter.take(address)
+    if wait is not None:  # before the body is read, a row or an audit entry is written
+        kx.metrics.device_rejected("rate_limited")
+        raise rate_limited(f"address {address} (enrollments)", wait, "enroll_rate/enroll_burst")
     body = await read_body(request, kx.settings.max_body_bytes)
     try:
         enroll_request = EnrollRequest.from_dict(parse_json(body))
@@ -205,6 +210,8 @@ async def status(request: Request) -> Response:
         raise ApiError(422, f"invalid status report: {exc}") from exc
     kx.statuses.accept(device_id, report, now=kx.clock())
     kx.census.set_phase(device_id, report.phase.value)
+    if report.serial is not None:
+        await kx.serial_seen(device_id, report.serial)  # never serve below what it has
     await kx.rollout_report(device_id)  # staged rollouts watch their devices' reports
     return Response(status_code=204)
 

@@ -26,6 +26,7 @@ from kernex_core import keys
 from kernex_core.protocol import EnrollmentState, EnrollRequest
 from kernex_server.errors import EnrollmentError
 from kernex_server.models import Device, EnrollmentToken
+from kernex_server.ratelimit import RateLimiter
 from kernex_server.store import DeviceRecord, hash_token
 
 
@@ -38,8 +39,12 @@ class EnrollOutcome:
 
 
 class Enroller:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], *, limiter: RateLimiter | None = None
+    ) -> None:
         self.sessions = sessions
+        # enrollments per client address, spent before anything is read or written
+        self.limiter = limiter or RateLimiter(0, 1)
 
     def enroll(
         self,

@@ -22,6 +22,18 @@ class ApiError(Exception):
         self.extra = extra
 
 
+MAX_ROW_ID = 2**31 - 1  # integer primary keys are 32-bit on PostgreSQL
+
+
+def path_id(request: Request, name: str, what: str) -> int:
+    """A numeric path parameter (``{name:int}``) the database can hold; a larger one names
+    no row, so it is a 404 rather than an overflow inside the database driver."""
+    value: int = request.path_params[name]
+    if value > MAX_ROW_ID:
+        raise ApiError(404, f"no {what} {value}")
+    return value
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) more than ``limit`` bytes without buffering them."""
     declared = request.headers.get("content-length")

@@ -18,9 +18,15 @@ from dataclasses import dataclass, replace
 import anyio
 
 from kernex_core import keys
+from kernex_core.envelope import Envelope
 from kernex_core.fleet import DesiredState
 from kernex_core.manifest import BundleEntry, Manifest, sign_manifest
 from kernex_core.protocol import BUNDLE_PATH
+
+
+def stored_manifest(envelope: str) -> Manifest:
+    """The manifest inside an envelope the server signed and stored (not verified again)."""
+    return Manifest.from_dict(json.loads(Envelope.from_json(envelope.encode()).payload))
 
 
 @dataclass(frozen=True)

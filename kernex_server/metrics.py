@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from kernex_core.rollout import STATES as ROLLOUT_STATES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -128,8 +130,33 @@ class Metrics:
     ) -> None:
         self.registry.register(_DeviceCollector(census, last_seen, offline_after, clock))
 
+    def watch_store(self, total_bytes: Callable[[], float]) -> None:
+        Gauge(
+            "kernex_bundle_store_bytes",
+            "Bytes in the server's bundle store.",
+            registry=self.registry,
+        ).set_function(total_bytes)
+
     def device_rejected(self, reason: str) -> None:
         self.device_rejections.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RolloutMetrics:
+    """``kernex_rollouts{state}`` (refreshed by every evaluation) and a halt counter."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.by_state = Gauge("kernex_rollouts", "Rollouts by state.", ["state"], registry=registry)
+        self.halts = Counter(
+            "kernex_rollout_halts", "Rollouts halted by failures.", registry=registry
+        )
+        for state in ROLLOUT_STATES:
+            self.by_state.labels(state=state).set(0)
+
+    def observe(self, counts: Mapping[str, int], halts: int) -> None:
+        for state, n in counts.items():
+            self.by_state.labels(state=state).set(n)
+        if halts:
+            self.halts.inc(halts)

@@ -217,3 +217,13 @@ class RolloutDevice(Base):
     previous: Mapped[dict[str, Any]] = mapped_column(JSON)  # the manifest it was served before
     new_serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # when admitted
     rollback_serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ServerState(Base):
+    """Named integers the server keeps about itself, e.g. ``serial_floor``: the lowest
+    serial a new manifest may carry, raised by ``kernex server restore``."""
+
+    __tablename__ = "server_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

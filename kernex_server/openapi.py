@@ -16,9 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kernex_core import __version__
+from kernex_core.rollout import STATES as ROLLOUT_STATES
 from kernex_server.auth import auth_kind, public_endpoint
 from kernex_server.http import json_response
-from kernex_server.rollouts import STATES as ROLLOUT_STATES
 
 PATH = "/openapi.json"
 
@@ -176,6 +176,15 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "AuditList": obj(["entries"], entries=arr(ref("AuditEntry"))),
     "StoredBundle": obj(["sha256", "size", "created"], sha256=STR, size=INT, created=BOOL),
+    "BundleGc": obj(
+        ["dry_run", "removed", "removed_bytes", "kept", "store_bytes"],
+        dry_run=BOOL,
+        removed=arr(obj(sha256=STR, size=INT)),
+        removed_bytes=INT,
+        kept=INT,
+        store_bytes=INT,
+        unreadable_revisions=arr(STR),
+    ),
     "BundleList": obj(
         ["bundles"],
         bundles=arr(obj(sha256=STR, size=INT, uploaded_at=TIME, uploaded_by=NSTR)),
@@ -271,6 +280,14 @@ SCHEMAS: dict[str, Schema] = {
     "RolloutList": obj(["rollouts"], rollouts=arr(ref("Rollout"))),
     "WebhookResult": obj(["reconcile"], reconcile=BOOL, event=STR, ref=NSTR),
     "Health": obj(status=STR),
+    "ServerInfo": obj(
+        ["url", "version", "manifest_key_id", "manifest_public_key"],
+        url=STR,
+        version=STR,
+        manifest_key_id=STR,
+        manifest_public_key=STR,
+        proof={"$ref": "#/components/schemas/Envelope", "description": "with ?challenge="},
+    ),
     "Ready": obj(
         ["ready", "checks", "failing"],
         ready=BOOL,
@@ -338,6 +355,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         [],
     ),
     ("GET", PATH): ("This description", None, {200: ("OpenAPI 3.1", ANY_OBJ, JSON)}, []),
+    ("GET", "/v1/server-info"): (
+        "The server's URL, version and manifest key; with ?challenge= a proof signed by it",
+        None,
+        _ok("ServerInfo"),
+        [_q("challenge", STR, "16-128 random URL-safe characters to sign")],
+    ),
     ("POST", "/v1/enroll"): (
         "Enroll a device key (signed by that key)",
         _body(ref("EnrollRequest")),
@@ -463,6 +486,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             200: ("already stored", ref("StoredBundle"), JSON),
         },
         [],
+    ),
+    ("POST", "/v1/admin/bundles/gc"): (
+        "Remove stored bundles nothing retained names, past the grace period "
+        "(?dry_run=1 lists them only; admin)",
+        None,
+        _ok("BundleGc"),
+        [_q("dry_run", BOOL, "1: only list what would be removed")],
     ),
     ("POST", "/v1/admin/reconcile"): (
         "Run a reconcile pass now",

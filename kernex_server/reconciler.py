@@ -13,7 +13,6 @@ The passes return the manifests that changed; the caller publishes them to the c
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,15 +23,15 @@ from typing import Any, TypeVar
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from kernex_core.envelope import Envelope
 from kernex_core.errors import FleetInvalidError, KernexError
 from kernex_core.fleet import DesiredState, Fleet
 from kernex_core.manifest import Manifest
 from kernex_core.protocol import EnrollmentState
 from kernex_server.git_source import FleetSource
-from kernex_server.manifests import ManifestIssuer, ServedManifest
+from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
 from kernex_server.rollouts import RolloutEngine
+from kernex_server.serials import lift_to_floor, read_floor
 from kernex_server.settings import Settings
 
 log = logging.getLogger("kernex.server.reconciler")
@@ -103,6 +102,7 @@ class Reconciler:
         self.clock = clock
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
+        self.serial_floor = 0  # no serial below it is issued (set by a restore)
         self.rollouts = RolloutEngine(self._write, ttl=self.manifest_ttl, online=lambda _d: True)
 
     @property
@@ -308,7 +308,7 @@ class Reconciler:
     ) -> ServedManifest:
         """Sign ``draft`` under the device's next serial and record it as served."""
         device_id, commit = draft.device_id, draft.revision
-        serial = (existing.serial if existing else 0) + 1
+        serial = max((existing.serial if existing else 0) + 1, self.serial_floor)
         manifest = replace(draft, serial=serial)
         envelope = self.issuer.sign(manifest)
         if existing is None:
@@ -382,6 +382,17 @@ class Reconciler:
         """Promote, halt or complete running rollouts (staged rollouts' timer and reports)."""
         return self.locked(self.rollouts.evaluate) or []
 
+    def lift_serials(self) -> list[ServedManifest]:
+        """Read the serial floor and re-sign every manifest below it (after a restore)."""
+        with self._lock:
+            now = self.clock()
+            with self.sessions.begin() as s:
+                self.serial_floor = read_floor(s)
+                if not self.serial_floor or not self._try_lock(s):
+                    return []
+                ttl = self.manifest_ttl()
+                return lift_to_floor(s, self.issuer, self.serial_floor, now=now, ttl=ttl)
+
     def resign_expiring(self) -> list[ServedManifest]:
         """Re-sign manifests close to expiry: same serial and content, new validity."""
         ttl = self.manifest_ttl()
@@ -396,9 +407,7 @@ class Reconciler:
                     select(DeviceManifest).where(DeviceManifest.expires_at < threshold)
                 )
                 for row in rows:
-                    old = Manifest.from_dict(
-                        json.loads(Envelope.from_json(row.envelope.encode()).payload)
-                    )
+                    old = stored_manifest(row.envelope)
                     fresh, envelope = self.issuer.resign(old, now=now, ttl=ttl)
                     row.envelope = envelope.decode("utf-8")
                     row.issued_at = fresh.issued_at

@@ -1,4 +1,4 @@
-"""Staged rollouts: a change reaches a group's devices in waves, watched for failures.
+"""Staged rollouts, the database engine: a change reaches a group's devices in waves.
 
 When a reconcile changes the desired state of devices governed by a rollout policy, the
 ``RolloutEngine`` records a ``Rollout`` and serves the new state only to the devices of its
@@ -6,53 +6,53 @@ admitted waves; the others keep their previous manifest (same serial) until thei
 admitted. ``evaluate`` looks at the admitted devices' reports: too many failures halt the
 rollout (and, with ``auto_rollback``, serve the previous state again under a new serial);
 a healthy wave is promoted after the pause, or by ``kernex rollouts promote``. The
-decisions are pure functions of the members' reports (``tally``, ``waves_of``); the engine
-does the database work, always inside the reconciler's lock (see docs/rollouts.md).
-
-States::
-
-    running --fail--> halted --resume--> running
-    running <--pause/resume--> paused
-    running --last wave healthy--> completed
-    running | paused | halted --abort--> aborted
-    running | paused | halted --a newer commit changes its devices--> superseded
+decisions and the state machine are pure, in ``kernex_core.rollout``; the engine does the
+database work, always inside the reconciler's lock (see docs/rollouts.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from kernex_core.envelope import Envelope
 from kernex_core.errors import KernexError
+from kernex_core.fleet.model import DesiredState
+from kernex_core.fleet.resolve import Fleet
 from kernex_core.manifest import Manifest
-from kernex_server.manifests import ServedManifest
+from kernex_core.rollout import (
+    ABORTED,
+    ACTIVE,
+    COMPLETE,
+    COMPLETED,
+    HALT,
+    HALTED,
+    HOLDING,
+    PAUSED,
+    PROMOTE,
+    RUNNING,
+    STATES,
+    SUPERSEDED,
+    MemberReport,
+    Tally,
+    act_refusal,
+    by_policy,
+    halt_reason,
+    is_last_wave,
+    next_step,
+    progress,
+    tally,
+    waves_of,
+)
+from kernex_server.manifests import ServedManifest, stored_manifest
 from kernex_server.models import DeviceManifest, DeviceStatus, Rollout, RolloutDevice
 
 log = logging.getLogger("kernex.server.rollouts")
-
-RUNNING = "running"
-PAUSED = "paused"
-HALTED = "halted"
-COMPLETED = "completed"
-ABORTED = "aborted"
-SUPERSEDED = "superseded"
-STATES = (RUNNING, PAUSED, HALTED, COMPLETED, ABORTED, SUPERSEDED)
-ACTIVE = (RUNNING, PAUSED)  # the engine watches these
-# These hold their devices: the devices not (or no longer) on the new state stay where they
-# are until a newer commit changes them.
-HOLDING = (RUNNING, PAUSED, HALTED, ABORTED)
-FAILED_PHASES = frozenset({"failed", "rolled_back"})
-FLEET_DEFAULT = ""  # the group key of the fleet's default rollout (kernex.yaml)
+_HOLDS = (Rollout.state.in_(HOLDING), Rollout.superseded_by.is_(None))  # hold devices now
 
 
 class RolloutActError(KernexError):
@@ -65,120 +65,6 @@ class RolloutActError(KernexError):
 
 # Give the manifest's device its next serial with the manifest's content (the reconciler's).
 ManifestWriter = Callable[[Session, Manifest, str, DeviceManifest | None, float], ServedManifest]
-
-
-# -- pure decisions ----------------------------------------------------------------------
-
-
-def wave_score(group: str, device_id: str) -> str:
-    """A device's stable place in a group's rollouts (lowest scores go first)."""
-    return hashlib.sha256(f"{group}\x00{device_id}".encode()).hexdigest()
-
-
-def waves_of(group: str, device_ids: Iterable[str], waves: Sequence[int]) -> dict[str, int]:
-    """Wave index of each device: rank the devices by ``wave_score``; wave ``i`` ends at
-    ``ceil(n * waves[i] / 100)`` devices (the last wave ends at ``n``), so the first wave
-    has at least one device and the same devices are canaries in every release."""
-    ranked = sorted(device_ids, key=lambda d: wave_score(group, d))
-    n = len(ranked)
-    ends = [min(n, math.ceil(n * pct / 100)) for pct in waves[:-1]] + [n]
-    out: dict[str, int] = {}
-    wave = 0
-    for rank, device_id in enumerate(ranked):
-        while rank >= ends[wave]:
-            wave += 1
-        out[device_id] = wave
-    return out
-
-
-def failures_allowed(admitted: int, threshold: int) -> int:
-    """Failures tolerated among ``admitted`` devices: the rollout halts when failures pass
-    ``threshold`` percent, i.e. exceed ``floor(admitted * threshold / 100)``; with one
-    canary and a 10% threshold, its failure halts."""
-    return (admitted * threshold) // 100
-
-
-@dataclass(frozen=True)
-class MemberReport:
-    device_id: str
-    wave: int
-    new_serial: int | None  # None: not admitted yet
-    reported_serial: int | None
-    phase: str | None
-    online: bool
-    rolled_back: bool = False  # the server served it the previous state again
-
-
-@dataclass
-class WaveTally:
-    size: int = 0
-    admitted: bool = False
-    healthy: int = 0
-    failed: int = 0
-    pending: int = 0  # admitted, not yet settled on the new serial, online
-    offline: int = 0  # admitted, not settled, offline
-    rolled_back: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "admitted": self.admitted,
-            "healthy": self.healthy,
-            "failed": self.failed,
-            "pending": self.pending,
-            "offline": self.offline,
-            "rolled_back": self.rolled_back,
-        }
-
-
-@dataclass
-class Tally:
-    waves: list[WaveTally] = field(default_factory=list)
-
-    @property
-    def admitted(self) -> int:
-        return sum(w.size for w in self.waves if w.admitted)
-
-    @property
-    def failed(self) -> int:
-        return sum(w.failed for w in self.waves)
-
-    @property
-    def unsettled(self) -> int:
-        return sum(w.pending for w in self.waves)
-
-
-def tally(members: Iterable[MemberReport], wave_count: int) -> Tally:
-    out = Tally([WaveTally() for _ in range(wave_count)])
-    for m in members:
-        w = out.waves[m.wave]
-        w.size += 1
-        if m.new_serial is None:
-            continue
-        w.admitted = True
-        on_new = m.new_serial is not None and m.reported_serial == m.new_serial
-        if on_new and m.phase in FAILED_PHASES:
-            w.failed += 1
-        elif m.rolled_back:
-            w.rolled_back += 1
-        elif on_new and m.phase == "healthy":
-            w.healthy += 1
-        elif m.online:
-            w.pending += 1
-        else:
-            w.offline += 1
-    return out
-
-
-def wave_ready(t: Tally, wave: int) -> bool:
-    """The admitted waves are settled: every online device reported the new serial healthy
-    (or failed, within the threshold), and the current wave has a healthy device, so
-    offline devices never block forever but a wave never passes without evidence."""
-    current = t.waves[wave]
-    return t.unsettled == 0 and (current.healthy > 0 or current.size == 0)
-
-
-# -- the engine --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -197,29 +83,6 @@ class Event:
     action: str
     rollout_id: int
     detail: dict[str, Any]
-
-
-def _rollout_id(row: Rollout) -> str:
-    return str(row.id)
-
-
-def policy_for(fleet: Any, desired: Any) -> tuple[str, Mapping[str, Any]] | None:
-    """The governing policy of a device: the rollout of its highest-priority matching
-    group that has one, else the fleet's default, else ``None`` (changes apply at once)."""
-    groups: Mapping[str, Any] = getattr(fleet, "groups", {}) or {}
-    for name in reversed(tuple(getattr(desired, "groups", ()))):
-        group = groups.get(name)
-        policy = getattr(group, "rollout", None)
-        if policy is not None:
-            return name, policy.to_dict()
-    default = getattr(getattr(fleet, "settings", None), "rollout", None)
-    if default is not None:
-        return FLEET_DEFAULT, default.to_dict()
-    return None
-
-
-def served_manifest(row: DeviceManifest) -> Manifest:
-    return Manifest.from_dict(json.loads(Envelope.from_json(row.envelope.encode()).payload))
 
 
 class RolloutEngine:
@@ -247,10 +110,10 @@ class RolloutEngine:
         self,
         s: Session,
         *,
-        fleet: Any,
+        fleet: Fleet,
         commit: str,
         previous_commit: str | None,
-        desired: Mapping[str, Any],
+        desired: Mapping[str, DesiredState],
         drafts: Mapping[str, tuple[Manifest, str]],
         digests: Mapping[str, str],
         current: Mapping[str, DeviceManifest],
@@ -271,18 +134,12 @@ class RolloutEngine:
                 self.events.append(Event("rollout.supersede", row.id, {"by": commit}))
             else:
                 held.update(m.device_id for m in members)
-        served: list[ServedManifest] = []
-        staged: dict[str, tuple[Mapping[str, Any], list[str]]] = {}
-        for device_id, (draft, digest) in drafts.items():
-            if device_id in held:
-                continue  # its rollout still decides when (and whether) it moves
-            existing = current.get(device_id)
-            found = policy_for(fleet, desired[device_id]) if existing is not None else None
-            if found is None:
-                served.append(self.write(s, draft, digest, existing, now))
-                continue
-            group, policy = found
-            staged.setdefault(group, (policy, []))[1].append(device_id)
+        # A held device's rollout still decides when (and whether) it moves; a device
+        # without a manifest yet has nothing to stage from.
+        free = [d for d in drafts if d not in held]
+        at_once, staged = by_policy(fleet, desired, [d for d in free if d in current])
+        now_ids = set(at_once).union(d for d in free if d not in current)
+        served = [self.write(s, *drafts[d], current.get(d), now) for d in free if d in now_ids]
         started = []
         for group, (policy, device_ids) in sorted(staged.items()):
             row = Rollout(
@@ -311,7 +168,7 @@ class RolloutEngine:
                         wave=assigned[device_id],
                         target_digest=digest,
                         target=draft.to_dict(),
-                        previous=served_manifest(current[device_id]).to_dict(),
+                        previous=stored_manifest(current[device_id].envelope).to_dict(),
                     )
                 )
             s.flush()
@@ -332,18 +189,12 @@ class RolloutEngine:
             .select_from(RolloutDevice)
             .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
             .where(RolloutDevice.device_id == device_id)
-            .where(Rollout.state.in_(HOLDING))
-            .where(Rollout.superseded_by.is_(None))
+            .where(*_HOLDS)
         )
         return bool(found)
 
     def _holding(self, s: Session) -> list[tuple[Rollout, list[RolloutDevice]]]:
-        rows = s.scalars(
-            select(Rollout)
-            .where(Rollout.state.in_(HOLDING))
-            .where(Rollout.superseded_by.is_(None))
-            .order_by(Rollout.id)
-        ).all()
+        rows = s.scalars(select(Rollout).where(*_HOLDS).order_by(Rollout.id)).all()
         return [(row, self._members(s, row.id)) for row in rows]
 
     @staticmethod
@@ -366,10 +217,14 @@ class RolloutEngine:
         content: Mapping[str, Any],
         now: float,
     ) -> ServedManifest:
-        base = Manifest.from_dict(dict(content))
+        manifest = replace(
+            Manifest.from_dict(dict(content)),
+            serial=0,
+            rollout_id=str(row.id),
+            issued_at=int(now),
+            expires_at=int(now) + self.ttl(),
+        )
         existing = s.get(DeviceManifest, member.device_id)
-        manifest = replace(base, serial=0, rollout_id=_rollout_id(row))
-        manifest = replace(manifest, issued_at=int(now), expires_at=int(now) + self.ttl())
         return self.write(s, manifest, manifest.desired_digest(), existing, now)
 
     def _admit(self, s: Session, row: Rollout, wave: int, now: float) -> list[ServedManifest]:
@@ -417,21 +272,17 @@ class RolloutEngine:
                 )
             ):
                 status[device_id] = (serial, reported_phase)
-        out = []
-        for m in members:
-            reported, phase = status.get(m.device_id, (None, None))
-            out.append(
-                MemberReport(
-                    m.device_id,
-                    m.wave,
-                    m.new_serial,
-                    reported,
-                    phase,
-                    self.online(m.device_id),
-                    rolled_back=m.rollback_serial is not None,
-                )
+        return [
+            MemberReport(
+                m.device_id,
+                m.wave,
+                m.new_serial,
+                *status.get(m.device_id, (None, None)),
+                online=self.online(m.device_id),
+                rolled_back=m.rollback_serial is not None,
             )
-        return out
+            for m in members
+        ]
 
     def tally_of(self, s: Session, row: Rollout) -> Tally:
         return tally(self.reports(s, row), len(row.policy["waves"]))
@@ -449,33 +300,33 @@ class RolloutEngine:
         return out
 
     def _evaluate(self, s: Session, row: Rollout, now: float) -> list[ServedManifest]:
-        policy = row.policy
         t = self.tally_of(s, row)
-        allowed = failures_allowed(t.admitted, int(policy["failure_threshold"]))
-        if t.failed - row.failure_allowance > allowed:
-            return self._halt(s, row, t, allowed, now)
-        if row.state != RUNNING or not wave_ready(t, row.wave):
-            return []
-        last = len(policy["waves"]) - 1
-        if row.wave >= last:
+        step = next_step(
+            t,
+            state=row.state,
+            wave=row.wave,
+            policy=row.policy,
+            failure_allowance=row.failure_allowance,
+            wave_started_at=row.wave_started_at,
+            now=now,
+        )
+        if step == HALT:
+            return self._halt(s, row, t, now)
+        if step == COMPLETE:
             row.state = COMPLETED
             row.reason = None
             row.updated_at = now
             self.events.append(Event("rollout.complete", row.id, {"devices": row.devices}))
-            return []
-        if policy["promotion"] != "auto" or now - row.wave_started_at < float(policy["pause"]):
-            return []
-        self.events.append(Event("rollout.promote", row.id, {"wave": row.wave + 1, "by": "auto"}))
-        return self._admit(s, row, row.wave + 1, now)
+        elif step == PROMOTE:
+            self.events.append(
+                Event("rollout.promote", row.id, {"wave": row.wave + 1, "by": "auto"})
+            )
+            return self._admit(s, row, row.wave + 1, now)
+        return []
 
-    def _halt(
-        self, s: Session, row: Rollout, t: Tally, allowed: int, now: float
-    ) -> list[ServedManifest]:
+    def _halt(self, s: Session, row: Rollout, t: Tally, now: float) -> list[ServedManifest]:
         row.state = HALTED
-        row.reason = (
-            f"{t.failed} of {t.admitted} admitted devices failed "
-            f"(threshold {row.policy['failure_threshold']}%: {allowed} allowed)"
-        )
+        row.reason = halt_reason(t, row.policy)
         row.updated_at = now
         self.halts += 1
         served = self._roll_back(s, row, now) if row.policy.get("auto_rollback") else []
@@ -506,12 +357,12 @@ class RolloutEngine:
         return served
 
     def _pause(self, s: Session, row: Rollout, now: float) -> list[ServedManifest]:
-        _need(row, "pause", (RUNNING,))
+        _need(row, "pause")
         row.state = PAUSED
         return []
 
     def _resume(self, s: Session, row: Rollout, now: float) -> list[ServedManifest]:
-        _need(row, "resume", (PAUSED, HALTED))
+        _need(row, "resume")
         served: list[ServedManifest] = []
         if row.state == HALTED:
             served = self._readmit(s, row, now)
@@ -522,8 +373,8 @@ class RolloutEngine:
         return served
 
     def _promote(self, s: Session, row: Rollout, now: float) -> list[ServedManifest]:
-        _need(row, "promote", (RUNNING, PAUSED))
-        if row.wave >= len(row.policy["waves"]) - 1:
+        _need(row, "promote")
+        if is_last_wave(row.policy, row.wave):
             raise RolloutActError(
                 f"rollout {row.id} has admitted its last wave",
                 hint="It completes when that wave reports healthy.",
@@ -532,7 +383,7 @@ class RolloutEngine:
         return self._admit(s, row, row.wave + 1, now)
 
     def _abort(self, s: Session, row: Rollout, now: float) -> list[ServedManifest]:
-        _need(row, "abort", (RUNNING, PAUSED, HALTED))
+        _need(row, "abort")
         row.state = ABORTED
         row.reason = "aborted by an operator"
         return self._roll_back(s, row, now)
@@ -555,18 +406,9 @@ class RolloutEngine:
             "state": row.state,
             "policy": dict(row.policy),
             "wave": row.wave,
-            "waves": [
-                {"index": i, "percent": pct, **w.to_dict()}
-                for i, (pct, w) in enumerate(zip(row.policy["waves"], t.waves, strict=True))
-            ],
+            **progress(t, state=row.state, wave=row.wave, policy=row.policy),
             "devices": row.devices,
-            "failed": t.failed,
-            "failures_allowed": failures_allowed(t.admitted, int(row.policy["failure_threshold"])),
             "failure_allowance": row.failure_allowance,
-            "awaiting_promotion": row.state == RUNNING
-            and row.policy["promotion"] == "manual"
-            and row.wave < len(row.policy["waves"]) - 1
-            and wave_ready(t, row.wave),
             "reason": row.reason,
             "superseded_by": row.superseded_by,
             "wave_started_at": row.wave_started_at,
@@ -574,19 +416,7 @@ class RolloutEngine:
             "updated_at": row.updated_at,
         }
         if devices:
-            out["device_list"] = [
-                {
-                    "id": r.device_id,
-                    "wave": r.wave,
-                    "admitted": r.new_serial is not None,
-                    "new_serial": r.new_serial,
-                    "reported_serial": r.reported_serial,
-                    "phase": r.phase,
-                    "online": r.online,
-                    "rolled_back": r.rolled_back,
-                }
-                for r in reports
-            ]
+            out["device_list"] = [r.to_dict() for r in reports]
         return out
 
     def list(self, s: Session, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -600,42 +430,17 @@ class RolloutEngine:
         rows = s.execute(
             select(RolloutDevice.device_id, RolloutDevice.rollout_id, RolloutDevice.wave)
             .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
-            .where(Rollout.state.in_(HOLDING))
-            .where(Rollout.superseded_by.is_(None))
+            .where(*_HOLDS)
         ).all()
         return {device_id: (rid, wave) for device_id, rid, wave in rows}
 
 
-_PAST = {"pause": "paused", "resume": "resumed", "promote": "promoted", "abort": "aborted"}
-
-
-def _need(row: Rollout, verb: str, allowed: tuple[str, ...]) -> None:
-    if row.state not in allowed:
-        raise RolloutActError(
-            f"rollout {row.id} is {row.state}; only a {' or '.join(allowed)} rollout can "
-            f"be {_PAST[verb]}",
-            hint="A newer commit to the group starts a new rollout.",
-        )
+def _need(row: Rollout, verb: str) -> None:
+    refusal = act_refusal(row.id, row.state, verb)
+    if refusal is not None:
+        raise RolloutActError(refusal, hint="A newer commit to the group starts a new rollout.")
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-class RolloutMetrics:
-    """``kernex_rollouts{state}`` (refreshed by every evaluation) and a halt counter."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.by_state = Gauge("kernex_rollouts", "Rollouts by state.", ["state"], registry=registry)
-        self.halts = Counter(
-            "kernex_rollout_halts", "Rollouts halted by failures.", registry=registry
-        )
-        for state in STATES:
-            self.by_state.labels(state=state).set(0)
-
-    def observe(self, counts: Mapping[str, int], halts: int) -> None:
-        for state, n in counts.items():
-            self.by_state.labels(state=state).set(n)
-        if halts:
-            self.halts.inc(halts)

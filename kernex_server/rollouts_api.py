@@ -13,14 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from kernex_core.rollout import STATES
 from kernex_core.timefmt import format_time
 from kernex_server.admin_api import PREFIX
 from kernex_server.audited import audited
 from kernex_server.auth import Endpoint, Role, requires
 from kernex_server.context import context_of
-from kernex_server.http import ApiError, json_response
+from kernex_server.http import ApiError, json_response, path_id
 from kernex_server.models import Rollout
-from kernex_server.rollouts import STATES, RolloutActError
+from kernex_server.rollouts import RolloutActError
 
 ACTS = ("pause", "resume", "promote", "abort")
 
@@ -49,7 +50,7 @@ async def list_rollouts(request: Request) -> Response:
 @requires(Role.VIEWER)
 async def show_rollout(request: Request) -> Response:
     kx = context_of(request)
-    rollout_id: int = request.path_params["rollout_id"]
+    rollout_id = path_id(request, "rollout_id", "rollout")
     engine = kx.reconciler.rollouts
 
     def load() -> dict[str, Any] | None:
@@ -66,7 +67,7 @@ async def show_rollout(request: Request) -> Response:
 def _act(verb: str) -> Endpoint:
     async def act(request: Request) -> Response:
         kx = context_of(request)
-        rollout_id: int = request.path_params["rollout_id"]
+        rollout_id = path_id(request, "rollout_id", "rollout")
         try:
             found = await kx.rollout_act(rollout_id, verb)
         except RolloutActError as exc:

@@ -52,8 +52,21 @@ class Settings:
     token_burst: int = 200  # admin requests a token may make at once before the rate applies
     device_rate: float = 5.0  # requests per second per device (0: no limit)
     device_burst: int = 60  # requests a device may make at once before the rate applies
+    enroll_rate: float = 1.0  # POST /v1/enroll per second per client address (0: no limit)
+    enroll_burst: int = 30  # enrollments an address may send at once before the rate applies
+    auth_failure_rate: float = 0.5  # admin 401s per second per client address (0: no limit)
+    auth_failure_burst: int = 20  # admin 401s an address may get before the rate applies
     ready_poll_intervals: float = 3.0  # /readyz fails when Git was not fetched for this many
     min_free_bytes: int = 256 * 1024**2  # /readyz fails below this much free space (bytes)
+    # Retention (docs/operations.md): rows older than this many days are pruned; 0 keeps all.
+    retain_audit_days: float = 365.0  # audit log entries
+    retain_status_days: float = 90.0  # status history (on top of status_history per device)
+    retain_deployments_days: float = 365.0  # deployment history (never a current serial's)
+    retain_rollouts_days: float = 180.0  # completed and superseded rollouts
+    retain_revisions_days: float = 365.0  # revisions (never the deployed one or one served)
+    prune_interval: float = 3600.0  # seconds between pruning passes (0: the server never prunes)
+    prune_batch: int = 1000  # rows deleted per transaction while pruning
+    bundle_gc_grace_days: float = 7.0  # bundle gc spares blobs uploaded more recently
 
     @property
     def manifest_key_path(self) -> Path:

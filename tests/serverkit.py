@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from kernex_core import httpsig, keys
-from kernex_core.manifest import Manifest, ManifestVerifier
+from kernex_core.manifest import Manifest
+from kernex_core.trust import ManifestVerifier
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Kernex Tests",

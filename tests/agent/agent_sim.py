@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from kernex_cli.bundle_build import build_bundle
-from kernex_core import keys
+from kernex_core import keys, serverinfo
 from kernex_core.envelope import Envelope, sign_envelope
 from kernex_core.errors import RequestSignatureError
 from kernex_core.httpsig import NonceCache, verify_request
@@ -183,6 +183,12 @@ class ServerSimulator:
             return self.status_code, {}, b'{"error": "simulated"}'
         if path == "/v1/enroll" and method == "POST":
             return self._enroll(path, headers, body)
+        if path == serverinfo.SERVER_INFO_PATH and method == "GET":
+            challenge = parse_qs(parts.query).get("challenge", [None])[0]
+            info = serverinfo.describe(
+                self.manifest_key, url="sim", version="sim", challenge=challenge
+            )
+            return 200, {"Content-Type": "application/json"}, json.dumps(info).encode()
         try:
             if path.startswith("/v1/devices/"):
                 device = self._authenticate(method, path, headers, body)

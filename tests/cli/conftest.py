@@ -89,7 +89,15 @@ def server_repo(fleet_repo: FleetRepo) -> str:
 
 
 @pytest.fixture
-def kx_server(tmp_path: Path, fleet_repo: FleetRepo, server_repo: str) -> Iterator[RunningServer]:
+def server_settings() -> dict[str, Any]:
+    """More server settings; a test module overrides this fixture to set its own."""
+    return {}
+
+
+@pytest.fixture
+def kx_server(
+    tmp_path: Path, fleet_repo: FleetRepo, server_repo: str, server_settings: dict[str, Any]
+) -> Iterator[RunningServer]:
     settings = Settings.from_mapping(
         {
             "data_dir": tmp_path / "data",
@@ -97,6 +105,7 @@ def kx_server(tmp_path: Path, fleet_repo: FleetRepo, server_repo: str) -> Iterat
             "poll_interval": 3600.0,
             "heartbeat_flush_interval": 0.2,
             "database_url": f"sqlite:///{tmp_path / 'server.db'}",
+            **server_settings,
         }
     )
     application = create_app(settings, manifest_key=keys.generate_ed25519())

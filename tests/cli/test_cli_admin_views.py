@@ -1,7 +1,8 @@
-"""`kernex status`, `tokens` and `audit` against the real server."""
+"""`kernex status`, `tokens`, `audit` and `bundle gc` against the real server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from conftest import Kernex, RunningServer
@@ -63,3 +64,18 @@ def test_audit_lists_what_the_cli_did(kernex: Kernex, kx_server: RunningServer) 
     assert entries
     assert all(e["target"] == "edge-a" for e in entries)
     assert any("accept" in e["action"] for e in entries)
+
+
+def test_bundle_gc_dry_run_then_for_real(kernex: Kernex, kx_server: RunningServer) -> None:
+    data = b"an upload no commit names\n"
+    digest = hashlib.sha256(data).hexdigest()
+    kx_server.admin("PUT", f"/v1/admin/bundles/{digest}", content=data)
+    planned = kernex("bundle", "gc", "--dry-run")
+    assert planned.exit_code == 0, planned.output
+    assert "would remove 0 bundle(s)" in planned.output  # inside the grace period
+    as_json = kernex("bundle", "gc", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["dry_run"] is False
+    viewer = kernex("bundle", "gc", "--dry-run", token=kx_server.token_for("viewer"))
+    assert viewer.exit_code == 1
+    assert "needs admin" in viewer.output

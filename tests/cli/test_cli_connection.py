@@ -58,10 +58,18 @@ def test_unreachable_server(kernex: Kernex) -> None:
         port = s.getsockname()[1]  # bound, never listening: connection refused
         result = kernex.runner.invoke(
             app,
-            ["devices", "list", "--server", f"http://127.0.0.1:{port}", "--token", "kx_x"],
+            [
+                "devices",
+                "list",
+                "--server",
+                f"http://ops:s3cret@127.0.0.1:{port}",
+                "--token",
+                "kx_x",
+            ],
         )
     assert result.exit_code == 1
-    assert "cannot reach the Kernex server" in result.output
+    assert f"cannot reach the Kernex server at http://***@127.0.0.1:{port}" in result.output
+    assert "s3cret" not in result.output
     assert "Traceback" not in result.output
 
 

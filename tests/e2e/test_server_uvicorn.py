@@ -18,7 +18,7 @@ import pytest
 from serverkit import FleetRepo, SimDevice, kernex_yaml
 
 from kernex_core import keys
-from kernex_core.manifest import ManifestVerifier
+from kernex_core.trust import ManifestVerifier
 
 pytestmark = pytest.mark.e2e
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]

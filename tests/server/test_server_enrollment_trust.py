@@ -14,7 +14,7 @@ from serverkit import SimDevice, verify_manifest
 
 from kernex_core import keys
 from kernex_server.database import alembic_config, make_engine, migrate
-from kernex_server.models import Device
+from kernex_server.models import AuditEntry, Device
 
 
 def _audit(server: Any, action: str) -> list[dict[str, Any]]:
@@ -187,3 +187,51 @@ def test_every_reenrollment_that_changes_something_is_audited(server: Any) -> No
     assert _device(server, "dev-1")["labels"] == {"ring": "beta"}
     changed = _audit(server, "device.enroll")[0]
     assert changed["detail"]["labels"] == {"from": {"ring": "stable"}, "to": {"ring": "beta"}}
+
+
+# -- strangers cannot flood the database (issue 11.8) -------------------------------------
+
+
+def _rows(server: Any, model: Any) -> int:
+    with server.kx.store.sessions() as s:
+        return int(s.scalar(sa.select(sa.func.count()).select_from(model)))
+
+
+def test_enrollment_is_limited_per_address_before_anything_is_written(start_server: Any) -> None:
+    server = start_server(enroll_rate=0.01, enroll_burst=3)
+    devices = [SimDevice(f"dev-{n}") for n in range(3)]
+    for device in devices:
+        assert device.enroll(server.client).status_code == 201
+    audit_rows = _rows(server, AuditEntry)
+    refused = SimDevice("dev-flood").enroll(server.client)
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "enroll_rate" in refused.json()["hint"]
+    assert server.kx.store.get_device("dev-flood") is None
+    assert _rows(server, Device) == 3
+    assert _rows(server, AuditEntry) == audit_rows  # nothing written for the refused one
+    assert 'reason="rate_limited"' in server.client.get("/metrics").text
+    # an admitted device's own requests are not enrollments: it keeps working
+    assert server.admin_post("/v1/admin/devices/dev-0/accept")["state"] == "accepted"
+    assert devices[0].manifest(server.client).status_code == 200
+
+
+def test_unauthenticated_admin_requests_are_limited_per_address(start_server: Any) -> None:
+    server = start_server(auth_failure_rate=0.01, auth_failure_burst=2)
+    bad = {"Authorization": "Bearer kx_not-a-token"}
+    assert server.client.get("/v1/admin/devices", headers=bad).status_code == 401
+    assert server.client.get("/v1/admin/devices").status_code == 401  # no token at all
+    audit_rows = _rows(server, AuditEntry)
+    refused = server.client.get("/v1/admin/devices", headers=bad)
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "auth_failure_rate" in refused.json()["hint"]
+    assert _rows(server, AuditEntry) == audit_rows
+    # a valid token from the same address still gets in: only failures are limited
+    assert server.client.get("/v1/admin/devices", headers=server.auth).status_code == 200
+
+
+def test_rate_limits_are_settings_and_zero_turns_them_off(start_server: Any) -> None:
+    server = start_server(enroll_rate=0.0, enroll_burst=1)
+    for n in range(5):
+        assert SimDevice(f"dev-{n}").enroll(server.client).status_code == 201

@@ -1,8 +1,6 @@
-"""Keys, DSSE envelopes, release signatures and release-key rotation."""
+"""Keys, DSSE envelopes and release signatures (release-key rotation: test_core_trust.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -11,9 +9,6 @@ from kernex_core import keys
 from kernex_core.envelope import Envelope, pae, sign_envelope, verify_envelope
 from kernex_core.errors import EnvelopeError, KeyFormatError, ReleaseSignatureError
 from kernex_core.release import (
-    RELEASE_KEYS_PAYLOAD_TYPE,
-    ReleaseKeySet,
-    accept_release_key_set,
     sign_release,
     verify_release,
 )
@@ -118,26 +113,3 @@ def test_release_signature_binds_name_version_digest_and_size() -> None:
         args = {"name": "app", "version": "1.0.0", "sha256": SHA, "size": 10} | changed
         with pytest.raises(ReleaseSignatureError):
             verify_release([sig], trusted, **args)  # type: ignore[arg-type]
-
-
-def _key_set_envelope(new: ReleaseKeySet, signer: keys.PrivateKey) -> Envelope:
-    payload = json.dumps(new.to_dict()).encode()
-    return sign_envelope(
-        RELEASE_KEYS_PAYLOAD_TYPE, payload, {keys.fingerprint(signer.public_key()): signer}
-    )
-
-
-def test_release_key_rotation_needs_a_pinned_signature_and_a_newer_version() -> None:
-    old, new, rogue = keys.generate_ed25519(), keys.generate_ed25519(), keys.generate_ed25519()
-    current = ReleaseKeySet(1, {keys.fingerprint(old.public_key()): old.public_key()})
-    proposed = ReleaseKeySet(2, {keys.fingerprint(new.public_key()): new.public_key()})
-
-    accepted = accept_release_key_set(_key_set_envelope(proposed, old), current)
-    assert set(accepted.keys) == {keys.fingerprint(new.public_key())}
-    assert accepted.version == 2
-
-    with pytest.raises(EnvelopeError):  # the server's word alone is not enough
-        accept_release_key_set(_key_set_envelope(proposed, rogue), current)
-    stale = ReleaseKeySet(1, proposed.keys)
-    with pytest.raises(EnvelopeError, match="not newer"):
-        accept_release_key_set(_key_set_envelope(stale, old), current)
