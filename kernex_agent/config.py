@@ -95,6 +95,9 @@ class Layout:
 
 
 def load_config(data_dir: Path) -> AgentConfig:
+    # Absolute: hooks run with their slot as working directory, so a relative
+    # `--data-dir ../device` would name nothing there.
+    data_dir = Path(data_dir).absolute()
     layout = Layout(data_dir)
     try:
         data = json.loads(layout.config.read_text())

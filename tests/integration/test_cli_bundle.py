@@ -123,7 +123,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert [ln for ln in before.splitlines() if "#" in ln] == [
         ln for ln in after.splitlines() if "#" in ln
     ]
-    assert "7ab0d38d8843f103f4a4d76dcef3a66e4840b6328099848095c846e41befa9f2" in after
+    assert "ebf105d4e81c494b153339fcb9ec089af1fab5add989162db036ccf3b936d3d4" in after
     # the server has exactly these bytes
     stored = httpx.get(
         f"{server.base_url}/v1/admin/bundles",

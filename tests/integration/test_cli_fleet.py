@@ -81,7 +81,7 @@ BREAKAGES = [
      "version '9.9.9' of bundle 'hello' is not in the catalog"),
     ("groups/lab.yaml", "site=lab, !retired", "site=lab, !", "groups/lab.yaml:2:22",
      "selector syntax error"),
-    ("bundles/hello.yaml", "sha256: 7ab0d38d", "sha256: XYZ", "bundles/hello.yaml:7:13",
+    ("bundles/hello.yaml", "sha256: ebf105d4", "sha256: XYZ", "bundles/hello.yaml:7:13",
      "sha256 must be 64 lowercase hex digits"),
     ("kernex.yaml", "offline_after: 5m", "offline_after: soon", "kernex.yaml:8:18",
      "expected a duration"),
