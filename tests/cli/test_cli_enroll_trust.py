@@ -4,6 +4,7 @@ agent checks the server before it enrolls, and waits out the enrollment rate lim
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,9 @@ def test_server_info_prints_url_version_and_the_proven_manifest_key(
 
 
 def test_server_info_errors_are_one_line_with_a_hint(cli_env: Path, tmp_path: Path) -> None:
-    from conftest import free_socket
-
-    sock = free_socket()  # bound, never listening: connection refused
+    # Not `from conftest import ...`: in a whole-suite run that name is another dir's conftest.
+    sock = socket.socket()  # bound, never listening: connection refused
+    sock.bind(("127.0.0.1", 0))
     try:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         down = runner.invoke(app, ["server", "info", "--server", url, "--timeout", "5"])
