@@ -109,15 +109,15 @@ class Reconciler:
     def fleet(self) -> Fleet | None:
         return self._loaded.fleet if self._loaded else None
 
+    # The fleet's ``policies.*`` override server.toml only when kernex.yaml sets them.
     def manifest_ttl(self, fleet: Fleet | None = None) -> int:
         fleet = fleet or self.fleet
-        ttl = getattr(fleet.settings, "manifest_ttl", None) if fleet else None
-        return int(ttl) if ttl else self.settings.manifest_ttl
+        ttl = fleet.settings.manifest_ttl if fleet else None
+        return ttl if ttl is not None else self.settings.manifest_ttl
 
     def offline_after(self) -> int:
-        fleet = self.fleet
-        value = getattr(fleet.settings, "offline_after", None) if fleet else None
-        return int(value) if value else self.settings.offline_after
+        value = self.fleet.settings.offline_after if self.fleet else None
+        return value if value is not None else self.settings.offline_after
 
     # -- one pass ----------------------------------------------------------------------
 
