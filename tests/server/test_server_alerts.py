@@ -114,12 +114,16 @@ def test_a_refused_commit_alerts_each_receiver_once_signed(
         assert got.signed
         assert got.headers["kernex-event"] == "commit.refused"
         doc = got.json()
-        assert doc["id"] == got.key and got.key.startswith("commit.refused:")
+        assert doc["id"] == got.key
+        assert got.key.startswith("commit.refused:")
         assert doc["kind"] == "commit.refused"
-        assert commit[:12] in doc["summary"] and "invalid" in doc["summary"]
-        assert doc["detail"]["commit"] == commit and doc["detail"]["error_count"] >= 1
+        assert commit[:12] in doc["summary"]
+        assert "invalid" in doc["summary"]
+        assert doc["detail"]["commit"] == commit
+        assert doc["detail"]["error_count"] >= 1
         [chat] = slack.deliveries
-        assert chat.signed and chat.key == got.key
+        assert chat.signed
+        assert chat.key == got.key
         assert commit[:12] in chat.json()["text"]
         assert app.metric('kernex_alert_outbox{state="delivered"} 2.0')
         assert app.metric('kernex_alert_deliveries_total{result="delivered"} 2.0')
@@ -154,7 +158,8 @@ def test_device_failures_are_grouped_per_window_and_a_repeat_is_not_news(
     app.alert_pass()
 
     [got] = sink.deliveries
-    assert got.signed and got.headers["kernex-event"] == "devices.failed"
+    assert got.signed
+    assert got.headers["kernex-event"] == "devices.failed"
     detail = got.json()["detail"]
     assert detail["count"] == 3
     assert [(d["device"], d["phase"]) for d in detail["devices"]] == [
@@ -206,7 +211,8 @@ def test_an_unreachable_receiver_gets_the_alert_after_backoff_and_a_restart(
     again.alert_pass()
     again.alert_pass()
     [got] = sink.deliveries
-    assert got.signed and got.key == row.key
+    assert got.signed
+    assert got.key == row.key
     [row] = again.outbox()
     assert (row.state, row.attempts) == ("delivered", 3)
     assert again.metric('kernex_alert_outbox{state="delivered"} 1.0')
@@ -246,11 +252,13 @@ def test_alerts_test_sends_a_sample_and_reports_each_receiver(
     app = start_app(alerts=[sink.receiver(), down.receiver("pager")])
     answer = app.post("/v1/admin/alerts/test", json={})
     outcomes = {d["receiver"]: d for d in answer["deliveries"]}
-    assert outcomes["ops"]["state"] == "delivered" and outcomes["ops"]["status"] == 200
+    assert outcomes["ops"]["state"] == "delivered"
+    assert outcomes["ops"]["status"] == 200
     assert outcomes["pager"]["state"] == "failed"
     assert "ConnectError" in outcomes["pager"]["error"]
     [got] = sink.deliveries
-    assert got.signed and got.headers["kernex-event"] == "test"
+    assert got.signed
+    assert got.headers["kernex-event"] == "test"
     assert "test alert sent by ops-" in got.json()["summary"]
 
     only = app.post("/v1/admin/alerts/test", json={"receiver": "ops"})["deliveries"]
@@ -258,7 +266,8 @@ def test_alerts_test_sends_a_sample_and_reports_each_receiver(
     missing = app.client.post(
         "/v1/admin/alerts/test", headers=app.auth, content=json.dumps({"receiver": "nope"})
     )
-    assert missing.status_code == 404 and "ops" in missing.json()["hint"]
+    assert missing.status_code == 404
+    assert "ops" in missing.json()["hint"]
     shown = app.client.get("/v1/admin/alerts", headers=app.auth).json()
     assert [r["name"] for r in shown["receivers"]] == ["ops", "pager"]
     assert shown["receivers"][0]["url"] == f"http://127.0.0.1:{sink.port}"  # never the path
