@@ -44,6 +44,7 @@ from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
 from kernex_server.context import ServerContext
+from kernex_server.cors import AdminCORSMiddleware, check_origins
 from kernex_server.database import is_postgres, make_engine, migrate, session_factory
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
@@ -177,6 +178,11 @@ def create_app(
         await kx.flush_heartbeats()
         engine.dispose()
 
+    middleware = [Middleware(ObservabilityMiddleware, metrics=metrics)]
+    if settings.cors_origins:  # off by default; the admin API only
+        middleware.append(
+            Middleware(AdminCORSMiddleware, origins=check_origins(settings.cors_origins))
+        )
     app = Starlette(
         routes=[
             *ops.routes,
@@ -189,7 +195,7 @@ def create_app(
             *rollouts_api.routes,
             *webhooks.routes,
         ],
-        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],
+        middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
             AuthError: _auth_error,

@@ -67,6 +67,8 @@ class Settings:
     prune_interval: float = 3600.0  # seconds between pruning passes (0: the server never prunes)
     prune_batch: int = 1000  # rows deleted per transaction while pruning
     bundle_gc_grace_days: float = 7.0  # bundle gc spares blobs uploaded more recently
+    # Browser origins allowed to call the admin API (/v1/admin/*) cross-origin; empty: none.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def manifest_key_path(self) -> Path:
@@ -147,6 +149,13 @@ def data_dir_from(option: str | None, env: Mapping[str, str] | None = None) -> P
 def _convert(name: str, raw: Any, default: Any) -> Any:
     if name == "data_dir":
         return Path(raw)
+    if isinstance(default, tuple):
+        if not isinstance(raw, list | tuple) or not all(isinstance(v, str) for v in raw):
+            raise ServerSetupError(
+                f"setting {name!r} must be a list of strings",
+                hint=f'For example: {name} = ["https://ops.example.com"].',
+            )
+        return tuple(raw)
     expected = type(default)
     if expected is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
@@ -172,7 +181,9 @@ def render_settings_file(repo: str, branch: str, webhook_secret: str = "") -> st
             continue
         value = f.default
         text = (
-            _toml_str(value)
+            "[" + ", ".join(_toml_str(v) for v in value) + "]"
+            if isinstance(value, tuple)
+            else _toml_str(value)
             if isinstance(value, str)
             else str(value).lower()
             if isinstance(value, bool)
