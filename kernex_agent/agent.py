@@ -114,9 +114,10 @@ class Agent(Installer):
         """One cycle: recover (first time), flush reports, long-poll, verify, converge."""
         try:
             return await self._cycle()
-        except (KernexError, OSError) as exc:
+        except Exception as exc:  # report it and back off, never crash-loop
             error = describe(exc)
-            log.warning("cycle failed: %s", error)
+            expected = isinstance(exc, (KernexError, OSError))
+            log.warning("cycle failed: %s", error, exc_info=None if expected else exc)
             self._note_error(error)
             return CycleResult(False, error=error)
 
