@@ -46,8 +46,8 @@ from kernex_server.alerts import Alerter, alert_loop
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
-<<<<<<< HEAD
 from kernex_server.context import ServerContext, context_of
+from kernex_server.cors import AdminCORSMiddleware, check_origins
 from kernex_server.database import (
     check_connection,
     is_postgres,
@@ -55,11 +55,6 @@ from kernex_server.database import (
     migrate,
     session_factory,
 )
-=======
-from kernex_server.context import ServerContext
-from kernex_server.cors import AdminCORSMiddleware, check_origins
-from kernex_server.database import is_postgres, make_engine, migrate, session_factory
->>>>>>> main
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
 from kernex_server.git_source import FleetSource, GitFleetSource
@@ -201,7 +196,7 @@ def create_app(
                     tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
                 if settings.alerts:
-                    tg.start_soon(alert_loop, alerter, settings.alert_interval)
+                    tg.start_soon(alert_loop, alerter, settings.alert_interval, kx.database)
             try:
                 yield
             finally:

@@ -80,11 +80,8 @@ class ServerContext:
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
     bundle_gc: BundleCollector | None = None  # set by create_app
-<<<<<<< HEAD
-    database: DatabaseHealth = field(default_factory=DatabaseHealth)  # outages, logged once
-=======
     alerter: Alerter | None = None  # set by create_app
->>>>>>> main
+    database: DatabaseHealth = field(default_factory=DatabaseHealth)  # outages, logged once
 
     # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
 
