@@ -99,6 +99,7 @@ class Alerter:
         self.started = clock()
         self._failing_since: float | None = None  # the reconcile failure run alerted on
         self._pruned_at = 0.0
+        self.passes = 0  # completed passes of the loop (tests wait on it)
 
     # -- finding -------------------------------------------------------------------------
 
@@ -316,6 +317,7 @@ class Alerter:
         await anyio.to_thread.run_sync(self.find)
         await self.deliver_due()
         await self.observe()
+        self.passes += 1
 
     # -- `kernex alerts test` --------------------------------------------------------------
 
