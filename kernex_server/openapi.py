@@ -484,8 +484,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         {
             201: ("stored", ref("StoredBundle"), JSON),
             200: ("already stored", ref("StoredBundle"), JSON),
+            409: ("the deployed fleet pins name@version to other bytes", ref("Error"), JSON),
         },
-        [],
+        [
+            _q("name", STR, "the catalog entry the bytes are for (with version)"),
+            _q("version", STR, "the catalog entry's version (with name)"),
+            _q("force", STR, "1: rebind a version the deployed fleet pins to other bytes"),
+        ],
     ),
     ("POST", "/v1/admin/bundles/gc"): (
         "Remove stored bundles nothing retained names, past the grace period "
