@@ -298,6 +298,49 @@ class RolloutList(TypedDict):
     rollouts: list[Rollout]
 
 
+class AlertReceiver(TypedDict):
+    name: str
+    format: str
+    url: Annotated[str, "scheme://host[:port] only: a Slack URL's path is its secret"]
+    events: list[str]
+
+
+class AlertRow(TypedDict):
+    id: int
+    receiver: str
+    key: str
+    kind: str
+    summary: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    created_at: Time
+    next_attempt_at: Time
+    delivered_at: Time
+    last_error: str | None
+
+
+class AlertOverview(TypedDict):
+    receivers: list[AlertReceiver]
+    outbox: Annotated[dict[str, int], "rows per state"]
+    recent: list[AlertRow]
+
+
+class AlertTest(TypedDict, total=False):
+    receiver: Annotated[str, "one receiver; all when left out"]
+
+
+class AlertDelivery(TypedDict):
+    receiver: str
+    key: str
+    state: Literal["pending", "delivered", "failed"]
+    status: Annotated[int | None, "the receiver's HTTP status"]
+    error: str | None
+
+
+class AlertTestResult(TypedDict):
+    deliveries: list[AlertDelivery]
+
+
 class WebhookResult(TypedDict):
     reconcile: bool
     event: str
