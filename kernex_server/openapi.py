@@ -35,7 +35,8 @@ ERROR_TEXT = {
     422: "the body is well-formed but not a valid report",
     429: "rate limited (Retry-After)",
     500: "the server failed; the error says why",
-    503: "not set up on this server",
+    503: "unavailable: the database cannot be reached (Retry-After), or the feature is not "
+    "set up on this server",
 }
 
 SECURITY_SCHEMES = {
@@ -67,7 +68,7 @@ def _kind_errors(kind: str, op: Operation) -> set[int]:
     """The error answers an operation has for its authentication kind and its body."""
     found = set(op.errors)
     if kind != "public":
-        found.add(401)
+        found |= {401, 503}  # 503: the database is down (kernex_server.outage)
     if kind.startswith("role:") or kind == "device":
         found |= {403, 429}
     if op.body is not None:
