@@ -34,7 +34,7 @@ from kernex_core.release import ReleaseKeySet
 from kernex_core.trust import TrustAnchors
 
 MAX_INFO_BYTES = 64 * 1024  # bytes read of a server-info answer
-RATE_LIMIT_PATIENCE = 300.0  # seconds an enrollment waits out 429s without max_wait
+RATE_LIMIT_PATIENCE = 300.0  # seconds an enrollment waits out 429s and 503s without max_wait
 
 
 @dataclass(frozen=True)
@@ -156,16 +156,18 @@ async def enroll(
     while True:
         answer = await client.enroll(request)
         response = answer.response
-        if answer.status == 429:  # the server limits enrollments per address: wait, retry
+        if answer.status in (429, 503):  # rate limited, or the server's database is down
             wait = max(1.0, answer.retry_after or poll_interval)
             if clock() - started + wait > limit:
-                raise EnrollmentError(
-                    f"the server is limiting enrollments from this address: {answer.error}",
-                    hint=f"Try again in {wait:.0f} s, or ask the server admin to raise "
-                    "enroll_rate/enroll_burst.",
-                )
+                raise _unavailable(answer.status, answer.error, wait)
             await sleep(wait)
             continue
+        if response is None and answer.status >= 500:
+            raise EnrollmentError(
+                f"the server failed ({answer.status}): {answer.error}",
+                hint="The enrollment token was not the problem; the server's log says what "
+                "failed. Try again later.",
+            )
         if response is None:
             raise EnrollmentError(
                 f"enrollment refused ({answer.status}): {answer.error}",
@@ -210,4 +212,19 @@ async def enroll(
         fingerprint_checked=expected_fingerprint is not None,
         device_key_id=keys.fingerprint(key.public_key()),
         trust_mode=anchors.trust_mode,
+    )
+
+
+def _unavailable(status: int, error: str, wait: float) -> EnrollmentError:
+    """The server asked us to come back later (429, 503) for longer than we wait."""
+    if status == 429:
+        return EnrollmentError(
+            f"the server is limiting enrollments from this address: {error}",
+            hint=f"Try again in {wait:.0f} s, or ask the server admin to raise "
+            "enroll_rate/enroll_burst.",
+        )
+    return EnrollmentError(
+        f"the server is unavailable (503): {error}",
+        hint=f"The enrollment token was not checked: the server cannot serve right now "
+        f"(e.g. its database is down). Try again in {wait:.0f} s or later.",
     )
