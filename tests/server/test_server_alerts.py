@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from kernex_core import keys
 from kernex_server.app import create_app
-from kernex_server.models import AlertOutbox
+from kernex_server.models import AlertOutbox, Rollout
 
 
 class Clock:
@@ -281,3 +281,28 @@ def test_without_receivers_the_test_says_how_to_add_one(start_app: Any) -> None:
     answer = app.client.post("/v1/admin/alerts/test", headers=app.auth)
     assert answer.status_code == 409
     assert "[[alerts]]" in answer.json()["hint"]
+
+
+def test_halts_from_before_the_first_pass_are_history(start_app: Any, sink: AlertSink) -> None:
+    sink.start()
+    app = start_app(alerts=[sink.receiver()])
+
+    def halted_rollout(at: float) -> int:
+        with app.kx.store.sessions.begin() as s:
+            row = Rollout(
+                group="stable", revision="c" * 40, policy={"waves": ["100%"]}, state="halted",
+                wave_started_at=at, created_at=at, updated_at=at, reason="2 of 2 failed",
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    halted_rollout(time.time() - 86400)  # halted yesterday, before alerts were set up
+    app.alert_pass()
+    assert sink.deliveries == []
+    new = halted_rollout(time.time())
+    app.alert_pass()
+    app.alert_pass()
+    [got] = sink.deliveries
+    assert got.key.startswith(f"rollout.halted:{new}:")
+    assert got.json()["summary"] == f"rollout {new} of group stable halted: 2 of 2 failed"
