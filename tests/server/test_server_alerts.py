@@ -306,3 +306,33 @@ def test_halts_from_before_the_first_pass_are_history(start_app: Any, sink: Aler
     [got] = sink.deliveries
     assert got.key.startswith(f"rollout.halted:{new}:")
     assert got.json()["summary"] == f"rollout {new} of group stable halted: 2 of 2 failed"
+
+
+def test_a_failing_reconcile_alerts_once_per_run_of_failures(
+    start_app: Any, fleet_repo: Any, sink: AlertSink
+) -> None:
+    sink.start()
+    app = start_app(alerts=[sink.receiver()])
+    app.alert_pass()
+    git_dir, away = fleet_repo.path / ".git", fleet_repo.path / "git-away"
+
+    def reconcile_pass() -> None:
+        app.client.portal.call(app.kx.reconcile_once)  # type: ignore[union-attr]
+
+    git_dir.rename(away)  # the repository is gone: every pass fails
+    for _ in range(2):
+        reconcile_pass()
+        app.alert_pass()
+    assert app.kx.last_reconcile_error
+    [got] = sink.deliveries
+    assert got.headers["kernex-event"] == "reconcile.failed"
+    assert got.json()["summary"].startswith("the server cannot reconcile the fleet repository: ")
+    away.rename(git_dir)  # back: the run of failures ends
+    reconcile_pass()
+    app.alert_pass()
+    assert app.kx.last_reconcile_error is None
+    git_dir.rename(away)  # a new run of failures: a new alert
+    reconcile_pass()
+    app.alert_pass()
+    assert [d.headers["kernex-event"] for d in sink.deliveries] == ["reconcile.failed"] * 2
+    assert len(set(sink.keys())) == 2
