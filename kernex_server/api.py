@@ -61,6 +61,7 @@ class Operation:
     body_media: str = JSON
     query: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()
+    body_required: bool = True
 
 
 def operation(
@@ -74,12 +75,22 @@ def operation(
     answers: Mapping[int, Answer] | None = None,
     body: Any = None,
     body_media: str = JSON,
+    body_required: bool = True,
     query: tuple[Param, ...] | list[Param] = (),
     errors: tuple[int, ...] = (),
 ) -> Callable[[Endpoint], Endpoint]:
     """Declare the operation ``endpoint`` serves (see the module text)."""
     declared = {status: Answer(ok_text, ok, media), **(answers or {})}
-    op = Operation(method.upper(), summary, declared, body, body_media, tuple(query), tuple(errors))
+    op = Operation(
+        method.upper(),
+        summary,
+        declared,
+        body,
+        body_media,
+        tuple(query),
+        tuple(errors),
+        body_required,
+    )
 
     def mark(endpoint: Endpoint) -> Endpoint:
         endpoint.operation = op  # type: ignore[attr-defined]

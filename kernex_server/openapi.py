@@ -122,7 +122,7 @@ def _operation(
     }
     if op.body is not None:
         out["requestBody"] = {
-            "required": True,
+            "required": op.body_required,
             "content": _content(components, op.body, op.body_media),
         }
     if method not in {"POST", "PUT", "PATCH"} and op.body is not None:
