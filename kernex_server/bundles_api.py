@@ -11,10 +11,11 @@ from __future__ import annotations
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core.formats import SHA256_RE
 from kernex_core.timefmt import format_time
+from kernex_server import wire
+from kernex_server.api import BYTES, Answer, Param, operation, route
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
@@ -75,18 +76,49 @@ async def _upload(request: Request, expected: str | None) -> Response:
     )
 
 
+REBIND_QUERY = [
+    Param("name", str, "the catalog entry the bytes are for (with version)"),
+    Param("version", str, "the catalog entry's version (with name)"),
+    Param("force", bool, "rebind a version the deployed fleet pins to other bytes"),
+]
+
+
+@operation(
+    "PUT",
+    "Upload bundle bytes that must hash to {sha256}",
+    ok=wire.StoredBundle,
+    status=201,
+    ok_text="stored",
+    answers={200: Answer("already stored", wire.StoredBundle)},
+    body=bytes,
+    body_media=BYTES,
+    query=REBIND_QUERY,
+    errors=(400, 409, 413),
+)
 @requires(Role.OPERATOR)
 @audited("bundle.upload")
 async def put_bundle(request: Request) -> Response:
     return await _upload(request, request.path_params["sha256"])
 
 
+@operation(
+    "POST",
+    "Upload bundle bytes",
+    ok=wire.StoredBundle,
+    status=201,
+    ok_text="stored",
+    answers={200: Answer("already stored", wire.StoredBundle)},
+    body=bytes,
+    body_media=BYTES,
+    errors=(400, 413),
+)
 @requires(Role.OPERATOR)
 @audited("bundle.upload")
 async def post_bundle(request: Request) -> Response:
     return await _upload(request, None)
 
 
+@operation("GET", "Stored bundles, newest first", ok=wire.BundleList)
 @requires(Role.VIEWER)
 async def list_bundles(request: Request) -> Response:
     kx = context_of(request)
@@ -95,7 +127,6 @@ async def list_bundles(request: Request) -> Response:
 
 
 routes = [
-    Route(PREFIX, list_bundles, methods=["GET"]),
-    Route(PREFIX, post_bundle, methods=["POST"]),
-    Route(f"{PREFIX}/{{sha256}}", put_bundle, methods=["PUT"]),
+    route(PREFIX, list_bundles, post_bundle),
+    route(f"{PREFIX}/{{sha256}}", put_bundle),
 ]
