@@ -39,6 +39,7 @@ from kernex_server import (
     openapi,
     ops,
     rollouts_api,
+    users_api,
     webhooks,
 )
 from kernex_server.alerts import Alerter, alert_loop
@@ -221,6 +222,7 @@ def create_app(
             *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
+            *users_api.routes,
             *webhooks.routes,
         ],
         middleware=middleware,
