@@ -42,6 +42,9 @@ log = logging.getLogger("kernex.server.reconciler")
 ADVISORY_LOCK_SQL = (
     "SELECT pg_try_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
 )
+WAIT_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
+)
 
 T = TypeVar("T")
 
@@ -139,8 +142,9 @@ class Reconciler:
                     .order_by(Revision.id.desc())
                     .limit(1)
                 )
-                if self._loaded is None and good is not None:
-                    self._load_known_good(good.commit)
+                loaded = self._loaded
+                if good is not None and (loaded is None or loaded.commit != good.commit):
+                    self._load_known_good(good.commit)  # first pass, or another server deployed
                 if last is not None and last.commit == head and not force:
                     return ReconcileResult(head, "unchanged")
                 return self._pass(s, source, load_fleet, head, good, now)
@@ -198,6 +202,32 @@ class Reconciler:
             return True
         got = s.scalar(text(ADVISORY_LOCK_SQL))
         return bool(got)
+
+    def _deployed(self, s: Session) -> str | None:
+        return s.scalar(
+            select(Revision.commit)
+            .where(Revision.state == DEPLOYED)
+            .order_by(Revision.id.desc())
+            .limit(1)
+        )
+
+    def follow_deployed(self) -> None:
+        """Load the fleet of the revision the database says is deployed, when another
+        server sharing the database deployed it (enrollments resolve against it)."""
+        with self._lock:
+            with self.sessions() as s:
+                commit = self._deployed(s)
+            self._follow(commit)
+
+    def _follow(self, commit: str | None) -> None:
+        if commit is None or (self._loaded is not None and self._loaded.commit == commit):
+            return
+        if self.source is not None:
+            try:
+                self.source.sync()  # the commit may be newer than this process's clone
+            except KernexError as exc:
+                log.warning("cannot fetch deployed revision %s: %s", commit, exc.message)
+        self._load_known_good(commit)
 
     def _load_known_good(self, commit: str) -> None:
         if self.source is None or self.load_fleet is None:
@@ -337,11 +367,14 @@ class Reconciler:
     def issue_for(self, device_id: str) -> ServedManifest | None:
         """Resolve one (just accepted or enrolled) device against the deployed revision."""
         with self._lock:
-            loaded = self._loaded
-            if loaded is None:
-                return None
             now = self.clock()
             with self.sessions.begin() as s:
+                if self.postgres:  # wait out a reconcile another server has under way
+                    s.execute(text(WAIT_LOCK_SQL))
+                    self._follow(self._deployed(s))
+                loaded = self._loaded
+                if loaded is None or (self.postgres and loaded.commit != self._deployed(s)):
+                    return None  # never issue from an older revision than the deployed one
                 device = s.get(Device, device_id)
                 if device is None or device.state != EnrollmentState.ACCEPTED.value:
                     return None
