@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "tokens_cmds",
     "audit_cmds",
     "rollouts_cmds",
+    "alerts_cmds",
 )
 
 app = typer.Typer(

@@ -31,6 +31,7 @@ from kernex_core.errors import KernexError
 from kernex_git import GitEnv
 from kernex_server import (
     admin_api,
+    alerts_api,
     bundle_gc,
     device_api,
     info_api,
@@ -40,18 +41,20 @@ from kernex_server import (
     rollouts_api,
     webhooks,
 )
+from kernex_server.alerts import Alerter, alert_loop
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
 from kernex_server.changes import ChangeListener, ChangeRecorder, new_origin
 from kernex_server.context import ServerContext
+from kernex_server.cors import AdminCORSMiddleware, check_origins
 from kernex_server.database import is_postgres, make_engine, migrate, session_factory
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
 from kernex_server.manifests import ManifestCache, ManifestIssuer
-from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
+from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
@@ -161,6 +164,14 @@ def create_app(
             kx.apply_change,
             check_interval=settings.change_check_interval,
         )
+    kx.alerter = alerter = Alerter(
+        settings,
+        sessions,
+        AlertMetrics(metrics.registry),
+        clock=clock,
+        offline=lambda: _offline_count(kx),
+        reconcile_error=lambda: kx.last_reconcile_error,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -186,6 +197,8 @@ def create_app(
                     pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
                     tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
+                if settings.alerts:
+                    tg.start_soon(alert_loop, alerter, settings.alert_interval)
             try:
                 yield
             finally:
@@ -194,6 +207,11 @@ def create_app(
         await kx.flush_heartbeats()
         engine.dispose()
 
+    middleware = [Middleware(ObservabilityMiddleware, metrics=metrics)]
+    if settings.cors_origins:  # off by default; the admin API only
+        middleware.append(
+            Middleware(AdminCORSMiddleware, origins=check_origins(settings.cors_origins))
+        )
     app = Starlette(
         routes=[
             *ops.routes,
@@ -202,11 +220,12 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
             *webhooks.routes,
         ],
-        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],
+        middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
             AuthError: _auth_error,
@@ -246,6 +265,12 @@ ROLLOUT_DEBOUNCE = 0.2  # seconds: reports arriving together make one evaluation
 def _online(kx: ServerContext, device_id: str) -> bool:
     seen = kx.device_auth.last_seen.get(device_id)
     return seen is not None and kx.clock() - seen <= kx.reconciler.offline_after()
+
+
+def _offline_count(kx: ServerContext) -> tuple[int, int]:
+    """(offline, accepted) devices now, for the fleet-offline alert."""
+    accepted = [d for d, state in list(kx.census.state.items()) if state == "accepted"]
+    return sum(not _online(kx, d) for d in accepted), len(accepted)
 
 
 async def _rollout_loop(kx: ServerContext) -> None:

@@ -41,6 +41,7 @@ from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
 
 if TYPE_CHECKING:
+    from kernex_server.alerts import Alerter
     from kernex_server.bundle_gc import BundleCollector
 
 log = logging.getLogger("kernex.server")
@@ -79,6 +80,7 @@ class ServerContext:
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
     bundle_gc: BundleCollector | None = None  # set by create_app
+    alerter: Alerter | None = None  # set by create_app
 
     # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
 

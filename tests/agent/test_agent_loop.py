@@ -12,6 +12,7 @@ from agent_helpers import OK, Device, bundle_bytes, run, snapshot
 from agent_sim import ServerSimulator
 
 from kernex_agent.storage import DeviceFS
+from kernex_cli.bundle_build import build_bundle
 from kernex_core.protocol import Phase
 
 FAIL = "#!/bin/sh\necho 'health: service does not answer' >&2\nexit 3\n"
@@ -322,3 +323,37 @@ def test_run_forever_backs_off_with_jitter_and_stops(tmp_path: Path) -> None:
     assert all(0 <= d <= 300 for d in delays)
     assert max(delays) > 2  # it grew
     assert len(set(delays)) == len(delays)  # jittered
+
+
+def test_an_unexpected_error_during_install_rolls_back_and_is_reported(tmp_path: Path) -> None:
+    """A hook argument with a NUL byte makes Python's process start raise ValueError, no
+    Kernex error: the agent rolls back, reports why and keeps running."""
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim)
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)])
+    assert dev.cycle().phase is Phase.HEALTHY
+
+    src = tmp_path / "src-nul"
+    (src / "hooks").mkdir(parents=True)
+    for hook in ("install", "health"):
+        (src / "hooks" / hook).write_text(OK)
+        (src / "hooks" / hook).chmod(0o755)
+    (src / "kernex-bundle.yaml").write_text(
+        'name: app\nversion: "2.0.0"\nhooks:\n  install: hooks/install\n'
+        '  health: {run: [hooks/health, "a\\0b"]}\n'
+    )
+    v2 = sim.add_bundle(build_bundle(src), "app", "2.0.0")
+    sim.publish("dev-1", [sim.entry(v2)])
+    result = dev.cycle()
+
+    assert not result.ok
+    assert result.phase is Phase.ROLLED_BACK
+    assert dev.current_version("app") == "1.0.0"
+    report = dev.last_report()
+    assert report.phase is Phase.ROLLED_BACK
+    assert report.serial == 2
+    assert report.bundles == {"app": "1.0.0"}
+    assert "unexpected error (ValueError)" in (report.error or ""), report.error
+    assert "null byte" in (report.error or "")
+    assert dev.cycle().ok  # the same serial waits for its retry; the agent runs on
