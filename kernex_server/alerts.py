@@ -47,6 +47,7 @@ from kernex_server.alert_config import (
 from kernex_server.alert_outbox import Alert, Claimed
 from kernex_server.metrics import AlertMetrics
 from kernex_server.models import Revision, Rollout, ServerState, StatusReportRow
+from kernex_server.outage import DatabaseHealth, background_failed
 from kernex_server.settings import Settings
 
 log = logging.getLogger("kernex.server.alerts")
@@ -354,13 +355,19 @@ class Alerter:
         return {"receivers": receivers, **shown}
 
 
-async def alert_loop(alerter: Alerter, interval: float) -> None:
-    """The background loop: one pass every ``interval`` seconds; errors never stop it."""
+async def alert_loop(
+    alerter: Alerter, interval: float, health: DatabaseHealth | None = None
+) -> None:
+    """The background loop: one pass every ``interval`` seconds; errors never stop it (a
+    database outage is logged once through ``health``)."""
     while True:
         try:
             await alerter.run_pass()
-        except Exception:  # a database outage must not stop the loop; the outbox keeps all
-            log.exception("alert pass failed")
+        except Exception as exc:  # a database outage must not stop the loop; the outbox keeps all
+            if health is not None:
+                background_failed(health, exc, "alert pass")
+            else:
+                log.exception("alert pass failed")
         await anyio.sleep(interval)
 
 

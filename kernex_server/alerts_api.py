@@ -8,6 +8,8 @@ delivers it at once, answering with each delivery's outcome (``kernex alerts tes
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +19,9 @@ from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
 from kernex_server.http import ApiError, json_response, parse_json, read_body
 
+if TYPE_CHECKING:
+    from kernex_server.alerts import Alerter
+
 PREFIX = "/v1/admin/alerts"
 NO_RECEIVERS_HINT = (
     "Add an [[alerts]] table (name, url, secret) at the end of server.toml and restart "
@@ -24,7 +29,7 @@ NO_RECEIVERS_HINT = (
 )
 
 
-def _alerter(kx: ServerContext):  # type: ignore[no-untyped-def]
+def _alerter(kx: ServerContext) -> Alerter:
     if kx.alerter is None or not kx.alerter.receivers:
         raise ApiError(409, "no alert receivers are configured", hint=NO_RECEIVERS_HINT)
     return kx.alerter

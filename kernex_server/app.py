@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -46,9 +47,15 @@ from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
 from kernex_server.changes import ChangeListener, ChangeRecorder, new_origin
-from kernex_server.context import ServerContext
+from kernex_server.context import ServerContext, context_of
 from kernex_server.cors import AdminCORSMiddleware, check_origins
-from kernex_server.database import is_postgres, make_engine, migrate, session_factory
+from kernex_server.database import (
+    check_connection,
+    is_postgres,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
 from kernex_server.git_source import FleetSource, GitFleetSource
@@ -56,6 +63,13 @@ from kernex_server.http import ApiError, error_response
 from kernex_server.manifests import ManifestCache, ManifestIssuer
 from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
+from kernex_server.outage import (
+    PROBE_SECONDS,
+    RETRY_AFTER,
+    DatabaseUnavailableError,
+    background_failed,
+    is_outage,
+)
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
 from kernex_server.retention import Pruner, RetentionPolicy
@@ -189,16 +203,17 @@ def create_app(
             await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
             await _reconcile_once(kx)
             await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
+            tg.start_soon(_status_loop, kx)  # always: a status report waits for its commit
+            tg.start_soon(_database_probe, kx)
             if background:
                 tg.start_soon(_reconcile_loop, kx)
-                tg.start_soon(_status_loop, kx)
                 tg.start_soon(_rollout_loop, kx)
                 if settings.prune_interval > 0:
                     pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
                     tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
                 if settings.alerts:
-                    tg.start_soon(alert_loop, alerter, settings.alert_interval)
+                    tg.start_soon(alert_loop, alerter, settings.alert_interval, kx.database)
             try:
                 yield
             finally:
@@ -230,6 +245,7 @@ def create_app(
             ApiError: _api_error,
             AuthError: _auth_error,
             KernexError: _kernex_error,
+            sa.exc.SQLAlchemyError: _database_error,
             HTTPException: _http_error,
         },
         lifespan=lifespan,
@@ -251,12 +267,34 @@ async def _reconcile_loop(kx: ServerContext) -> None:
 
 
 async def _status_loop(kx: ServerContext) -> None:
+    """Group commit: write what is queued; reports arriving meanwhile form the next batch."""
     while True:
-        await anyio.sleep(kx.settings.status_flush_interval)
+        await kx.statuses.wait_for_reports()
+        if kx.settings.status_flush_interval > 0:  # let more reports join this batch
+            await anyio.sleep(kx.settings.status_flush_interval)
         try:
             await kx.flush_statuses()
-        except Exception:  # keep serving; the batch went back to the queue for the next try
-            log.exception("cannot record status reports")
+        except Exception as exc:  # its requests were answered 503; their agents resend
+            background_failed(kx.database, exc, "recording status reports")
+            await anyio.sleep(min(1.0, RETRY_AFTER))  # no busy loop while the database is away
+
+
+async def _database_probe(kx: ServerContext) -> None:
+    """While the database is down, try it every PROBE_SECONDS; log when it is back."""
+    while True:
+        await anyio.sleep(PROBE_SECONDS)
+        if not kx.database.down:
+            continue
+        try:
+            await anyio.to_thread.run_sync(check_connection, kx.engine)
+        except Exception as exc:  # still down: counted, not logged again
+            kx.database.failed(exc, "probe")
+            continue
+        kx.database.ok()
+        try:  # what changed meanwhile (another server may have deployed)
+            await kx.reload_cache()
+        except Exception as exc:
+            background_failed(kx.database, exc, "reloading manifests")
 
 
 ROLLOUT_DEBOUNCE = 0.2  # seconds: reports arriving together make one evaluation
@@ -280,8 +318,8 @@ async def _rollout_loop(kx: ServerContext) -> None:
             await wake.wait()
         try:
             await kx.evaluate_rollouts()
-        except Exception:  # a database outage must not stop the loop
-            log.exception("cannot evaluate rollouts")
+        except Exception as exc:  # a database outage must not stop the loop
+            background_failed(kx.database, exc, "evaluating rollouts")
         await anyio.sleep(ROLLOUT_DEBOUNCE)
 
 
@@ -291,8 +329,8 @@ async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
         await anyio.sleep(kx.settings.prune_interval)
         try:
             removed = await anyio.to_thread.run_sync(pruner.prune)
-        except Exception:  # a database outage must not stop the loop; the next pass retries
-            log.exception("cannot prune old rows")
+        except Exception as exc:  # a database outage must not stop the loop; the next retries
+            background_failed(kx.database, exc, "pruning old rows")
             continue
         if any(removed.values()):
             log.info("pruned %s", ", ".join(f"{n} {k}" for k, n in removed.items() if n))
@@ -303,8 +341,8 @@ async def _heartbeat_loop(kx: ServerContext) -> None:
         await anyio.sleep(kx.settings.heartbeat_flush_interval)
         try:
             await kx.flush_heartbeats()
-        except Exception:  # keep serving; the heartbeats of this batch are lost
-            log.exception("cannot record heartbeats")
+        except Exception as exc:  # keep serving; the batch is written with the next one
+            background_failed(kx.database, exc, "recording heartbeats")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -328,9 +366,26 @@ async def _kernex_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, KernexError):  # registered for this class only
         raise exc
     status = getattr(exc, "status", 500)
+    if isinstance(exc, DatabaseUnavailableError):
+        return _unavailable(request, exc, exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(status, exc.message, exc.hint)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """The database cannot be reached: 503 with Retry-After and one log line per outage;
+    any other database error is a bug (500 and its traceback)."""
+    if not is_outage(exc):
+        raise exc
+    return _unavailable(request, exc, DatabaseUnavailableError())
+
+
+def _unavailable(request: Request, exc: Exception, answer: DatabaseUnavailableError) -> Response:
+    context_of(request).database.failed(exc, f"{request.method} {request.url.path}")
+    response = error_response(answer.status, answer.message, answer.hint)
+    response.headers["Retry-After"] = str(answer.retry_after)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
