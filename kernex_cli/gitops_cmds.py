@@ -48,6 +48,12 @@ WaitOption = Annotated[
 TimeoutOption = Annotated[
     str, typer.Option("--timeout", help="How long --wait waits, e.g. 90s, 10m, 1h.")
 ]
+NewOption = Annotated[
+    bool,
+    typer.Option(
+        "--new", help="Create devices/D.yaml for a device that has no file yet (else refused)."
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,12 @@ def _current_text(repo: Repository, scope: Scope, *, create: bool) -> str:
     if raw is None:
         if create and scope.kind == "device":
             return ""
+        if scope.kind == "device":
+            fail(
+                f"device {scope.name} has no file ({scope.path} is not in HEAD)",
+                hint="Check the name (`ls devices/`, `kernex devices list`); to give the "
+                "device its first file, pass --new.",
+            )
         fail(
             f"{scope} does not exist ({scope.path} is not in HEAD)",
             hint=f"List them with `ls {scope.kind}s/`, or add {scope.path} first.",
@@ -212,19 +224,21 @@ def _run_edit(
     wait: WaitSpec | None = None,
     server: str | None = None,
     token: str | None = None,
+    create: bool = False,
 ) -> None:
     from kernex_cli.client import ClientError
 
     client = None
     try:
         repo = Repository.open(repo_dir)
-        text = _current_text(repo, scope, create=True)
+        text = _current_text(repo, scope, create=create)
         new_text = edit(text)
-        if wait is not None:  # connect and snapshot before committing: fail early, lose nothing
-            from kernex_cli.client import connect
+        if wait is not None:  # check rights and snapshot before committing: lose nothing
+            from kernex_cli.client import connect, require_role
             from kernex_cli.converge import snapshot
 
             client = connect(wait.server, wait.token)
+            require_role(client, "operator", "--wait (it asks the server to reconcile)")
             baseline = snapshot(client)
             inventory = Inventory.fetch(client)
         else:
@@ -292,6 +306,7 @@ def deploy(
     timeout: TimeoutOption = "10m",
     server: ServerOption = None,
     token: TokenOption = None,
+    new: NewOption = False,
 ) -> None:
     """Set a bundle version for a group or a device, as a commit.
 
@@ -326,6 +341,7 @@ def deploy(
         wait=waiting,
         server=server,
         token=token,
+        create=new,
     )
 
 
@@ -428,6 +444,7 @@ def config_set(
     timeout: TimeoutOption = "10m",
     server: ServerOption = None,
     token: TokenOption = None,
+    new: NewOption = False,
 ) -> None:
     """Set a configuration key, as a commit.
 
@@ -452,6 +469,7 @@ def config_set(
         wait=WaitSpec.from_options(wait, timeout, server, token, dry_run),
         server=server,
         token=token,
+        create=new,
     )
 
 

@@ -6,7 +6,7 @@ once when a webhook wakes it (re-signing manifests close to expiry), and batch w
 device status reports and of device heartbeats (both flushed again at shutdown).
 Blocking work (Git, database, signing many manifests) runs in worker threads.
 
-The request handlers live in the route modules (``device_api``, ``admin_api``,
+The request handlers live in the route modules (``device_api``, ``admin_api``, ``bundles_api``,
 ``rollouts_api``, ``webhooks``, ``ops``, ``openapi``); they reach the app's state through
 ``kernex_server.context`` and never import this module.
 """
@@ -33,6 +33,7 @@ from kernex_server import (
     admin_api,
     alerts_api,
     bundle_gc,
+    bundles_api,
     device_api,
     info_api,
     labels_api,
@@ -218,6 +219,7 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *bundles_api.routes,
             *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
