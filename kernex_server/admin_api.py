@@ -33,7 +33,8 @@ from kernex_server.http import (
     path_id,
     read_body,
 )
-from kernex_server.store import AuditQuery, DeviceRecord, TokenNameTakenError
+from kernex_server.store import AuditQuery, DeviceRecord
+from kernex_server.tokens import TokenNameTakenError
 
 ROLES = ("viewer", "operator", "admin")
 AUDIT_LIMIT_DEFAULT = 100
