@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kernex_server.models import User
-from kernex_server.store import TokenIdentity
+from kernex_server.tokens import TokenIdentity
 
 LOCK_AFTER = 5  # wrong passwords in a row
 LOCK_SECONDS = 15 * 60
