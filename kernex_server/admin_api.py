@@ -25,6 +25,7 @@ from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import BundleStoreError
+from kernex_server.git_fetch import git_status
 from kernex_server.http import (
     MAX_ROW_ID,
     ApiError,
@@ -173,6 +174,7 @@ async def fleet_status(request: Request) -> Response:
                 "halted": rollouts["halted"],
             },
             "bundles": bundles,
+            "git": git_status(kx, _time),
         }
     )
 
@@ -193,6 +195,8 @@ def _revision_status(
             last_error = f"{last_error} (and {len(errors) - 1} more)"
     if kx.last_reconcile_error is not None:
         last_result, last_error = "error", kx.last_reconcile_error
+    elif (git := git_status(kx, _time)["problem"]) is not None:
+        last_result, last_error = "error", git  # e.g. a fetch hanging on a silent remote
     last_at = kx.last_reconcile_at or (newest["created_at"] if newest else None)
     return {
         "current": newest["commit"] if newest else None,
@@ -389,9 +393,14 @@ async def list_bundles(request: Request) -> Response:
 async def reconcile(request: Request) -> Response:
     kx = context_of(request)
     force = request.query_params.get("force") in {"1", "true", "yes"}
-    result = await kx.run_reconcile(force=force)
+    result = await kx.run_reconcile(force=force, wait=kx.settings.reconcile_wait)
     request.state.audit_target = result.commit or ""
     request.state.audit_detail = {"force": force, "state": result.state}
+    if result.fetching:  # the fetch goes on; the reconcile loop deploys what it brings
+        kx.wake_reconciler()
+        body = {**result.to_dict(), "git": git_status(kx, _time)}
+        body["hint"] = "The fetch still runs in the background; see `kernex status`."
+        return json_response(body, status=202)
     return json_response(result.to_dict())
 
 
