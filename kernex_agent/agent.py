@@ -15,10 +15,12 @@ queue in ``reports.py`` (``Reporter``); ``Agent`` is built on both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -78,15 +80,21 @@ class Agent(Installer):
         self._started = False
         self._reports_made = 0
         self._status = None  # status.json's content, once read
+        self._installing = False  # inside apply/recover: a stop waits for it
 
     # ----------------------------------------------------------------- the loop
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Run cycles until ``stop`` is set; back off with full jitter after failures."""
+        """Run cycles until ``stop`` is set; back off with full jitter after failures.
+
+        ``stop`` ends a cycle at once while it waits (long poll, report, backoff); an
+        install in progress (or its recovery after a restart) finishes first."""
         failures = 0
         while not stop.is_set():
             started = self.clock()
-            result = await self.run_once()
+            result = await self._cycle_until(stop)
+            if result is None:
+                return
             if result.ok:
                 failures = 0
                 delay = max(0.0, self.config.min_cycle_interval - (self.clock() - started))
@@ -94,6 +102,25 @@ class Agent(Installer):
                 failures += 1
                 delay = self.backoff_delay(failures)
             await self._pause(delay, stop)
+
+    async def _cycle_until(self, stop: asyncio.Event) -> CycleResult | None:
+        """One cycle, or ``None`` when ``stop`` ended it."""
+        cycle = asyncio.ensure_future(self.run_once())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({cycle, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if cycle.done():
+            return cycle.result()
+        if self._installing:  # never leave an install half done: it ends, then we stop
+            log.info("stopping once the install in progress has finished")
+            await cycle
+        else:  # waiting outside an install (a long poll): safe to drop
+            cycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cycle
+        return None
 
     def backoff_delay(self, failures: int) -> float:
         """Exponential backoff with full jitter, capped (seconds)."""
@@ -114,9 +141,10 @@ class Agent(Installer):
         """One cycle: recover (first time), flush reports, long-poll, verify, converge."""
         try:
             return await self._cycle()
-        except (KernexError, OSError) as exc:
+        except Exception as exc:  # report it and back off, never crash-loop
             error = describe(exc)
-            log.warning("cycle failed: %s", error)
+            expected = isinstance(exc, (KernexError, OSError))
+            log.warning("cycle failed: %s", error, exc_info=None if expected else exc)
             self._note_error(error)
             return CycleResult(False, error=error)
 
@@ -125,7 +153,8 @@ class Agent(Installer):
         state = self.load_state()
         if not self._started:
             self._reports_made = 0
-            state = await self.recover(state)
+            with self._install_section():
+                state = await self.recover(state)
             self._started = True
             if not self._reports_made:  # say what runs after a (re)start
                 await self.report(_steady_phase(state), state)
@@ -175,7 +204,17 @@ class Agent(Installer):
         failed = state.failed
         if failed is not None and failed.serial == manifest.serial and now < failed.retry_at:
             return CycleResult(True)  # this serial failed: wait before trying it again
-        return await self.apply(manifest, state, now)
+        with self._install_section():
+            return await self.apply(manifest, state, now)
+
+    @contextlib.contextmanager
+    def _install_section(self) -> Iterator[None]:
+        """Marks the part of a cycle a stop request must not interrupt."""
+        self._installing = True
+        try:
+            yield
+        finally:
+            self._installing = False
 
     def _etag_to_send(self, state: AgentState, now: float) -> str | None:
         if _expired_at(state, now) is not None:

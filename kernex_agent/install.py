@@ -101,12 +101,9 @@ class Installer(Reporter):
     async def apply(self, manifest: Manifest, state: AgentState, now: float) -> CycleResult:
         try:
             journal = self.plan(manifest, state)
-        except BundleError as exc:
-            return await self._fail_before_journal(manifest, state, exc, now)
-        try:
             self.fs.mkdir(self.layout.staging)
             self._write_journal(journal, TXN_BEGUN)
-        except OSError as exc:
+        except Exception as exc:  # unexpected errors fail the serial too
             return await self._fail_before_journal(manifest, state, exc, now)
         try:
             if journal.bundles:
@@ -121,7 +118,7 @@ class Installer(Reporter):
                 self._write_config(manifest.config)
             self._write_journal(journal, TXN_CONFIG_WRITTEN)
             await self._complete(journal, state)
-        except (KernexError, OSError) as exc:
+        except Exception as exc:  # whatever went wrong, undo and report it
             return await self._roll_back(journal, state, exc, now)
         return await self._after_commit(journal, state)
 
@@ -265,6 +262,7 @@ class Installer(Reporter):
         self, manifest: Manifest, state: AgentState, exc: BaseException, now: float
     ) -> CycleResult:
         error = describe(exc)
+        log.warning("serial %s failed: %s", manifest.serial, error, exc_info=_trace(exc))
         self._remember_failure(state, manifest.serial, manifest.desired_digest(), now)
         await self.report(Phase.FAILED, state, error=error, serial=manifest.serial)
         return CycleResult(False, Phase.FAILED, error)
@@ -274,10 +272,10 @@ class Installer(Reporter):
     ) -> CycleResult:
         error = describe(exc)
         log_tail = exc.log_tail if isinstance(exc, HookFailedError) else None
-        log.warning("install of serial %s failed: %s", journal.serial, error)
+        log.warning("install of serial %s failed: %s", journal.serial, error, exc_info=_trace(exc))
         try:
             restore_log = await self.undo(journal, state)
-        except (KernexError, OSError) as undo_exc:
+        except Exception as undo_exc:  # reported with the first error
             error += f"; restoring the previous state also failed: {describe(undo_exc)}"
             restore_log = ""
         if restore_log:
@@ -352,7 +350,7 @@ class Installer(Reporter):
             log.warning("finishing the install of serial %s after a restart", journal.serial)
             try:
                 await self._complete(journal, state)
-            except (KernexError, OSError) as exc:
+            except Exception as exc:  # an unexpected error is undone too
                 await self._roll_back(journal, state, exc, self.clock())
             else:
                 await self._after_commit(journal, state)
@@ -424,6 +422,13 @@ def _has_sha256(path: Path, sha256: str) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not isinstance(exc, KernexError):
+    if isinstance(exc, KernexError):
+        return str(exc)
+    if isinstance(exc, OSError):
         return f"file system error: {exc}"
-    return str(exc)
+    return f"unexpected error ({type(exc).__name__}): {exc}"
+
+
+def _trace(exc: BaseException) -> BaseException | None:
+    """The exception, for a traceback in the log, when it is not one Kernex expects."""
+    return None if isinstance(exc, (KernexError, OSError)) else exc

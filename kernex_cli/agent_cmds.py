@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json
+from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json, safe
 from kernex_core.errors import KernexError
 
 if TYPE_CHECKING:
@@ -106,7 +106,9 @@ def enroll_cmd(
     if json_out:
         print_json({**result.__dict__, "state": result.state.value, "data_dir": str(directory)})
         return
-    console.print(f"enrolled [bold]{result.device_id}[/] ({result.state.value}) in {directory}")
+    console.print(
+        f"enrolled [bold]{safe(result.device_id)}[/] ({result.state.value}) in {safe(directory)}"
+    )
     console.print(f"device key:         {result.device_key_id}")
     console.print(f"server manifest key: {result.manifest_key_id}", highlight=False)
     if not result.fingerprint_checked:
@@ -160,31 +162,35 @@ def status_cmd(
         return
     from rich.table import Table
 
-    console.print(f"device [bold]{data['device_id']}[/] -> {data['server_url']}")
-    console.print(
-        f"trust: {data['trust_mode']}" + (f" ({data['trust_note']})" if data["trust_note"] else "")
-    )
+    console.print(f"device [bold]{safe(data['device_id'])}[/] -> {safe(data['server_url'])}")
+    note = f" ({data['trust_note']})" if data["trust_note"] else ""
+    console.print(safe(f"trust: {data['trust_mode']}{note}"))
     table = Table("bundle", "version", "slot")
     for name, bundle in sorted(data["installed"].items()):
-        table.add_row(name, bundle["version"], bundle["slot"])
+        table.add_row(safe(name), safe(bundle["version"]), safe(bundle["slot"]))
     console.print(table)
     last = data["last_manifest"] or {}
     console.print(
-        f"last manifest: serial {last.get('serial')} revision {last.get('revision')}"
-        f" (applied serial {data['applied_serial']})"
+        safe(
+            f"last manifest: serial {last.get('serial')} revision {last.get('revision')}"
+            f" (applied serial {data['applied_serial']})"
+        )
     )
     report = data["last_report"] or {}
-    console.print(f"last report: {report.get('phase')} at {report.get('reported_at')}")
+    console.print(safe(f"last report: {report.get('phase')} at {report.get('reported_at')}"))
     if data["last_error"]:
         console.print(
-            f"[red]last error[/] ({data['last_error_at']}): {data['last_error']}", highlight=False
+            f"[red]last error[/] ({safe(data['last_error_at'])}): {safe(data['last_error'])}",
+            highlight=False,
         )
     journal = data["journal"]
     console.print(
-        f"journal: {journal['step']} (serial {journal['serial']})" if journal else "journal: empty"
+        safe(f"journal: {journal['step']} (serial {journal['serial']})")
+        if journal
+        else "journal: empty"
     )
     if data["queued_reports"]:
-        console.print(f"queued reports: {data['queued_reports']}")
+        console.print(f"queued reports: {safe(data['queued_reports'])}")
 
 
 def _label_values(pairs: list[str]) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from kernex_cli.client import ServerOption, TokenOption
-from kernex_cli.output import console, print_json
+from kernex_cli.output import console, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, parse_duration
 
 _RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T")
@@ -64,12 +64,12 @@ def audit(
     for e in entries:
         result = str(e.get("result") or "")
         table.add_row(
-            f"{e.get('at')} ({ago(e.get('at'))})",
-            str(e.get("actor") or "-"),
-            str(e.get("action") or ""),
-            str(e.get("target") or ""),
-            str(e.get("address") or "-"),
-            result if result in ("ok", "") else f"[red]{result}[/]",
+            f"{safe(e.get('at'))} ({ago(e.get('at'))})",
+            safe(e.get("actor") or "-"),
+            safe(e.get("action") or ""),
+            safe(e.get("target") or ""),
+            safe(e.get("address") or "-"),
+            result if result in ("ok", "") else f"[red]{safe(result)}[/]",
         )
     console.print(table)
 

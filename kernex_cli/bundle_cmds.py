@@ -14,7 +14,7 @@ import typer
 
 from kernex_cli.client import ClientError, ServerOption, TokenOption, connect
 from kernex_cli.gitops_cmds import JsonOption, PushOption, RepoOption, Scope, apply_edit
-from kernex_cli.output import console, fail, fail_from, print_json
+from kernex_cli.output import console, fail, fail_from, print_json, safe
 from kernex_cli.publish import (
     BundleInfo,
     build_to_file,
@@ -123,7 +123,7 @@ def push_cmd(
         outcome = apply_edit(fleet, scope, new_text, message, dry_run=False, push=push)
     except FleetInvalidError as exc:
         for issue in exc.issues:
-            console.print(f"[red]{issue}[/]", highlight=False)
+            console.print(f"[red]{safe(issue)}[/]", highlight=False)
         fail_from(exc)
     except (KernexError, ClientError) as exc:
         fail_from(exc)
@@ -200,11 +200,11 @@ def list_cmd(
     table = Table("bundle", "sha256", "size", "uploaded", "by")
     for row in rows:
         table.add_row(
-            ", ".join(row["bundles"]) or "-",
-            row["sha256"][:16],
-            str(row["size"]),
-            str(row.get("uploaded_at") or ""),
-            str(row.get("uploaded_by") or ""),
+            safe(", ".join(row["bundles"]) or "-"),
+            safe(row["sha256"][:16]),
+            safe(row["size"]),
+            safe(row.get("uploaded_at") or ""),
+            safe(row.get("uploaded_by") or ""),
         )
     console.print(table)
 
@@ -235,7 +235,7 @@ def gc_cmd(
         return
     verb = "would remove" if dry_run else "removed"
     for row in result["removed"]:
-        console.print(f"{verb} {row['sha256']}  {row['size']} bytes", highlight=False)
+        console.print(f"{verb} {safe(row['sha256'])}  {safe(row['size'])} bytes", highlight=False)
     console.print(
         f"{verb} {len(result['removed'])} bundle(s), {result['removed_bytes']} bytes; "
         f"kept {result['kept']}; the store holds {result['store_bytes']} bytes",

@@ -228,10 +228,23 @@ class AdminClient:
                 or "Ask an admin for a token with a higher role "
                 "(`kernex tokens create --role ...`).",
             )
+        if response.status_code == 503:
+            retry = response.headers.get("retry-after", "").strip()
+            wait = f"in {retry} s" if retry.isdigit() else "in a few seconds"
+            raise ApiError(
+                503,
+                message or "the server is unavailable (503)",
+                hint=hint or f"The server (or a proxy before it) cannot serve now; retry {wait}.",
+            )
         raise ApiError(
             response.status_code,
             message or f"the server answered {response.status_code}",
-            hint=hint,
+            hint=hint
+            or (
+                "The server failed; its log says why (`kernex server run` output)."
+                if response.status_code >= 500
+                else None
+            ),
         )
 
 

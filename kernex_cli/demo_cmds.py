@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from kernex_cli.output import console, fail, fail_from
+from kernex_cli.output import console, fail, fail_from, safe
 
 if TYPE_CHECKING:
     from kernex_agent.simulate import DeviceRecord
@@ -69,7 +68,7 @@ class LiveNarrator(PlainNarrator):
             self.live.console.print(f"    [dim]$[/] [cyan]{command}[/]", highlight=False)
 
     def note(self, text: str) -> None:
-        self.live.console.print(f"    [dim]{escape(text)}[/]", highlight=False)
+        self.live.console.print(f"    [dim]{safe(text)}[/]", highlight=False)
 
     def fleet(self, records: Sequence[DeviceRecord]) -> None:
         from kernex_cli.demo import phase_counts, version_counts

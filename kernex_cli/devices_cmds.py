@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.labels_cmds import label_text, labels_app
-from kernex_cli.output import EXIT_USAGE, console, fail, print_json
+from kernex_cli.output import EXIT_USAGE, console, fail, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
 
 devices_app = typer.Typer(
@@ -109,16 +108,16 @@ def list_devices(
     table = Table("device", "state", "phase", "online", "serial", "labels", "last seen")
     for d in devices:
         status = d.get("status") or {}
-        serial = f"{d.get('reported_serial') or '-'}/{d.get('desired_serial') or '-'}"
+        serial = safe(f"{d.get('reported_serial') or '-'}/{d.get('desired_serial') or '-'}")
         if d.get("deployment_pending"):
             serial = f"[yellow]{serial}[/]"
         table.add_row(
-            d["id"],
-            d["state"],
+            safe(d["id"]),
+            safe(d["state"]),
             phase_text(status.get("phase")),
             "[green]yes[/]" if d.get("online") else "[dim]no[/]",
             serial,
-            ", ".join(f"{k}={v}" for k, v in sorted((d.get("labels") or {}).items())),
+            label_text(d.get("labels"), empty=""),
             ago(d.get("last_seen")),
         )
     console.print(table)
@@ -147,31 +146,33 @@ def show_device(
 def _render_device(d: dict[str, Any]) -> None:
     status = d.get("status") or {}
     facts = Table.grid(padding=(0, 2))
-    facts.add_row("device", f"[bold]{d['id']}[/]")
-    facts.add_row("state", f"{d['state']} (admitted by {d.get('admitted_by') or '-'})")
+    facts.add_row("device", f"[bold]{safe(d['id'])}[/]")
+    facts.add_row("state", safe(f"{d['state']} (admitted by {d.get('admitted_by') or '-'})"))
     facts.add_row(
         "online", f"{'yes' if d.get('online') else 'no'}, last seen {ago(d.get('last_seen'))}"
     )
-    facts.add_row("key", f"{d.get('algorithm')} {d.get('fingerprint')}")
-    facts.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(d["labels"].items())) or "-")
+    facts.add_row("key", safe(f"{d.get('algorithm')} {d.get('fingerprint')}"))
+    facts.add_row("labels", label_text(d.get("labels")))
     if d.get("proposed_labels") is not None:
         facts.add_row(
             "proposed",
             f"[yellow]{label_text(d['proposed_labels'])}[/] "
-            f"(`kernex devices labels accept|reject {escape(d['id'])}`)",
+            f"(`kernex devices labels accept|reject {safe(d['id'])}`)",
         )
-    facts.add_row("agent", str(d.get("agent_version") or "-"))
+    facts.add_row("agent", safe(d.get("agent_version") or "-"))
     facts.add_row(
         "desired",
-        f"serial {d.get('desired_serial') or '-'} at {short(d.get('desired_revision'))}",
+        f"serial {safe(d.get('desired_serial') or '-')} at {short(d.get('desired_revision'))}",
     )
     facts.add_row(
         "reported",
-        f"serial {d.get('reported_serial') or '-'}, {phase_text(status.get('phase'))}"
+        f"serial {safe(d.get('reported_serial') or '-')}, {phase_text(status.get('phase'))}"
         + ("  [yellow](out of sync)[/]" if d.get("deployment_pending") else ""),
     )
     if status.get("error"):
-        facts.add_row("error", f"[red]{status['error']}[/]")
+        facts.add_row("error", f"[red]{safe(status['error'])}[/]")
+    if status.get("log_tail"):
+        facts.add_row("log tail", safe(status["log_tail"]))
     console.print(facts, highlight=False)
     history = d.get("status_history") or []
     if history:
@@ -181,9 +182,9 @@ def _render_device(d: dict[str, Any]) -> None:
             table.add_row(
                 ago(s.get("received_at")),
                 phase_text(s.get("phase")),
-                str(s.get("serial")),
+                safe(s.get("serial")),
                 bundle_list(bundles),
-                s.get("error") or "",
+                safe(s.get("error") or ""),
             )
         console.print(table)
     deployments = d.get("deployments") or []
@@ -191,7 +192,7 @@ def _render_device(d: dict[str, Any]) -> None:
         table = Table("serial", "revision", "bundles", "created", title="deployments")
         for dep in deployments[:20]:
             table.add_row(
-                str(dep.get("serial")),
+                safe(dep.get("serial")),
                 short(dep.get("revision")),
                 bundle_list(dep.get("bundles") or {}),
                 ago(dep.get("created_at")),
@@ -203,7 +204,7 @@ def bundle_list(bundles: dict[str, Any]) -> str:
     def version(v: Any) -> str:
         return str(v.get("version")) if isinstance(v, dict) else str(v)
 
-    return ", ".join(f"{k}@{version(v)}" for k, v in sorted(bundles.items()))
+    return safe(", ".join(f"{k}@{version(v)}" for k, v in sorted(bundles.items())), lines=False)
 
 
 def _transition(
@@ -214,7 +215,9 @@ def _transition(
     if as_json:
         print_json(answer)
         return
-    console.print(f"device [bold]{answer['id']}[/] is now {answer['state']}", highlight=False)
+    console.print(
+        f"device [bold]{safe(answer['id'])}[/] is now {safe(answer['state'])}", highlight=False
+    )
 
 
 @devices_app.command("accept")

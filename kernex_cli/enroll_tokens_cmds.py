@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from kernex_cli.client import ServerOption, TokenOption
-from kernex_cli.output import console, print_json
+from kernex_cli.output import console, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, duration_option, parse_duration
 
 enroll_tokens_app = typer.Typer(
@@ -43,8 +43,8 @@ def create(
         print_json(created)
         return
     console.print(
-        f"enrollment token [bold]{created['id']}[/] ({created['name']}), expires "
-        f"{ago(created.get('expires_at'))}, uses {created.get('max_uses') or 'unlimited'}",
+        f"enrollment token [bold]{safe(created['id'])}[/] ({safe(created['name'])}), expires "
+        f"{ago(created.get('expires_at'))}, uses {safe(created.get('max_uses') or 'unlimited')}",
         highlight=False,
     )
     console.print("token (shown once; give it to `kernex agent enroll --token`):", style="dim")
@@ -74,11 +74,11 @@ def list_tokens(
     for t in tokens:
         state = "[red]revoked[/]" if t.get("revoked_at") else "active"
         table.add_row(
-            str(t["id"]),
-            t.get("name") or "",
-            f"{t.get('uses', 0)}/{t.get('max_uses') or '∞'}",
+            safe(t["id"]),
+            safe(t.get("name") or ""),
+            safe(f"{t.get('uses', 0)}/{t.get('max_uses') or '∞'}"),
             ago(t.get("expires_at")),
-            t.get("created_by") or "-",
+            safe(t.get("created_by") or "-"),
             state,
         )
     console.print(table)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from kernex_cli import output
 from kernex_cli.fleet_source import FleetSourceError, init_fleet_repo, read_worktree_files
+from kernex_cli.output import safe
 from kernex_cli.plan_render import render_markdown, render_text
 from kernex_core.errors import FleetInvalidError, KernexError, ValidationIssue
 from kernex_core.fleet import DesiredState, Fleet, compute_plan, load_fleet
@@ -29,16 +29,14 @@ class PlanFormat(StrEnum):
 def print_issues(issues: list[ValidationIssue], *, to_stderr: bool = False) -> None:
     console = output.err_console if to_stderr else output.console
     for issue in issues:
-        key = f" [dim]\\[{escape(issue.key_path)}][/]" if issue.key_path else ""
+        key = f" [dim]\\[{safe(issue.key_path)}][/]" if issue.key_path else ""
         console.print(
-            f"[bold]{escape(issue.location())}[/]: [red]{escape(issue.message)}[/]{key}",
+            f"[bold]{safe(issue.location())}[/]: [red]{safe(issue.message)}[/]{key}",
             highlight=False,
             soft_wrap=True,
         )
         if issue.hint:
-            console.print(
-                f"    [dim]hint:[/] {escape(issue.hint)}", highlight=False, soft_wrap=True
-            )
+            console.print(f"    [dim]hint:[/] {safe(issue.hint)}", highlight=False, soft_wrap=True)
     count = len(issues)
     console.print(
         f"[bold red]{count} error{'s' if count != 1 else ''}[/]", highlight=False, soft_wrap=True
@@ -57,8 +55,8 @@ def init(
     except KernexError as exc:
         output.fail_from(exc)
     output.console.print(
-        f"Created fleet repository [bold]{escape(str(directory))}[/] (commit {sha[:12]}).\n"
-        f"Next: edit it, then `kernex validate --repo {escape(str(directory))}`.",
+        f"Created fleet repository [bold]{safe(str(directory))}[/] (commit {sha[:12]}).\n"
+        f"Next: edit it, then `kernex validate --repo {safe(str(directory))}`.",
         highlight=False,
         soft_wrap=True,
     )

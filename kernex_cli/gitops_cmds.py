@@ -16,7 +16,7 @@ import typer
 
 from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.fleet_edit import parse_scalar, set_value, unset_value
-from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json
+from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json, safe
 from kernex_core.errors import FleetInvalidError, KernexError
 from kernex_git import Repository, read_fleet_files
 
@@ -225,7 +225,7 @@ def _run_edit(
         outcome = apply_edit(repo, scope, new_text, message, dry_run=dry_run, push=push)
     except FleetInvalidError as exc:
         for issue in exc.issues:
-            console.print(f"[red]{issue}[/]", highlight=False)
+            console.print(f"[red]{safe(issue)}[/]", highlight=False)
         _close(client)
         fail_from(exc)
     except KernexError as exc:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from kernex_cli.client import ServerOption, TokenOption
-from kernex_cli.output import console, print_json
+from kernex_cli.output import console, print_json, safe
 from kernex_cli.views import JsonOption, admin_session
 
 labels_app = typer.Typer(
@@ -24,8 +23,9 @@ labels_app = typer.Typer(
 DeviceArg = Annotated[str, typer.Argument(metavar="ID", help="The device id.")]
 
 
-def label_text(labels: dict[str, Any] | None) -> str:
-    return escape(", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "-")
+def label_text(labels: dict[str, Any] | None, *, empty: str = "-") -> str:
+    """Labels as ``k=v, ...``, ready for markup."""
+    return safe(", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or empty)
 
 
 def _settle(
@@ -37,7 +37,7 @@ def _settle(
         print_json(answer)
         return
     console.print(
-        f"device [bold]{escape(answer['id'])}[/] has labels {label_text(answer['labels'])}",
+        f"device [bold]{safe(answer['id'])}[/] has labels {label_text(answer['labels'])}",
         highlight=False,
     )
 

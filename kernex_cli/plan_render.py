@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 
+from kernex_cli.output import safe
 from kernex_core.fleet import BundleChange, ConfigChange, DevicePlan, Plan
 
 COLLAPSE_OVER = 10  # devices; larger Markdown plans fold each device into <details>
@@ -73,10 +73,10 @@ def render_text(plan: Plan, base: str | None, head: str, console: Console) -> No
         style = "yellow" if device.warning else "cyan"
         mark = _STATUS_MARK[device.status]
         suffix = {"added": " (new)", "removed": " (gone)"}.get(device.status, "")
-        console.print(f"[{style}]{mark} {escape(device.device_id)}{suffix}[/]", highlight=False)
+        console.print(f"[{style}]{mark} {safe(device.device_id)}{suffix}[/]", highlight=False)
         for line in _device_lines(device):
             color = "bold yellow" if line.startswith("⚠") else ""
-            text = f"    {escape(line)}"
+            text = f"    {safe(line)}"
             console.print(f"[{color}]{text}[/]" if color else text, highlight=False, soft_wrap=True)
     console.print(summary_line(plan), highlight=False, soft_wrap=True)
 

@@ -92,6 +92,15 @@ def inspect_archive(path: Path) -> BundleInfo:
         raise BundleError(
             f"{path} does not exist", hint="Build it: `kernex bundle build DIR`."
         ) from exc
+    except IsADirectoryError as exc:
+        raise BundleError(
+            f"{path} is a directory, not a bundle archive",
+            hint=f"Build it first (`kernex bundle build {path}`), then push the .tar.gz it writes.",
+        ) from exc
+    except OSError as exc:
+        raise BundleError(
+            f"cannot read {path}: {exc.strerror}", hint="Check the path and its permissions."
+        ) from exc
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:

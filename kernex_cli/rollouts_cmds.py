@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 
 from kernex_cli.client import ServerOption, TokenOption
-from kernex_cli.output import console, print_json
+from kernex_cli.output import console, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
 
 STATE_STYLE = {
@@ -35,7 +35,7 @@ RolloutId = Annotated[int, typer.Argument(help="The rollout's id (see `kernex ro
 
 def state_text(state: str) -> str:
     style = STATE_STYLE.get(state)
-    return f"[{style}]{state}[/]" if style else state
+    return f"[{style}]{state}[/]" if style else safe(state, lines=False)
 
 
 def wave_progress(rollout: dict[str, Any]) -> str:
@@ -50,19 +50,19 @@ def wave_progress(rollout: dict[str, Any]) -> str:
     text = f"wave {index + 1}/{len(waves)} ({w.get('percent')}%): " + ", ".join(parts)
     if rollout.get("awaiting_promotion"):
         text += " - awaiting `kernex rollouts promote`"
-    return text
+    return safe(text, lines=False)
 
 
 def render_list(rows: list[dict[str, Any]]) -> RenderableType:
     table = Table("id", "group", "revision", "state", "progress", "devices", "updated")
     for r in rows:
         table.add_row(
-            str(r["id"]),
-            r.get("group") or "(fleet default)",
+            safe(r["id"]),
+            safe(r.get("group") or "(fleet default)"),
             short(r.get("revision")),
             state_text(r["state"]),
             wave_progress(r),
-            str(r.get("devices", 0)),
+            safe(r.get("devices", 0)),
             ago(r.get("updated_at")),
         )
     return table
@@ -70,32 +70,37 @@ def render_list(rows: list[dict[str, Any]]) -> RenderableType:
 
 def render_rollout(r: dict[str, Any]) -> RenderableType:
     facts = Table.grid(padding=(0, 2))
-    facts.add_row("rollout", str(r["id"]))
-    facts.add_row("group", r.get("group") or "(fleet default)")
-    facts.add_row("state", state_text(r["state"]) + (f": {r['reason']}" if r.get("reason") else ""))
+    facts.add_row("rollout", safe(r["id"]))
+    facts.add_row("group", safe(r.get("group") or "(fleet default)"))
+    reason = f": {safe(r['reason'])}" if r.get("reason") else ""
+    facts.add_row("state", state_text(r["state"]) + reason)
     facts.add_row(
         "revision", f"{short(r.get('revision'))} (from {short(r.get('previous_revision'))})"
     )
     policy = r.get("policy") or {}
     facts.add_row(
         "policy",
-        f"waves {policy.get('waves')}, failure threshold {policy.get('failure_threshold')}%, "
-        f"pause {policy.get('pause')}s, promotion {policy.get('promotion')}, "
-        f"auto rollback {'on' if policy.get('auto_rollback') else 'off'}",
+        safe(
+            f"waves {policy.get('waves')}, failure threshold {policy.get('failure_threshold')}%, "
+            f"pause {policy.get('pause')}s, promotion {policy.get('promotion')}, "
+            f"auto rollback {'on' if policy.get('auto_rollback') else 'off'}"
+        ),
     )
     facts.add_row("progress", wave_progress(r))
-    facts.add_row("failures", f"{r.get('failed', 0)} ({r.get('failures_allowed', 0)} allowed)")
+    facts.add_row(
+        "failures", safe(f"{r.get('failed', 0)} ({r.get('failures_allowed', 0)} allowed)")
+    )
     waves = Table("wave", "share", "devices", "admitted", "healthy", "failed", "pending", "offline")
     for w in r.get("waves") or []:
         waves.add_row(
-            str(w["index"] + 1),
-            f"{w['percent']}%",
-            str(w["size"]),
+            safe(w["index"] + 1),
+            safe(f"{w['percent']}%"),
+            safe(w["size"]),
             "yes" if w["admitted"] else "no",
-            str(w["healthy"]),
-            f"[red]{w['failed']}[/]" if w["failed"] else "0",
-            str(w["pending"]),
-            str(w["offline"]),
+            safe(w["healthy"]),
+            f"[red]{safe(w['failed'])}[/]" if w["failed"] else "0",
+            safe(w["pending"]),
+            safe(w["offline"]),
         )
     parts: list[RenderableType] = [facts, waves]
     devices = r.get("device_list") or []
@@ -103,11 +108,11 @@ def render_rollout(r: dict[str, Any]) -> RenderableType:
         table = Table("device", "wave", "admitted", "serial", "reported", "phase", "online")
         for d in devices:
             table.add_row(
-                d["id"],
-                str(d["wave"] + 1),
+                safe(d["id"]),
+                safe(d["wave"] + 1),
                 "rolled back" if d.get("rolled_back") else ("yes" if d["admitted"] else "no"),
-                str(d.get("new_serial") or "-"),
-                str(d.get("reported_serial") or "-"),
+                safe(d.get("new_serial") or "-"),
+                safe(d.get("reported_serial") or "-"),
                 phase_text(d.get("phase")),
                 "yes" if d.get("online") else "no",
             )
@@ -170,7 +175,7 @@ def _act(verb: str, doc: str) -> None:
             print_json(found)
             return
         console.print(
-            f"rollout {found['id']} is {state_text(found['state'])}: {wave_progress(found)}",
+            f"rollout {safe(found['id'])} is {state_text(found['state'])}: {wave_progress(found)}",
             highlight=False,
         )
 

@@ -144,6 +144,7 @@ def backup_cmd(
         f"wrote {out} ({db['kind']} via {db['method']}, schema revision "
         f"{db['alembic_revision']}, {manifest['bundles']['count']} bundle(s))",
         highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from kernex_cli.client import ClientError, ServerOption, resolve_server
-from kernex_cli.output import console, fail, fail_from, print_json
+from kernex_cli.output import console, fail, fail_from, print_json, safe
 from kernex_cli.views import JsonOption
 
 
@@ -70,16 +69,16 @@ def info(
             }
         )
         return
-    console.print(f"server:       {escape(shown)}", highlight=False)
-    console.print(f"version:      {escape(proven.version)}", highlight=False)
+    console.print(f"server:       {safe(shown)}", highlight=False)
+    console.print(f"version:      {safe(proven.version)}", highlight=False)
     console.print(
-        f"manifest key: {escape(proven.manifest_key_id)} (the server signed a fresh "
+        f"manifest key: {safe(proven.manifest_key_id)} (the server signed a fresh "
         "challenge with it)",
         highlight=False,
     )
     console.print(
         "enroll devices with: kernex agent enroll --server "
-        f"{escape(shown)} --server-key-fingerprint {escape(proven.manifest_key_id)} ...",
+        f"{safe(shown)} --server-key-fingerprint {safe(proven.manifest_key_id)} ...",
         highlight=False,
         soft_wrap=True,
     )

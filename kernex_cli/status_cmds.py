@@ -12,12 +12,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from kernex_cli.client import AdminClient, ServerOption, TokenOption
-from kernex_cli.output import console, print_json
+from kernex_cli.output import console, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
 
 NAMES_SHOWN = 20  # devices named per list in the table view; --json has all
@@ -34,7 +33,7 @@ def fetch_status(client: AdminClient) -> dict[str, Any]:
 
 
 def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:NAMES_SHOWN])
+    shown = safe(", ".join(names[:NAMES_SHOWN]), lines=False)
     more = len(names) - NAMES_SHOWN
     return shown + (f" and {more} more" if more > 0 else "") if names else "-"
 
@@ -44,7 +43,7 @@ def _git_text(git: dict[str, Any]) -> str:
     if git.get("running_since"):
         done = f"running since {ago(git['running_since'])}, {done}"
     if git.get("problem"):
-        return f"[red]{escape(str(git['problem']))}[/] ({done})"
+        return f"[red]{safe(git['problem'])}[/] ({done})"
     return done
 
 
@@ -55,9 +54,9 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
     result_text = {
         "ok": "[green]ok[/]",
         None: "[dim]none yet[/]",
-    }.get(result, f"[red]{result}[/]")
+    }.get(result, f"[red]{safe(result)}[/]")
     facts = Table.grid(padding=(0, 2))
-    facts.add_row("server", server)
+    facts.add_row("server", safe(server))
     facts.add_row(
         "revision",
         f"deployed {short(rev.get('deployed'))}, newest {short(rev.get('current'))}"
@@ -65,35 +64,33 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
     )
     facts.add_row("reconcile", f"{result_text}, {ago(rev.get('last_reconcile_at'))}")
     if rev.get("last_error"):
-        facts.add_row("last error", f"[red]{rev['last_error']}[/]")
+        facts.add_row("last error", f"[red]{safe(rev['last_error'])}[/]")
     git = status.get("git")
     if git:
         facts.add_row("git fetch", _git_text(git))
     facts.add_row(
         "devices",
-        f"{dev.get('total', 0)} total, [green]{dev.get('online', 0)} online[/], "
-        f"{dev.get('offline', 0)} offline, {dev.get('pending', 0)} pending admission",
+        f"{safe(dev.get('total', 0))} total, [green]{safe(dev.get('online', 0))} online[/], "
+        f"{safe(dev.get('offline', 0))} offline, {safe(dev.get('pending', 0))} pending admission",
     )
     by_phase = dev.get("by_phase") or {}
     facts.add_row(
         "phases",
-        ", ".join(f"{phase_text(p)} {n}" for p, n in sorted(by_phase.items())) or "-",
+        ", ".join(f"{phase_text(p)} {safe(n)}" for p, n in sorted(by_phase.items())) or "-",
     )
     facts.add_row(
         "out of sync",
-        f"{dev.get('out_of_sync', 0)}: {_names(status.get('out_of_sync_devices', []))}",
+        f"{safe(dev.get('out_of_sync', 0))}: {_names(status.get('out_of_sync_devices', []))}",
     )
     facts.add_row("offline", _names(status.get("offline_devices", [])))
     if status.get("pending_devices"):
         facts.add_row("pending", _names(status["pending_devices"]))
     rollouts = status.get("rollouts") or {}
     halted = rollouts.get("halted", 0)
-    facts.add_row(
-        "rollouts",
-        f"{rollouts.get('active', 0)} active"
-        + (f", [red]{halted} halted[/] (kernex rollouts list --state halted)" if halted else ""),
-    )
-    facts.add_row("bundles", f"{status.get('bundles', 0)} stored")
+    stopped = f", [red]{safe(halted)} halted[/] (kernex rollouts list --state halted)"
+    active = f"{safe(rollouts.get('active', 0))} active"
+    facts.add_row("rollouts", active + (stopped if halted else ""))
+    facts.add_row("bundles", f"{safe(status.get('bundles', 0))} stored")
     parts: list[RenderableType] = [facts]
     errors = rev.get("errors") or []
     if errors:
@@ -102,10 +99,10 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
         )
         for e in errors:
             table.add_row(
-                str(e.get("file") or "-"),
-                str(e.get("line") or "-"),
-                str(e.get("key_path") or "-"),
-                str(e.get("message") or e),
+                safe(e.get("file") or "-"),
+                safe(e.get("line") or "-"),
+                safe(e.get("key_path") or "-"),
+                safe(e.get("message") or e),
             )
         parts.append(table)
     return Group(*parts)

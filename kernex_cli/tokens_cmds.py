@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from kernex_cli.client import ServerOption, TokenOption
-from kernex_cli.output import console, print_json
+from kernex_cli.output import console, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, duration_option, parse_duration
 
 tokens_app = typer.Typer(
@@ -58,7 +58,8 @@ def create(
         return
     expiry = ago(created.get("expires_at")) if created.get("expires_at") else "never"
     console.print(
-        f"token [bold]{created['name']}[/] (id {created['id']}, {created['role']}), "
+        f"token [bold]{safe(created['name'])}[/] (id {safe(created['id'])}, "
+        f"{safe(created['role'])}), "
         f"expires {expiry}",
         highlight=False,
     )
@@ -84,10 +85,10 @@ def list_tokens(
     table = Table("id", "name", "role", "created by", "created", "expires", "last used", "state")
     for t in tokens:
         table.add_row(
-            str(t["id"]),
-            t["name"],
-            t["role"],
-            t.get("created_by") or "-",
+            safe(t["id"]),
+            safe(t["name"]),
+            safe(t["role"]),
+            safe(t.get("created_by") or "-"),
             ago(t.get("created_at")),
             ago(t.get("expires_at")) if t.get("expires_at") else "never",
             ago(t.get("last_used_at")),
@@ -112,7 +113,9 @@ def revoke(
     if as_json:
         print_json(revoked)
         return
-    console.print(f"token {revoked['name']} (id {revoked['id']}) revoked", highlight=False)
+    console.print(
+        f"token {safe(revoked['name'])} (id {safe(revoked['id'])}) revoked", highlight=False
+    )
 
 
 def register(app: typer.Typer) -> None:

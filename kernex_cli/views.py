@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from kernex_cli.client import AdminClient, ClientError, connect
-from kernex_cli.output import fail_from
+from kernex_cli.output import fail_from, safe
 from kernex_core import formats
 from kernex_core.timefmt import parse_time
 
@@ -54,7 +54,7 @@ def ago(stamp: str | None, now: float | None = None) -> str:
     try:
         then = parse_time(stamp)
     except ValueError:
-        return stamp
+        return safe(stamp, lines=False)
     delta = int((time.time() if now is None else now) - then)
     future = delta < 0
     delta = abs(delta)
@@ -80,8 +80,9 @@ def phase_text(phase: str | None) -> str:
     if not phase:
         return "[dim]-[/]"
     style = PHASE_STYLE.get(phase)
-    return f"[{style}]{phase}[/]" if style else phase
+    return f"[{style}]{phase}[/]" if style else safe(phase, lines=False)
 
 
 def short(value: Any, width: int = 12) -> str:
-    return "-" if value is None else str(value)[:width]
+    """The first ``width`` characters, ready for markup (a revision, an id)."""
+    return "-" if value is None else safe(str(value)[:width], lines=False)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from kernex_cli.client import AdminClient
 from kernex_cli.converge import Convergence, Waiter, WaitError, WaitResult
-from kernex_cli.output import console, err_console
+from kernex_cli.output import console, err_console, safe
 from kernex_cli.rollouts_cmds import wave_progress
 from kernex_cli.views import parse_duration
 from kernex_git import Repository
@@ -28,14 +28,14 @@ class WaitOutcome:
 
 def _line(stage: str, state: Convergence | None, commit: str) -> str:
     if stage == "revision" or state is None:
-        return f"waiting for the server to deploy {commit[:12]}"
+        return f"waiting for the server to deploy {safe(commit[:12])}"
     text = f"{len(state.converged)}/{state.total} converged"
     if state.failed:
         text += f", [red]{len(state.failed)} failed[/]"
     if state.pending:
         text += f", {len(state.pending)} pending"
     for r in state.rollouts:
-        text += f"; rollout {r['id']} {r['state']}, {wave_progress(dict(r))}"
+        text += f"; rollout {safe(r['id'])} {safe(r['state'])}, {wave_progress(dict(r))}"
     return text
 
 
@@ -94,47 +94,54 @@ def run_wait(
 
 
 def _render_refusal(exc: WaitError, out: Console) -> None:
-    out.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    out.print(f"[bold red]error:[/] {safe(exc.message)}", highlight=False)
     for issue in exc.errors:
         where = ":".join(str(issue[k]) for k in ("file", "line") if issue.get(k))
         key = f" {issue['key_path']}" if issue.get("key_path") else ""
-        out.print(f"  [red]{where}{key}[/] {issue.get('message')}", highlight=False)
+        out.print(f"  [red]{safe(where + key)}[/] {safe(issue.get('message'))}", highlight=False)
     if exc.hint:
-        out.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        out.print(f"[dim]hint:[/] {safe(exc.hint)}", highlight=False)
 
 
 def _render_result(result: WaitResult, out: Console) -> None:
     state = result.convergence
     if state.total == 0:
         out.print(
-            f"deployed {result.deployed[:12]}; no device's desired state changed", highlight=False
+            f"deployed {safe(result.deployed[:12])}; no device's desired state changed",
+            highlight=False,
         )
         return
     if state.failed:
         table = Table("device", "phase", "serial", "error", title="failed devices")
         for p in state.failed:
-            table.add_row(p.device_id, f"[red]{p.phase}[/]", str(p.reported_serial), p.error or "")
+            table.add_row(
+                safe(p.device_id),
+                f"[red]{safe(p.phase)}[/]",
+                safe(p.reported_serial),
+                safe(p.error or ""),
+            )
         out.print(table)
     if result.timed_out and state.pending:
         table = Table("device", "phase", "reported", "desired", "online", title="still pending")
         for p in state.pending:
             table.add_row(
-                p.device_id,
-                p.phase or "-",
-                str(p.reported_serial if p.reported_serial is not None else "-"),
-                str(p.desired_serial),
+                safe(p.device_id),
+                safe(p.phase or "-"),
+                safe(p.reported_serial if p.reported_serial is not None else "-"),
+                safe(p.desired_serial),
                 "yes" if p.online else "[dim]no[/]",
             )
         out.print(table)
     for r in state.halted:
         out.print(
-            f"[bold red]rollout {r['id']} ({r.get('group') or 'fleet default'}) {r['state']}:[/] "
-            f"{r.get('reason') or ''}; later waves keep the previous state",
+            f"[bold red]rollout {safe(r['id'])} ({safe(r.get('group') or 'fleet default')}) "
+            f"{safe(r['state'])}:[/] {safe(r.get('reason') or '')}; "
+            "later waves keep the previous state",
             highlight=False,
         )
     if result.ok:
         out.print(
-            f"[green]all {state.total} device(s) healthy[/] at {result.deployed[:12]}",
+            f"[green]all {state.total} device(s) healthy[/] at {safe(result.deployed[:12])}",
             highlight=False,
         )
     elif result.timed_out:

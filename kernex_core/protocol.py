@@ -23,6 +23,7 @@ BUNDLE_PATH = "/v1/bundles/{sha256}"
 MAX_WAIT_SECONDS = 60
 MAX_LOG_TAIL_BYTES = 16 * 1024
 MAX_ERROR_CHARS = 4096
+MAX_NAME_CHARS = 256  # bundle names, versions, revision, agent version in a status report
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}\Z"  # \Z: "$" allows a final newline
 
 
@@ -148,6 +149,17 @@ class StatusReport:
         for name in ("revision", "config_hash", "error", "log_tail", "reported_at"):
             if data.get(name) is not None and not isinstance(data.get(name), str):
                 raise ValueError(f"'{name}' must be a string")
+        # Names and versions end up in tables and logs: printable and short, unlike the
+        # error and log tail, which are free text (the CLI shows them inertly).
+        short_fields = {
+            **{f"bundle name {k!r}": k for k in bundles},
+            **{f"version of bundle {k!r}": v for k, v in bundles.items()},
+            **{name: data.get(name) for name in ("revision", "config_hash", "reported_at")},
+            "agent_version": data.get("agent_version"),
+        }
+        for what, value in short_fields.items():
+            if isinstance(value, str) and (len(value) > MAX_NAME_CHARS or not value.isprintable()):
+                raise ValueError(f"{what} must be at most {MAX_NAME_CHARS} printable characters")
         error = data.get("error")
         log_tail = data.get("log_tail")
         return cls(

@@ -169,18 +169,6 @@ class Repository:
             proc.kill()
         return head
 
-    def verify_commit(self, commit: str, allowed_signers: Path | None) -> str | None:
-        """None when ``git verify-commit`` accepts the commit's signature (SSH signatures
-        against ``allowed_signers``); otherwise why not, in one line."""
-        args = ["verify-commit", commit]
-        if allowed_signers is not None:
-            args = ["-c", f"gpg.ssh.allowedSignersFile={allowed_signers}", *args]
-        try:
-            self.run(*args)
-        except GitCommandError as exc:
-            return exc.stderr or f"git verify-commit exited with {exc.returncode}"
-        return None
-
     # -- editing (the CLI) -------------------------------------------------------------
 
     def is_dirty(self, path: str) -> bool:

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,6 +34,7 @@ from kernex_core.errors import KernexError
 from kernex_git import GitEnv, NetworkLimits, stop_all
 from kernex_server import (
     admin_api,
+    alerts_api,
     bundle_gc,
     device_api,
     info_api,
@@ -42,19 +44,34 @@ from kernex_server import (
     rollouts_api,
     webhooks,
 )
+from kernex_server.alerts import Alerter, alert_loop
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
-from kernex_server.context import ServerContext
-from kernex_server.database import is_postgres, make_engine, migrate, session_factory
+from kernex_server.context import ServerContext, context_of
+from kernex_server.cors import AdminCORSMiddleware, check_origins
+from kernex_server.database import (
+    check_connection,
+    is_postgres,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
 from kernex_server.git_fetch import Fetcher
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
 from kernex_server.manifests import ManifestCache, ManifestIssuer
-from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
+from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
+from kernex_server.outage import (
+    PROBE_SECONDS,
+    RETRY_AFTER,
+    DatabaseUnavailableError,
+    background_failed,
+    is_outage,
+)
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
 from kernex_server.retention import Pruner, RetentionPolicy
@@ -162,6 +179,14 @@ def create_app(
     metrics.watch_store(lambda: kx.blobs.total_bytes)
     kx.fetcher = Fetcher(src.sync if src else None, clock=clock, registry=metrics.registry)
     reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
+    kx.alerter = alerter = Alerter(
+        settings,
+        sessions,
+        AlertMetrics(metrics.registry),
+        clock=clock,
+        offline=lambda: _offline_count(kx),
+        reconcile_error=lambda: kx.last_reconcile_error,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -176,14 +201,17 @@ def create_app(
         await kx.reconcile_once(wait=STARTUP_FETCH_WAIT)
         await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
+            tg.start_soon(_status_loop, kx)  # always: a status report waits for its commit
+            tg.start_soon(_database_probe, kx)
             if background:
                 tg.start_soon(_reconcile_loop, kx)
-                tg.start_soon(_status_loop, kx)
                 tg.start_soon(_rollout_loop, kx)
                 if settings.prune_interval > 0:
                     pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
                     tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
+                if settings.alerts:
+                    tg.start_soon(alert_loop, alerter, settings.alert_interval, kx.database)
             try:
                 yield
             finally:
@@ -193,6 +221,11 @@ def create_app(
         await kx.flush_heartbeats()
         engine.dispose()
 
+    middleware = [Middleware(ObservabilityMiddleware, metrics=metrics)]
+    if settings.cors_origins:  # off by default; the admin API only
+        middleware.append(
+            Middleware(AdminCORSMiddleware, origins=check_origins(settings.cors_origins))
+        )
     app = Starlette(
         routes=[
             *ops.routes,
@@ -201,15 +234,17 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
             *webhooks.routes,
         ],
-        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],
+        middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
             AuthError: _auth_error,
             KernexError: _kernex_error,
+            sa.exc.SQLAlchemyError: _database_error,
             HTTPException: _http_error,
         },
         lifespan=lifespan,
@@ -232,12 +267,34 @@ async def _reconcile_loop(kx: ServerContext) -> None:
 
 
 async def _status_loop(kx: ServerContext) -> None:
+    """Group commit: write what is queued; reports arriving meanwhile form the next batch."""
     while True:
-        await anyio.sleep(kx.settings.status_flush_interval)
+        await kx.statuses.wait_for_reports()
+        if kx.settings.status_flush_interval > 0:  # let more reports join this batch
+            await anyio.sleep(kx.settings.status_flush_interval)
         try:
             await kx.flush_statuses()
-        except Exception:  # keep serving; the batch went back to the queue for the next try
-            log.exception("cannot record status reports")
+        except Exception as exc:  # its requests were answered 503; their agents resend
+            background_failed(kx.database, exc, "recording status reports")
+            await anyio.sleep(min(1.0, RETRY_AFTER))  # no busy loop while the database is away
+
+
+async def _database_probe(kx: ServerContext) -> None:
+    """While the database is down, try it every PROBE_SECONDS; log when it is back."""
+    while True:
+        await anyio.sleep(PROBE_SECONDS)
+        if not kx.database.down:
+            continue
+        try:
+            await anyio.to_thread.run_sync(check_connection, kx.engine)
+        except Exception as exc:  # still down: counted, not logged again
+            kx.database.failed(exc, "probe")
+            continue
+        kx.database.ok()
+        try:  # what changed meanwhile (another server may have deployed)
+            await kx.reload_cache()
+        except Exception as exc:
+            background_failed(kx.database, exc, "reloading manifests")
 
 
 ROLLOUT_DEBOUNCE = 0.2  # seconds: reports arriving together make one evaluation
@@ -248,6 +305,12 @@ def _online(kx: ServerContext, device_id: str) -> bool:
     return seen is not None and kx.clock() - seen <= kx.reconciler.offline_after()
 
 
+def _offline_count(kx: ServerContext) -> tuple[int, int]:
+    """(offline, accepted) devices now, for the fleet-offline alert."""
+    accepted = [d for d, state in list(kx.census.state.items()) if state == "accepted"]
+    return sum(not _online(kx, d) for d in accepted), len(accepted)
+
+
 async def _rollout_loop(kx: ServerContext) -> None:
     while True:
         kx._rollout_wake = wake = anyio.Event()
@@ -255,8 +318,8 @@ async def _rollout_loop(kx: ServerContext) -> None:
             await wake.wait()
         try:
             await kx.evaluate_rollouts()
-        except Exception:  # a database outage must not stop the loop
-            log.exception("cannot evaluate rollouts")
+        except Exception as exc:  # a database outage must not stop the loop
+            background_failed(kx.database, exc, "evaluating rollouts")
         await anyio.sleep(ROLLOUT_DEBOUNCE)
 
 
@@ -266,8 +329,8 @@ async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
         await anyio.sleep(kx.settings.prune_interval)
         try:
             removed = await anyio.to_thread.run_sync(pruner.prune)
-        except Exception:  # a database outage must not stop the loop; the next pass retries
-            log.exception("cannot prune old rows")
+        except Exception as exc:  # a database outage must not stop the loop; the next retries
+            background_failed(kx.database, exc, "pruning old rows")
             continue
         if any(removed.values()):
             log.info("pruned %s", ", ".join(f"{n} {k}" for k, n in removed.items() if n))
@@ -278,8 +341,8 @@ async def _heartbeat_loop(kx: ServerContext) -> None:
         await anyio.sleep(kx.settings.heartbeat_flush_interval)
         try:
             await kx.flush_heartbeats()
-        except Exception:  # keep serving; the heartbeats of this batch are lost
-            log.exception("cannot record heartbeats")
+        except Exception as exc:  # keep serving; the batch is written with the next one
+            background_failed(kx.database, exc, "recording heartbeats")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -303,9 +366,26 @@ async def _kernex_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, KernexError):  # registered for this class only
         raise exc
     status = getattr(exc, "status", 500)
+    if isinstance(exc, DatabaseUnavailableError):
+        return _unavailable(request, exc, exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(status, exc.message, exc.hint)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """The database cannot be reached: 503 with Retry-After and one log line per outage;
+    any other database error is a bug (500 and its traceback)."""
+    if not is_outage(exc):
+        raise exc
+    return _unavailable(request, exc, DatabaseUnavailableError())
+
+
+def _unavailable(request: Request, exc: Exception, answer: DatabaseUnavailableError) -> Response:
+    context_of(request).database.failed(exc, f"{request.method} {request.url.path}")
+    response = error_response(answer.status, answer.message, answer.hint)
+    response.headers["Retry-After"] = str(answer.retry_after)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

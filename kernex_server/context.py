@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -27,6 +27,7 @@ from kernex_server.enrollment import Enroller
 from kernex_server.manifests import ManifestCache, ServedManifest
 from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.models import Rollout
+from kernex_server.outage import DatabaseHealth, background_failed
 from kernex_server.reconciler import (
     DEPLOYED,
     Reconciler,
@@ -40,6 +41,7 @@ from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
 
 if TYPE_CHECKING:
+    from kernex_server.alerts import Alerter
     from kernex_server.bundle_gc import BundleCollector
     from kernex_server.git_fetch import Fetcher
 
@@ -79,6 +81,8 @@ class ServerContext:
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
     bundle_gc: BundleCollector | None = None  # set by create_app
+    alerter: Alerter | None = None  # set by create_app
+    database: DatabaseHealth = field(default_factory=DatabaseHealth)  # outages, logged once
     fetcher: Fetcher | None = None  # set by create_app: Git fetches in the background
 
     # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
@@ -254,8 +258,8 @@ class ServerContext:
         except KernexError as exc:
             hint = f" ({exc.hint})" if exc.hint else ""
             log.error("reconcile failed: %s", redact_text(f"{exc.message}{hint}"))
-        except Exception:  # a database outage must not stop the loop; the next pass retries
-            log.exception("reconcile failed")
+        except Exception as exc:  # a database outage must not stop the loop; the next retries
+            background_failed(self.database, exc, "reconcile")
 
     def wake_reconciler(self) -> bool:
         """Ask the reconcile loop for a pass now; False when no loop runs."""
@@ -287,8 +291,14 @@ class ServerContext:
         """Commit every status report accepted so far (admin reads call this first)."""
         if self.statuses.pending():
             await anyio.to_thread.run_sync(self.statuses.flush)
+            self.database.ok()
 
     async def flush_heartbeats(self) -> None:
         seen = self.device_auth.take_heartbeats()
         if seen:
-            await anyio.to_thread.run_sync(self.store.touch, seen)
+            try:
+                await anyio.to_thread.run_sync(self.store.touch, seen)
+            except Exception:  # kept for the next flush; newer heartbeats win
+                for device_id, at in seen.items():
+                    self.device_auth.heartbeats.setdefault(device_id, at)
+                raise

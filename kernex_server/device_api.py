@@ -30,6 +30,8 @@ from kernex_server.auth import AuthError, device_endpoint, rate_limited
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import EnrollmentError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
+from kernex_server.outage import DatabaseUnavailableError
+from kernex_server.status import StatusNotRecorded
 
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 MAX_LABELS = 64
@@ -208,7 +210,12 @@ async def status(request: Request) -> Response:
         report = StatusReport.from_dict(parse_json(body))
     except ValueError as exc:
         raise ApiError(422, f"invalid status report: {exc}") from exc
-    kx.statuses.accept(device_id, report, now=kx.clock())
+    try:  # group commit: answer once the report's batch is in the database
+        await kx.statuses.submit(device_id, report, now=kx.clock())
+    except StatusNotRecorded as exc:  # the agent keeps the report and sends it again
+        raise DatabaseUnavailableError(
+            "the server's database is unavailable; the status report was not recorded"
+        ) from exc
     kx.census.set_phase(device_id, report.phase.value)
     if report.serial is not None:
         await kx.serial_seen(device_id, report.serial)  # never serve below what it has

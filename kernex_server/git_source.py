@@ -10,11 +10,12 @@ every failure is a ``kernex_git.GitError`` whose text has credentials redacted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from kernex_git import GitEnv, GitError, Repository, fetch_branch, is_remote, read_fleet_files
+from kernex_git.signature import verify_signed_by, verify_ssh_allowed
 
 
 class FleetSource(Protocol):
@@ -25,6 +26,7 @@ class FleetSource(Protocol):
     def read(self, commit: str) -> Mapping[str, bytes]: ...
     def is_ancestor(self, older: str, newer: str) -> bool: ...
     def verify_commit(self, commit: str) -> str | None: ...
+    def verify_signed_by(self, commit: str, keys: Sequence[str]) -> str | None: ...
 
 
 class GitFleetSource:
@@ -73,13 +75,19 @@ class GitFleetSource:
         return self.repo.is_ancestor(older, newer)
 
     def verify_commit(self, commit: str) -> str | None:
-        """None when the commit carries a signature the allowed signers accept."""
+        """None when the commit carries an SSH signature the allowed-signers file of
+        server.toml accepts (``require_signed_commits``)."""
         if self.allowed_signers is None or not self.allowed_signers.is_file():
             return (
                 "require_signed_commits is on but no allowed-signers file is configured "
                 f"({self.allowed_signers})"
             )
-        problem = self.repo.verify_commit(commit, self.allowed_signers)
+        problem = verify_ssh_allowed(self.repo, commit, self.allowed_signers)
         if problem is None:
             return None
         return f"commit {commit[:12]} is not signed by an allowed signer: {problem}"
+
+    def verify_signed_by(self, commit: str, keys: Sequence[str]) -> str | None:
+        """None when the commit carries a valid signature by one of ``keys`` (SSH public
+        key lines, OpenPGP fingerprints): ``trusted_signers`` of kernex.yaml."""
+        return verify_signed_by(self.repo, commit, keys)

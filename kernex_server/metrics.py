@@ -160,3 +160,39 @@ class RolloutMetrics:
             self.by_state.labels(state=state).set(n)
         if halts:
             self.halts.inc(halts)
+
+
+class AlertMetrics:
+    """The alert outbox: ``kernex_alert_outbox{state}`` (rows pending, delivered, failed),
+    the age of the oldest pending alert, and delivery attempts by result."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outbox = Gauge(
+            "kernex_alert_outbox",
+            "Alert outbox rows by state (pending, delivered, failed).",
+            ["state"],
+            registry=registry,
+        )
+        self.oldest = Gauge(
+            "kernex_alert_oldest_pending_seconds",
+            "Age of the oldest alert not yet delivered (0 when none is pending).",
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "kernex_alert_deliveries",
+            "Alert delivery attempts by result (delivered, retry, failed).",
+            ["result"],
+            registry=registry,
+        )
+        for state in ("pending", "delivered", "failed"):
+            self.outbox.labels(state=state).set(0)
+        for result in ("delivered", "retry", "failed"):
+            self.deliveries.labels(result=result)
+
+    def observe(self, counts: Mapping[str, int], oldest_age: float | None) -> None:
+        for state, n in counts.items():
+            self.outbox.labels(state=state).set(n)
+        self.oldest.set(max(0.0, oldest_age or 0.0))
+
+    def attempted(self, result: str) -> None:
+        self.deliveries.labels(result=result).inc()

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -227,3 +237,25 @@ class ServerState(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class AlertOutbox(Base):
+    """One alert for one receiver, kept until delivered (or given up): the durable outbox
+    the alert loop delivers from (kernex_server.alerts). ``key`` is the idempotency key
+    the receiver sees on every attempt."""
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (UniqueConstraint("receiver", "key", name="uq_alert_outbox_receiver_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    receiver: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    alert: Mapped[dict[str, Any]] = mapped_column(JSON)  # summary, detail, created_at
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
+    created_at: Mapped[float] = mapped_column(Float)
+    due_at: Mapped[float] = mapped_column(Float, index=True)  # next attempt (or group close)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -278,6 +278,16 @@ SCHEMAS: dict[str, Schema] = {
         device_list=arr(ANY_OBJ),
     ),
     "RolloutList": obj(["rollouts"], rollouts=arr(ref("Rollout"))),
+    "AlertOverview": obj(
+        ["receivers", "outbox", "recent"],
+        receivers=arr(obj(name=STR, format=STR, url=STR, events=arr(STR))),
+        outbox=obj(pending=INT, delivered=INT, failed=INT),
+        recent=arr(ANY_OBJ),
+    ),
+    "AlertDeliveries": obj(
+        ["deliveries"],
+        deliveries=arr(obj(receiver=STR, key=STR, state=STR, status=NINT, error=NSTR)),
+    ),
     "WebhookResult": obj(["reconcile"], reconcile=BOOL, event=STR, ref=NSTR),
     "Health": obj(status=STR),
     "ServerInfo": obj(
@@ -511,6 +521,22 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "One rollout with its waves and devices",
         None,
         _ok("Rollout"),
+        [],
+    ),
+    ("GET", "/v1/admin/alerts"): (
+        "Alert receivers (URL origin only), outbox counts and the newest alerts",
+        None,
+        _ok("AlertOverview"),
+        [],
+    ),
+    ("POST", "/v1/admin/alerts/test"): (
+        "Send a sample alert to every receiver, or one, now; each delivery's outcome",
+        {"required": False, "content": {JSON: {"schema": obj(receiver=STR)}}},
+        {
+            200: ("OK", ref("AlertDeliveries"), JSON),
+            404: ("no receiver of that name", ref("Error"), JSON),
+            409: ("no receivers configured", ref("Error"), JSON),
+        },
         [],
     ),
     **{

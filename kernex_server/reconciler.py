@@ -1,10 +1,11 @@
 """The reconciler: Git -> core -> database -> signed manifests.
 
 Each pass reads the branch head from the ``FleetSource``; a commit not seen before is
-checked (signature when required), validated and resolved by the core for every accepted
-device, and recorded as a ``Revision``. Only devices whose desired state digest changed
-get a new serial and a newly signed manifest. An invalid or unsigned commit is recorded
-with its errors and changes nothing: the last good revision keeps being served.
+checked (signatures: ``kernex_server.signers``), validated and resolved by the core
+for every accepted device, and recorded as a ``Revision``. Only devices whose desired
+state digest changed get a new serial and a newly signed manifest. An invalid or
+unsigned commit is recorded with its errors and changes nothing: the last good revision
+keeps being served.
 
 It runs in worker threads, one pass at a time per process; on PostgreSQL a transaction
 advisory lock makes it one pass at a time across every server sharing the database.
@@ -27,6 +28,7 @@ from kernex_core.errors import FleetInvalidError, KernexError
 from kernex_core.fleet import DesiredState, Fleet
 from kernex_core.manifest import Manifest
 from kernex_core.protocol import EnrollmentState
+from kernex_server import signers
 from kernex_server.git_source import FleetSource
 from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
@@ -111,15 +113,15 @@ class Reconciler:
     def fleet(self) -> Fleet | None:
         return self._loaded.fleet if self._loaded else None
 
+    # The fleet's ``policies.*`` override server.toml only when kernex.yaml sets them.
     def manifest_ttl(self, fleet: Fleet | None = None) -> int:
         fleet = fleet or self.fleet
-        ttl = getattr(fleet.settings, "manifest_ttl", None) if fleet else None
-        return int(ttl) if ttl else self.settings.manifest_ttl
+        ttl = fleet.settings.manifest_ttl if fleet else None
+        return ttl if ttl is not None else self.settings.manifest_ttl
 
     def offline_after(self) -> int:
-        fleet = self.fleet
-        value = getattr(fleet.settings, "offline_after", None) if fleet else None
-        return int(value) if value else self.settings.offline_after
+        value = self.fleet.settings.offline_after if self.fleet else None
+        return value if value is not None else self.settings.offline_after
 
     # -- one pass ----------------------------------------------------------------------
 
@@ -160,13 +162,14 @@ class Reconciler:
         now: float,
     ) -> ReconcileResult:
         previous = good.commit if good else None
-        if self.settings.require_signed_commits:
-            problem = source.verify_commit(head)
-            if problem is not None:
-                log.warning("not deploying %s: %s", head, problem)
-                errors: tuple[Mapping[str, Any], ...] = ({"message": problem},)
-                self._record(s, head, UNSIGNED, list(errors), previous, now)
-                return ReconcileResult(head, UNSIGNED, errors=errors)
+        try:
+            deployed = self._deployed(source, load_fleet, previous)
+        except KernexError as exc:  # its trusted_signers are unknown: deploy nothing
+            unknown = f"cannot read the deployed revision's trusted_signers: {exc.message}"
+            return self._unsigned(s, head, unknown, previous, now)
+        problem = signers.before_load(self.settings, source, head, deployed, previous)
+        if problem is not None:
+            return self._unsigned(s, head, problem, previous, now)
         try:
             fleet = load_fleet(source.read(head))
         except FleetInvalidError as exc:
@@ -181,6 +184,9 @@ class Reconciler:
             log.warning("commit %s cannot be loaded: %s", head, exc.message)
             self._record(s, head, INVALID, list(failure), previous, now)
             return ReconcileResult(head, INVALID, errors=failure)
+        problem = signers.after_load(source, head, deployed, fleet)
+        if problem is not None:
+            return self._unsigned(s, head, problem, previous, now)
         forced = (
             previous is not None and previous != head and not source.is_ancestor(previous, head)
         )
@@ -197,6 +203,23 @@ class Reconciler:
         self._loaded = _Loaded(fleet, head)
         log.info("deployed %s: %d device(s) changed", head, len(changed))
         return ReconcileResult(head, DEPLOYED, tuple(changed), tuple(admitted), forced=forced)
+
+    def _deployed(
+        self, source: FleetSource, load_fleet: FleetLoader, commit: str | None
+    ) -> Fleet | None:
+        if commit is None:
+            return None
+        if self._loaded is not None and self._loaded.commit == commit:
+            return self._loaded.fleet
+        return load_fleet(source.read(commit))  # deployed by another server
+
+    def _unsigned(
+        self, s: Session, head: str, problem: str, previous: str | None, now: float
+    ) -> ReconcileResult:
+        log.warning("not deploying %s: %s", head, problem)
+        errors: tuple[Mapping[str, Any], ...] = ({"message": problem},)
+        self._record(s, head, UNSIGNED, list(errors), previous, now)
+        return ReconcileResult(head, UNSIGNED, errors=errors)
 
     def _try_lock(self, s: Session) -> bool:
         if not self.postgres:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernex_server.alert_config import AlertReceiver, parse_receivers
 from kernex_server.errors import ServerSetupError
 
 SETTINGS_FILE = "server.toml"
@@ -50,7 +51,7 @@ class Settings:
     max_bundle_bytes: int = 4 * 1024**3  # bytes of one uploaded bundle
     max_skew: int = 300  # seconds of clock skew accepted on signed device requests
     heartbeat_flush_interval: float = 5.0  # seconds between writes of last_seen batches
-    status_flush_interval: float = 0.5  # seconds between writes of status report batches
+    status_flush_interval: float = 0.0  # seconds a status batch waits for more before it commits
     rollout_interval: float = 1.0  # seconds between evaluations of running rollouts
     webhook_secret: str = ""  # shared secret of POST /v1/hooks/git; made by `server init`
     metrics_token: str = ""  # when set, GET /metrics needs `Authorization: Bearer <it>`
@@ -73,6 +74,16 @@ class Settings:
     prune_interval: float = 3600.0  # seconds between pruning passes (0: the server never prunes)
     prune_batch: int = 1000  # rows deleted per transaction while pruning
     bundle_gc_grace_days: float = 7.0  # bundle gc spares blobs uploaded more recently
+    # Browser origins allowed to call the admin API (/v1/admin/*) cross-origin; empty: none.
+    cors_origins: tuple[str, ...] = ()
+    # Alerts (docs/operations.md#alerts): receivers are [[alerts]] tables, at the file's end.
+    alerts: tuple[AlertReceiver, ...] = ()
+    alert_group_seconds: float = 60.0  # device failures in this window make one alert
+    alert_offline_fraction: float = 0.5  # alert when more accepted devices are offline (0: off)
+    alert_retry_seconds: float = 10.0  # first retry delay; it doubles after each failure
+    alert_retry_max_seconds: float = 1800.0  # the longest delay between two attempts
+    alert_give_up_hours: float = 72.0  # an alert still undelivered this long counts as failed
+    alert_interval: float = 1.0  # seconds between passes of the alert loop
 
     @property
     def manifest_key_path(self) -> Path:
@@ -153,6 +164,15 @@ def data_dir_from(option: str | None, env: Mapping[str, str] | None = None) -> P
 def _convert(name: str, raw: Any, default: Any) -> Any:
     if name == "data_dir":
         return Path(raw)
+    if name == "alerts":
+        return parse_receivers(raw)
+    if isinstance(default, tuple):
+        if not isinstance(raw, list | tuple) or not all(isinstance(v, str) for v in raw):
+            raise ServerSetupError(
+                f"setting {name!r} must be a list of strings",
+                hint=f'For example: {name} = ["https://ops.example.com"].',
+            )
+        return tuple(raw)
     expected = type(default)
     if expected is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
@@ -174,18 +194,31 @@ def render_settings_file(repo: str, branch: str, webhook_secret: str = "") -> st
     if webhook_secret:
         lines.append(webhook_secret_line(webhook_secret))
     for f in dataclasses.fields(Settings):
-        if f.name in {"data_dir", "repo", "branch", "webhook_secret"}:
+        if f.name in {"data_dir", "repo", "branch", "webhook_secret", "alerts"}:
             continue
         value = f.default
         text = (
-            _toml_str(value)
+            "[" + ", ".join(_toml_str(v) for v in value) + "]"
+            if isinstance(value, tuple)
+            else _toml_str(value)
             if isinstance(value, str)
             else str(value).lower()
             if isinstance(value, bool)
             else str(value)
         )
         lines.append(f"# {f.name} = {text}")
+    lines += ALERTS_EXAMPLE
     return "\n".join(lines) + "\n"
+
+
+ALERTS_EXAMPLE = [
+    "# Alert receivers go last: every key after [[alerts]] belongs to that receiver.",
+    "# [[alerts]]",
+    '# name = "ops"',
+    '# url = "https://alerts.example.com/kernex"',
+    '# secret = "<openssl rand -hex 32>"  # the receiver checks Kernex-Signature with it',
+    '# format = "generic"  # or "slack"',
+]
 
 
 def webhook_secret_line(secret: str) -> str:

@@ -160,3 +160,16 @@ def verify_manifest(
 
 def admin(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def migration_head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from kernex_server.database import migrations_dir
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head

@@ -19,8 +19,6 @@ from kernex_core.envelope import Signature
 from kernex_core.errors import FleetInvalidError
 from kernex_core.fleet.model import (
     API_VERSION,
-    DEFAULT_MANIFEST_TTL,
-    DEFAULT_OFFLINE_AFTER,
     BundleVersion,
     Defaults,
     DeviceSpec,
@@ -461,19 +459,19 @@ class _Loader:
         name = c.string(doc.get("name"), ("name",)) if "name" in doc else ""
         if "description" in doc:
             c.string(doc["description"], ("description",))
-        offline_after, manifest_ttl = DEFAULT_OFFLINE_AFTER, DEFAULT_MANIFEST_TTL
+        offline_after: int | None = None  # unset: the server's own value applies
+        manifest_ttl: int | None = None
         if "policies" in doc:
             policies = c.mapping(doc["policies"], ("policies",), POLICY_KEYS) or {}
             if "offline_after" in policies:
                 offline_after = (
-                    c.duration(policies["offline_after"], ("policies", "offline_after"))
-                    or offline_after
+                    c.duration(policies["offline_after"], ("policies", "offline_after")) or None
                 )
             if "manifest_ttl" in policies:
                 ttl = c.duration(policies["manifest_ttl"], ("policies", "manifest_ttl"))
                 if ttl == 0:
                     c.issue(("policies", "manifest_ttl"), "manifest_ttl must be positive")
-                manifest_ttl = ttl or manifest_ttl
+                manifest_ttl = ttl or None
         defaults = Defaults()
         if "defaults" in doc:
             block = c.mapping(doc["defaults"], ("defaults",), DEFAULTS_KEYS) or {}

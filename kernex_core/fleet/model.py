@@ -15,8 +15,6 @@ from kernex_core.envelope import Signature
 from kernex_core.fleet.selector import Selector
 
 API_VERSION = "kernex/v1"
-DEFAULT_OFFLINE_AFTER = 300  # seconds without a report before a device counts as offline
-DEFAULT_MANIFEST_TTL = 7 * 24 * 3600  # seconds a manifest stays valid after issue
 
 
 @dataclass(frozen=True)
@@ -78,8 +76,9 @@ class Defaults:
 @dataclass(frozen=True)
 class FleetSettings:
     name: str = ""
-    offline_after: int = DEFAULT_OFFLINE_AFTER
-    manifest_ttl: int = DEFAULT_MANIFEST_TTL
+    # None: not set in kernex.yaml, so the server's own setting (server.toml) applies.
+    offline_after: int | None = None
+    manifest_ttl: int | None = None
     defaults: Defaults = field(default_factory=Defaults)
     rollout: RolloutPolicy | None = None
     trusted_signers: tuple[TrustedSigner, ...] = ()

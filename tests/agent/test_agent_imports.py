@@ -24,3 +24,26 @@ def test_importing_the_agent_loads_no_server_cli_or_heavy_library() -> None:
     assert "httpx" in modules
     loaded = [m for m in modules if m.split(".")[0] in FORBIDDEN]
     assert loaded == []
+
+
+def test_the_agent_needs_no_tarfile_extraction_filters() -> None:
+    """Python 3.11.0-3.11.3 (Debian 12's 3.11.2) has no ``tarfile.data_filter`` and
+    ``extractall(filter=)`` raises TypeError there. The agent unpacks bundles itself
+    (kernex_agent/unpack.py), so no code a device runs may use tarfile's extraction."""
+    import ast
+    from pathlib import Path
+
+    import kernex_agent
+    import kernex_core
+
+    extraction = {"extractall", "data_filter", "tar_filter", "extraction_filter"}
+    used = []
+    for package in (kernex_agent, kernex_core):
+        for path in Path(package.__file__).parent.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                tar_extract = node.attr == "extract" and ast.unparse(node.value) != "self.fs"
+                if node.attr in extraction or tar_extract:
+                    used.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert used == []

@@ -12,6 +12,7 @@ from agent_helpers import OK, Device, bundle_bytes, run, snapshot
 from agent_sim import ServerSimulator
 
 from kernex_agent.storage import DeviceFS
+from kernex_cli.bundle_build import build_bundle
 from kernex_core.protocol import Phase
 
 FAIL = "#!/bin/sh\necho 'health: service does not answer' >&2\nexit 3\n"
@@ -322,3 +323,58 @@ def test_run_forever_backs_off_with_jitter_and_stops(tmp_path: Path) -> None:
     assert all(0 <= d <= 300 for d in delays)
     assert max(delays) > 2  # it grew
     assert len(set(delays)) == len(delays)  # jittered
+
+
+def test_reports_answered_503_are_kept_and_sent_again(tmp_path: Path) -> None:
+    """A 503 (the server could not commit the report) is not an acknowledgement: the
+    report stays queued until a 2xx, and goes out before newer ones."""
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim)
+    dev.cycle()
+    sim.status_code = 503  # e.g. the server's database is down
+    run(dev.agent.report(Phase.FAILED, dev.agent.load_state(), error="not committed"))
+    assert len(list((dev.data_dir / "reports").glob("*.json"))) == 1
+    assert not run(dev.agent.flush_reports())  # still 503: kept
+    assert len(list((dev.data_dir / "reports").glob("*.json"))) == 1
+    sim.status_code = None
+    sent_before = len(sim.reports)
+
+    run(dev.agent.report(Phase.HEALTHY, dev.agent.load_state()))
+
+    errors = [r.error for _, r in sim.reports[sent_before:]]
+    assert errors == ["not committed", None]
+    assert list((dev.data_dir / "reports").iterdir()) == []
+
+
+def test_an_unexpected_error_during_install_rolls_back_and_is_reported(tmp_path: Path) -> None:
+    """A hook argument with a NUL byte makes Python's process start raise ValueError, no
+    Kernex error: the agent rolls back, reports why and keeps running."""
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim)
+    v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(v1)])
+    assert dev.cycle().phase is Phase.HEALTHY
+
+    src = tmp_path / "src-nul"
+    (src / "hooks").mkdir(parents=True)
+    for hook in ("install", "health"):
+        (src / "hooks" / hook).write_text(OK)
+        (src / "hooks" / hook).chmod(0o755)
+    (src / "kernex-bundle.yaml").write_text(
+        'name: app\nversion: "2.0.0"\nhooks:\n  install: hooks/install\n'
+        '  health: {run: [hooks/health, "a\\0b"]}\n'
+    )
+    v2 = sim.add_bundle(build_bundle(src), "app", "2.0.0")
+    sim.publish("dev-1", [sim.entry(v2)])
+    result = dev.cycle()
+
+    assert not result.ok
+    assert result.phase is Phase.ROLLED_BACK
+    assert dev.current_version("app") == "1.0.0"
+    report = dev.last_report()
+    assert report.phase is Phase.ROLLED_BACK
+    assert report.serial == 2
+    assert report.bundles == {"app": "1.0.0"}
+    assert "unexpected error (ValueError)" in (report.error or ""), report.error
+    assert "null byte" in (report.error or "")
+    assert dev.cycle().ok  # the same serial waits for its retry; the agent runs on

@@ -7,7 +7,9 @@ back to v1 by itself and reports `rolled_back`; the server shows it.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -256,3 +258,108 @@ def test_a_bad_canary_halts_itself(server: dict[str, Any], tmp_path: Path) -> No
                 agent.wait(timeout=15)
         for log in logs:
             log.close()
+
+
+INSTALL_SLOW = (
+    '#!/bin/sh\ntouch "$KERNEX_DATA_DIR/install.started"\nsleep 2\n'
+    'echo "$KERNEX_VERSION" > "$KERNEX_DATA_DIR/app.installed"\n'
+)
+
+
+def long_polls_open(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("kernex_manifest_long_polls_open "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_sigterm_stops_a_long_poll_at_once_but_an_install_finishes_first(
+    server: dict[str, Any], tmp_path: Path
+) -> None:
+    """A real agent waits in the server's 30 s long poll: SIGTERM ends it within 2 s, with
+    nothing half done. During an install, SIGTERM lets the install finish, then exits."""
+    client: httpx.Client = server["client"]
+    repo: FleetRepo = server["repo"]
+    v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
+    src = tmp_path / "app-1.0.0"
+    (src / "hooks" / "install").write_text(INSTALL_SLOW)
+    (src / "kernex-bundle.yaml").write_text(
+        'name: app\nversion: "1.1.0"\nhooks:\n  install: hooks/install\n  health: hooks/health\n'
+    )
+    v2 = build_bundle(src)
+    for blob in (v1, v2):
+        assert client.put(f"/v1/admin/bundles/{sha(blob)}", content=blob).status_code < 300
+    repo.write(
+        "bundles/app.yaml",
+        "name: app\nversions:\n"
+        f"  1.0.0:\n    sha256: {sha(v1)}\n    size: {len(v1)}\n"
+        f"  1.1.0:\n    sha256: {sha(v2)}\n    size: {len(v2)}\n",
+    )
+    repo.write("kernex.yaml", kernex_yaml(version="1.0.0"))
+    repo.commit("app 1.0.0")
+    token = client.post("/v1/admin/enrollment-tokens", json={"max_uses": 1}).json()["token"]
+    data = tmp_path / "device"
+    enrolled = subprocess.run(
+        [*KERNEX, "agent", "enroll", "--server", server["base"], "--token", token,
+         "--device-id", "edge-1", "--label", "ring=canary", "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+
+    log = (tmp_path / "agent.log").open("wb")
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*KERNEX, "agent", "run", "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def device() -> dict[str, Any]:
+        return dict(client.get("/v1/admin/devices/edge-1").json())
+
+    def healthy_on(version: str) -> bool:
+        d = device()
+        status = d.get("status") or {}
+        return (
+            status.get("phase") == "healthy"
+            and status.get("bundles") == {"app": version}
+            and d["reported_serial"] == d["desired_serial"]
+        )
+
+    def agent_status() -> dict[str, Any]:
+        shown = subprocess.run(
+            [*KERNEX, "agent", "status", "--json", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        return dict(json.loads(shown.stdout))
+
+    agent = start()
+    try:
+        wait_for("v1 healthy", lambda: healthy_on("1.0.0"))
+        wait_for("the agent's long poll", lambda: long_polls_open(client) >= 1)
+        sent = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=10) == 0
+        assert time.monotonic() - sent < 2.0, "SIGTERM waited for the long poll to end"
+        stopped = agent_status()
+        assert stopped["journal"] is None or stopped["journal"]["step"] == "committed"
+        assert stopped["installed"]["app"]["version"] == "1.0.0"
+        assert stopped["queued_reports"] == 0
+
+        # An install in progress is finished before the agent stops.
+        agent = start()
+        repo.write("kernex.yaml", kernex_yaml(version="1.1.0"))
+        repo.commit("app 1.1.0, whose install takes 2 s")
+        wait_for("the install to start", (data / "install.started").exists)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0
+        assert (data / "app.installed").read_text().strip() == "1.1.0"
+        after = agent_status()
+        assert after["journal"] is None or after["journal"]["step"] == "committed"
+        assert after["installed"]["app"]["version"] == "1.1.0"
+        assert healthy_on("1.1.0")  # it reported the finished install before it stopped
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=15)
+        log.close()

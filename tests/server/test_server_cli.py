@@ -6,6 +6,7 @@ import json
 import stat
 from pathlib import Path
 
+from serverkit import migration_head
 from typer.testing import CliRunner
 
 from kernex_cli.main import app
@@ -13,19 +14,6 @@ from kernex_server.settings import Settings
 from kernex_server.store import hash_token
 
 runner = CliRunner()
-
-
-def migration_head() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from kernex_server.database import migrations_dir
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    head = ScriptDirectory.from_config(config).get_current_head()
-    assert head is not None
-    return head
 
 
 def test_init_makes_key_settings_and_a_token_shown_once(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from serverkit import migration_head
 from sqlalchemy.engine import make_url
 
 from kernex_server.database import current_revision, make_engine, migrate
@@ -53,7 +54,7 @@ def test_role_owning_only_its_schema_migrates(make_role: Any) -> None:
             assert conn.scalar(sa.text("SELECT has_schema_privilege('public', 'CREATE')")) is False
         migrate(engine)
         migrate(engine)  # again: a no-op
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == migration_head()
         with engine.connect() as conn:
             schemas = set(
                 conn.scalars(

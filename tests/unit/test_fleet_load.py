@@ -45,15 +45,15 @@ def test_valid_fleet_loads_with_settings_catalog_groups_and_devices() -> None:
     assert fleet.devices["dev-2"].bundles == {"app": "1.0.0"}
 
 
-def test_defaults_when_policies_are_absent() -> None:
+def test_policies_are_unset_when_absent_so_the_server_decides() -> None:
     files = base_files()
     files["kernex.yaml"] = y("apiVersion: kernex/v1\nname: f\n")
     files.pop("groups/canary.yaml")
     files.pop("groups/lab.yaml")
     files.pop("devices/dev-2.yaml")
     fleet = load_fleet(files)
-    assert fleet.settings.offline_after == 300
-    assert fleet.settings.manifest_ttl == 604800
+    assert fleet.settings.offline_after is None  # server.toml's offline_after applies
+    assert fleet.settings.manifest_ttl is None
     assert fleet.settings.rollout is None
 
 
