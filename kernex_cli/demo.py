@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from kernex_agent.simulate import DeviceRecord, SimFleet, SimSettings
+from kernex_agent.simdevice import DeviceRecord
+from kernex_agent.simulate import SimFleet, SimSettings
 from kernex_cli.fleet_edit import unset_value
 from kernex_cli.localserver import KERNEX, LocalServer
 from kernex_core.errors import KernexError

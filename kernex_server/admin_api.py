@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core.formats import DURATION_EXAMPLES, SHA256_RE
 from kernex_core.protocol import EnrollmentState
 from kernex_core.timefmt import format_time
+from kernex_server import wire
+from kernex_server.api import BYTES, Answer, Param, operation, route
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
@@ -42,6 +43,26 @@ AUDIT_LIMIT_MAX = 1000
 
 
 PREFIX = "/v1/admin"
+
+DEVICE_FILTERS = [
+    Param("state", EnrollmentState, "enrollment state"),
+    Param("phase", str, "last reported phase"),
+    Param("online", bool, "seen within offline_after"),
+    Param("label", str, "key=value; repeat to require several", many=True),
+    Param("out_of_sync", bool, "accepted and reported serial != desired serial"),
+]
+AUDIT_FILTERS = [
+    Param("since", str, f"RFC 3339 time or a duration back from now ({DURATION_EXAMPLES})"),
+    Param("until", str, "RFC 3339 time or a duration back from now"),
+    Param("actor", str, "token name, device:<id>, reconciler, webhook:<host>"),
+    Param("target", str, "device id, token name, commit, sha256 ..."),
+    Param("action", str, "e.g. token.create, device.accept, reconcile, webhook, auth"),
+    Param(
+        "limit",
+        Annotated[int, {"minimum": 1, "maximum": AUDIT_LIMIT_MAX, "default": 100}],
+        "max rows",
+    ),
+]
 
 
 def _time(value: float | None) -> str | None:
@@ -84,6 +105,7 @@ def device_json(
     }
 
 
+@operation("GET", "The calling token", ok=wire.Identity)
 @requires(Role.VIEWER)
 async def whoami(request: Request) -> Response:
     identity = request.state.identity
@@ -141,6 +163,7 @@ async def _device_rows(kx: ServerContext) -> list[dict[str, Any]]:
     ]
 
 
+@operation("GET", "Devices", ok=wire.DeviceList, query=DEVICE_FILTERS, errors=(400,))
 @requires(Role.VIEWER)
 async def list_devices(request: Request) -> Response:
     kx = context_of(request)
@@ -148,6 +171,7 @@ async def list_devices(request: Request) -> Response:
     return json_response({"devices": [d for d in await _device_rows(kx) if keep(d)]})
 
 
+@operation("GET", "Fleet status and stats", ok=wire.FleetStatus)
 @requires(Role.VIEWER)
 async def fleet_status(request: Request) -> Response:
     kx = context_of(request)
@@ -209,6 +233,9 @@ def _revision_status(
     }
 
 
+@operation(
+    "GET", "One device with deployments and status history", ok=wire.DeviceDetail, errors=(404,)
+)
 @requires(Role.VIEWER)
 async def show_device(request: Request) -> Response:
     kx = context_of(request)
@@ -261,18 +288,21 @@ async def _transition(request: Request, target: EnrollmentState, allowed: set[st
     return json_response({"id": device_id, "state": updated.state})
 
 
+@operation("POST", "Admit a pending or rejected device", ok=wire.DeviceState, errors=(404, 409))
 @requires(Role.ADMIN)
 @audited("device.accept")
 async def accept_device(request: Request) -> Response:
     return await _transition(request, EnrollmentState.ACCEPTED, {"pending", "rejected"})
 
 
+@operation("POST", "Reject a pending device", ok=wire.DeviceState, errors=(404, 409))
 @requires(Role.ADMIN)
 @audited("device.reject")
 async def reject_device(request: Request) -> Response:
     return await _transition(request, EnrollmentState.REJECTED, {"pending"})
 
 
+@operation("POST", "Revoke a device (final)", ok=wire.DeviceState, errors=(404, 409))
 @requires(Role.ADMIN)
 @audited("device.revoke")
 async def revoke_device(request: Request) -> Response:
@@ -294,6 +324,13 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ROW_ID
 
 
+@operation(
+    "POST",
+    "Create an enrollment token; the secret is in the answer only",
+    ok=wire.NewEnrollmentToken,
+    status=201,
+    body=wire.EnrollmentTokenCreate,
+)
 @requires(Role.ADMIN)
 @audited("enrollment_token.create")
 async def create_enrollment_token(request: Request) -> Response:
@@ -326,6 +363,7 @@ async def create_enrollment_token(request: Request) -> Response:
     return json_response({**_enroll_token_out(row), "token": token}, status=201)
 
 
+@operation("GET", "Enrollment tokens (no secrets)", ok=wire.EnrollmentTokenList)
 @requires(Role.ADMIN)
 async def list_enrollment_tokens(request: Request) -> Response:
     kx = context_of(request)
@@ -333,6 +371,7 @@ async def list_enrollment_tokens(request: Request) -> Response:
     return json_response({"tokens": [_enroll_token_out(r) for r in rows]})
 
 
+@operation("DELETE", "Revoke an enrollment token", status=204, ok_text="revoked", errors=(404,))
 @requires(Role.ADMIN)
 @audited("enrollment_token.revoke")
 async def revoke_enrollment_token(request: Request) -> Response:
@@ -369,18 +408,39 @@ async def _upload(request: Request, expected: str | None) -> Response:
     )
 
 
+@operation(
+    "PUT",
+    "Upload bundle bytes that must hash to {sha256}",
+    ok=wire.StoredBundle,
+    status=201,
+    ok_text="stored",
+    answers={200: Answer("already stored", wire.StoredBundle)},
+    body=bytes,
+    body_media=BYTES,
+)
 @requires(Role.OPERATOR)
 @audited("bundle.upload")
 async def put_bundle(request: Request) -> Response:
     return await _upload(request, request.path_params["sha256"])
 
 
+@operation(
+    "POST",
+    "Upload bundle bytes",
+    ok=wire.StoredBundle,
+    status=201,
+    ok_text="stored",
+    answers={200: Answer("already stored", wire.StoredBundle)},
+    body=bytes,
+    body_media=BYTES,
+)
 @requires(Role.OPERATOR)
 @audited("bundle.upload")
 async def post_bundle(request: Request) -> Response:
     return await _upload(request, None)
 
 
+@operation("GET", "Stored bundles, newest first", ok=wire.BundleList)
 @requires(Role.VIEWER)
 async def list_bundles(request: Request) -> Response:
     kx = context_of(request)
@@ -388,6 +448,13 @@ async def list_bundles(request: Request) -> Response:
     return json_response({"bundles": [{**r, "uploaded_at": _time(r["uploaded_at"])} for r in rows]})
 
 
+@operation(
+    "POST",
+    "Run a reconcile pass now",
+    ok=wire.ReconcileResult,
+    query=[Param("force", bool, "re-run even when the head commit was seen")],
+    errors=(500,),
+)
 @requires(Role.OPERATOR)
 @audited("reconcile.trigger")
 async def reconcile(request: Request) -> Response:
@@ -404,6 +471,7 @@ async def reconcile(request: Request) -> Response:
     return json_response(result.to_dict())
 
 
+@operation("GET", "Commits seen, newest first", ok=wire.RevisionList)
 @requires(Role.VIEWER)
 async def list_revisions(request: Request) -> Response:
     kx = context_of(request)
@@ -421,6 +489,7 @@ def _api_token_out(token: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@operation("GET", "Admin tokens (no secrets)", ok=wire.TokenList)
 @requires(Role.ADMIN)
 async def list_tokens(request: Request) -> Response:
     kx = context_of(request)
@@ -428,6 +497,14 @@ async def list_tokens(request: Request) -> Response:
     return json_response({"tokens": [_api_token_out(r) for r in rows]})
 
 
+@operation(
+    "POST",
+    "Create an admin token; the secret is in the answer only",
+    ok=wire.NewToken,
+    status=201,
+    body=wire.TokenCreate,
+    errors=(409,),
+)
 @requires(Role.ADMIN)
 @audited("token.create")
 async def create_token(request: Request) -> Response:
@@ -466,6 +543,7 @@ async def create_token(request: Request) -> Response:
     return json_response({**_api_token_out(row), "token": token}, status=201)
 
 
+@operation("DELETE", "Revoke a token (not the calling one)", ok=wire.Token, errors=(404, 409))
 @requires(Role.ADMIN)
 @audited("token.revoke")
 async def revoke_token(request: Request) -> Response:
@@ -487,6 +565,7 @@ async def revoke_token(request: Request) -> Response:
     return json_response(_api_token_out(row))
 
 
+@operation("GET", "Audit log, newest first", ok=wire.AuditList, query=AUDIT_FILTERS, errors=(400,))
 @requires(Role.VIEWER)
 async def audit_log(request: Request) -> Response:
     kx = context_of(request)
@@ -522,25 +601,20 @@ async def audit_log(request: Request) -> Response:
 
 
 routes = [
-    Route(f"{PREFIX}/whoami", whoami, methods=["GET"]),
-    Route(f"{PREFIX}/status", fleet_status, methods=["GET"]),
-    Route(f"{PREFIX}/tokens", list_tokens, methods=["GET"]),
-    Route(f"{PREFIX}/tokens", create_token, methods=["POST"]),
-    Route(f"{PREFIX}/tokens/{{token_id:int}}", revoke_token, methods=["DELETE"]),
-    Route(f"{PREFIX}/audit", audit_log, methods=["GET"]),
-    Route(f"{PREFIX}/devices", list_devices, methods=["GET"]),
-    Route(f"{PREFIX}/devices/{{device_id}}", show_device, methods=["GET"]),
-    Route(f"{PREFIX}/devices/{{device_id}}/accept", accept_device, methods=["POST"]),
-    Route(f"{PREFIX}/devices/{{device_id}}/reject", reject_device, methods=["POST"]),
-    Route(f"{PREFIX}/devices/{{device_id}}/revoke", revoke_device, methods=["POST"]),
-    Route(f"{PREFIX}/enrollment-tokens", list_enrollment_tokens, methods=["GET"]),
-    Route(f"{PREFIX}/enrollment-tokens", create_enrollment_token, methods=["POST"]),
-    Route(
-        f"{PREFIX}/enrollment-tokens/{{token_id:int}}", revoke_enrollment_token, methods=["DELETE"]
-    ),
-    Route(f"{PREFIX}/bundles", list_bundles, methods=["GET"]),
-    Route(f"{PREFIX}/bundles", post_bundle, methods=["POST"]),
-    Route(f"{PREFIX}/bundles/{{sha256}}", put_bundle, methods=["PUT"]),
-    Route(f"{PREFIX}/reconcile", reconcile, methods=["POST"]),
-    Route(f"{PREFIX}/revisions", list_revisions, methods=["GET"]),
+    route(f"{PREFIX}/whoami", whoami),
+    route(f"{PREFIX}/status", fleet_status),
+    route(f"{PREFIX}/tokens", list_tokens, create_token),
+    route(f"{PREFIX}/tokens/{{token_id:int}}", revoke_token),
+    route(f"{PREFIX}/audit", audit_log),
+    route(f"{PREFIX}/devices", list_devices),
+    route(f"{PREFIX}/devices/{{device_id}}", show_device),
+    route(f"{PREFIX}/devices/{{device_id}}/accept", accept_device),
+    route(f"{PREFIX}/devices/{{device_id}}/reject", reject_device),
+    route(f"{PREFIX}/devices/{{device_id}}/revoke", revoke_device),
+    route(f"{PREFIX}/enrollment-tokens", list_enrollment_tokens, create_enrollment_token),
+    route(f"{PREFIX}/enrollment-tokens/{{token_id:int}}", revoke_enrollment_token),
+    route(f"{PREFIX}/bundles", list_bundles, post_bundle),
+    route(f"{PREFIX}/bundles/{{sha256}}", put_bundle),
+    route(f"{PREFIX}/reconcile", reconcile),
+    route(f"{PREFIX}/revisions", list_revisions),
 ]

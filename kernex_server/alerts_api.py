@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from kernex_server import wire
+from kernex_server.api import operation, route
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
@@ -35,6 +36,7 @@ def _alerter(kx: ServerContext) -> Alerter:
     return kx.alerter
 
 
+@operation("GET", "Alert receivers (origins only) and the outbox", ok=wire.AlertOverview)
 @requires(Role.VIEWER)
 async def show(request: Request) -> Response:
     kx = context_of(request)
@@ -43,6 +45,14 @@ async def show(request: Request) -> Response:
     return json_response(await kx.alerter.overview())
 
 
+@operation(
+    "POST",
+    "Store a sample alert for every receiver, or the one named, and deliver it now",
+    ok=wire.AlertTestResult,
+    body=wire.AlertTest,
+    body_required=False,
+    errors=(404, 409),
+)
 @requires(Role.ADMIN)
 @audited("alerts.test")
 async def send_test(request: Request) -> Response:
@@ -68,6 +78,6 @@ async def send_test(request: Request) -> Response:
 
 
 routes = [
-    Route(PREFIX, show, methods=["GET"]),
-    Route(f"{PREFIX}/test", send_test, methods=["POST"]),
+    route(PREFIX, show),
+    route(f"{PREFIX}/test", send_test),
 ]

@@ -27,7 +27,6 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from kernex_core import fleet, keys
 from kernex_core.errors import KernexError
@@ -45,6 +44,7 @@ from kernex_server import (
     webhooks,
 )
 from kernex_server.alerts import Alerter, alert_loop
+from kernex_server.api import route
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
@@ -229,7 +229,7 @@ def create_app(
     app = Starlette(
         routes=[
             *ops.routes,
-            Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
+            route(openapi.PATH, openapi.openapi_document),
             *device_api.routes,
             *info_api.routes,
             *bundle_gc.routes,

@@ -11,9 +11,10 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core.errors import KernexError
+from kernex_server import wire
+from kernex_server.api import Answer, operation, route
 from kernex_server.auth import AuthError, public_endpoint
 from kernex_server.context import context_of
 from kernex_server.database import check_connection
@@ -23,11 +24,19 @@ from kernex_server.metrics import CONTENT_TYPE
 from kernex_server.settings import Settings
 
 
+@operation("GET", "Liveness: the process answers", ok=wire.Health)
 @public_endpoint
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+@operation(
+    "GET",
+    "Readiness: database, Git source, deployed revision, data directory",
+    ok=wire.Ready,
+    ok_text="ready",
+    answers={503: Answer("not ready; names what failed", wire.Ready)},
+)
 @public_endpoint
 async def readyz(request: Request) -> Response:
     """Ready when the database answers, the Git source was fetched within
@@ -65,6 +74,14 @@ def _disk_check(settings: Settings) -> str:
     return "ok"
 
 
+@operation(
+    "GET",
+    "Prometheus metrics (bearer metrics_token when that setting is set)",
+    ok=str,
+    ok_text="Prometheus text format 0.0.4",
+    media="text/plain",
+    errors=(401,),
+)
 @public_endpoint
 async def metrics_endpoint(request: Request) -> Response:
     kx = context_of(request)
@@ -77,7 +94,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    route("/healthz", healthz),
+    route("/readyz", readyz),
+    route("/metrics", metrics_endpoint),
 ]
