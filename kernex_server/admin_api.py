@@ -452,6 +452,7 @@ async def list_bundles(request: Request) -> Response:
     "POST",
     "Run a reconcile pass now",
     ok=wire.ReconcileResult,
+    answers={202: Answer("the fetch still runs after reconcile_wait", wire.ReconcileFetching)},
     query=[Param("force", bool, "re-run even when the head commit was seen")],
     errors=(500,),
 )
