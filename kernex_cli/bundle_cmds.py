@@ -19,6 +19,7 @@ from kernex_cli.publish import (
     BundleInfo,
     build_to_file,
     catalog_text,
+    check_not_rebound,
     inspect_archive,
     read_signatures,
     signature_path_for,
@@ -91,13 +92,21 @@ def push_cmd(
         Path | None,
         typer.Option("--signature", help="Release signature file [FILE.sig.json when present]."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the bytes of a version the catalog already pins (rebind)."
+        ),
+    ] = False,
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Upload a bundle to the server, then record it in bundles/NAME.yaml as a commit.
 
-    Pushing the same file again changes nothing. The commit is made only when the fleet
+    Pushing the same file again changes nothing. A version the catalog (or the server's
+    deployed fleet) already pins to other bytes is refused unless --force: devices that
+    installed it would not see the change. The commit is made only when the fleet
     repository still validates with the new catalog entry.
 
     Example: kernex bundle push hello-1.1.0.tar.gz --repo ./fleet --push
@@ -115,9 +124,11 @@ def push_cmd(
                 f"{scope.path} has uncommitted changes",
                 hint="Commit or stash them first, so this command commits only its own edit.",
             )
-        with connect(server, token) as client:
-            uploaded = _upload_with_progress(client, archive, info, quiet=as_json)
         old = fleet.show("HEAD", scope.path)
+        if not force:
+            check_not_rebound(old.decode("utf-8") if old else "", info)
+        with connect(server, token) as client:
+            uploaded = _upload_with_progress(client, archive, info, quiet=as_json, force=force)
         new_text = catalog_text(old.decode("utf-8") if old else "", info, signatures)
         message = f"bundle {info.name} {info.version}"
         outcome = apply_edit(fleet, scope, new_text, message, dry_run=False, push=push)
@@ -147,7 +158,7 @@ def push_cmd(
 
 
 def _upload_with_progress(
-    client: Any, archive: Path, info: BundleInfo, *, quiet: bool
+    client: Any, archive: Path, info: BundleInfo, *, quiet: bool, force: bool
 ) -> dict[str, Any]:
     from rich.progress import (
         BarColumn,
@@ -167,7 +178,9 @@ def _upload_with_progress(
         disable=quiet or not console.is_terminal,
     ) as progress:
         task = progress.add_task(f"{info.name} {info.version}", total=info.size)
-        return upload_bundle(client, archive, info, on_progress=lambda n: progress.advance(task, n))
+        return upload_bundle(
+            client, archive, info, force=force, on_progress=lambda n: progress.advance(task, n)
+        )
 
 
 @bundle_app.command("list")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -220,12 +221,18 @@ class Stage:
         return {d["id"]: d["desired_serial"] for d in rows}
 
     async def kernex(self, *args: str) -> str:
-        """Run a real ``kernex`` command as a child process; its output, or DemoError."""
+        """Run a real ``kernex`` command as a child process; its output, or DemoError.
+
+        It talks to the demo's server, never to one the user configured."""
+        env = dict(os.environ)
+        if self.server is not None:
+            env.update(KERNEX_SERVER=self.server.base_url, KERNEX_TOKEN=self.server.admin_token)
         proc = await asyncio.create_subprocess_exec(
             *KERNEX,
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            env=env,
         )
         try:
             out, _ = await proc.communicate()

@@ -16,16 +16,15 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kernex_core.formats import DURATION_EXAMPLES, SHA256_RE
+from kernex_core.formats import DURATION_EXAMPLES
 from kernex_core.protocol import EnrollmentState
 from kernex_core.timefmt import format_time
 from kernex_server import wire
-from kernex_server.api import BYTES, Answer, Param, operation, route
+from kernex_server.api import Answer, Param, operation, route
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
-from kernex_server.errors import BundleStoreError
 from kernex_server.git_fetch import git_status
 from kernex_server.http import (
     MAX_ROW_ID,
@@ -35,7 +34,8 @@ from kernex_server.http import (
     path_id,
     read_body,
 )
-from kernex_server.store import AuditQuery, DeviceRecord, TokenNameTakenError
+from kernex_server.store import AuditQuery, DeviceRecord
+from kernex_server.tokens import TokenNameTakenError
 
 ROLES = ("viewer", "operator", "admin")
 AUDIT_LIMIT_DEFAULT = 100
@@ -385,69 +385,6 @@ async def revoke_enrollment_token(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def _upload(request: Request, expected: str | None) -> Response:
-    kx = context_of(request)
-    if expected is not None and not SHA256_RE.match(expected):
-        raise ApiError(400, "bundle address must be a lowercase sha256 hex digest")
-    try:
-        stored = await kx.blobs.put_stream(
-            request.stream(), expected_sha256=expected, max_bytes=kx.settings.max_bundle_bytes
-        )
-    except BundleStoreError as exc:
-        status = 413 if "limit" in exc.message else 400
-        raise ApiError(status, exc.message, hint=exc.hint) from exc
-    by = request.state.identity.name
-    await anyio.to_thread.run_sync(
-        lambda: kx.store.record_blob(stored.sha256, stored.size, now=kx.clock(), by=by)
-    )
-    request.state.audit_target = stored.sha256
-    request.state.audit_detail = {"size": stored.size, "created": stored.created}
-    return json_response(
-        {"sha256": stored.sha256, "size": stored.size, "created": stored.created},
-        status=201 if stored.created else 200,
-    )
-
-
-@operation(
-    "PUT",
-    "Upload bundle bytes that must hash to {sha256}",
-    ok=wire.StoredBundle,
-    status=201,
-    ok_text="stored",
-    answers={200: Answer("already stored", wire.StoredBundle)},
-    body=bytes,
-    body_media=BYTES,
-)
-@requires(Role.OPERATOR)
-@audited("bundle.upload")
-async def put_bundle(request: Request) -> Response:
-    return await _upload(request, request.path_params["sha256"])
-
-
-@operation(
-    "POST",
-    "Upload bundle bytes",
-    ok=wire.StoredBundle,
-    status=201,
-    ok_text="stored",
-    answers={200: Answer("already stored", wire.StoredBundle)},
-    body=bytes,
-    body_media=BYTES,
-)
-@requires(Role.OPERATOR)
-@audited("bundle.upload")
-async def post_bundle(request: Request) -> Response:
-    return await _upload(request, None)
-
-
-@operation("GET", "Stored bundles, newest first", ok=wire.BundleList)
-@requires(Role.VIEWER)
-async def list_bundles(request: Request) -> Response:
-    kx = context_of(request)
-    rows = await anyio.to_thread.run_sync(kx.store.list_blobs)
-    return json_response({"bundles": [{**r, "uploaded_at": _time(r["uploaded_at"])} for r in rows]})
-
-
 @operation(
     "POST",
     "Run a reconcile pass now",
@@ -614,8 +551,6 @@ routes = [
     route(f"{PREFIX}/devices/{{device_id}}/revoke", revoke_device),
     route(f"{PREFIX}/enrollment-tokens", list_enrollment_tokens, create_enrollment_token),
     route(f"{PREFIX}/enrollment-tokens/{{token_id:int}}", revoke_enrollment_token),
-    route(f"{PREFIX}/bundles", list_bundles, post_bundle),
-    route(f"{PREFIX}/bundles/{{sha256}}", put_bundle),
     route(f"{PREFIX}/reconcile", reconcile),
     route(f"{PREFIX}/revisions", list_revisions),
 ]

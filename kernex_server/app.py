@@ -8,7 +8,7 @@ manifests close to expiry), and batch writes of device status reports and of dev
 heartbeats (both flushed again at shutdown).
 Blocking work (Git, database, signing many manifests) runs in worker threads.
 
-The request handlers live in the route modules (``device_api``, ``admin_api``,
+The request handlers live in the route modules (``device_api``, ``admin_api``, ``bundles_api``,
 ``rollouts_api``, ``webhooks``, ``ops``, ``openapi``); they reach the app's state through
 ``kernex_server.context`` and never import this module.
 """
@@ -35,6 +35,7 @@ from kernex_server import (
     admin_api,
     alerts_api,
     bundle_gc,
+    bundles_api,
     device_api,
     info_api,
     labels_api,
@@ -234,6 +235,7 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *bundles_api.routes,
             *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,

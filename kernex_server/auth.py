@@ -38,7 +38,8 @@ from kernex_core.protocol import EnrollmentState
 from kernex_server.audit import client_address
 from kernex_server.outage import is_outage
 from kernex_server.ratelimit import RateLimiter
-from kernex_server.store import Store, TokenIdentity
+from kernex_server.store import Store
+from kernex_server.tokens import TokenIdentity
 
 KEY_CACHE_SECONDS = 60.0
 KEY_RETRY_SECONDS = 5.0  # while the database is down, a cached key is re-read this often

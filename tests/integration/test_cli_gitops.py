@@ -96,8 +96,13 @@ def test_deploy_to_an_unknown_group_fails_clearly(fleet: Path) -> None:
     assert "groups/nosuch.yaml" in result.output
 
 
-def test_deploy_to_a_device_creates_its_file(fleet: Path) -> None:
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-d", "dev-new", "-C", str(fleet)])
+def test_deploy_to_a_device_creates_its_file_with_new(fleet: Path) -> None:
+    refused = runner.invoke(app, ["deploy", "hello@1.0.0", "-d", "dev-new", "-C", str(fleet)])
+    assert refused.exit_code == 1, refused.output
+    assert not (fleet / "devices/dev-new.yaml").exists()
+    result = runner.invoke(
+        app, ["deploy", "hello@1.0.0", "-d", "dev-new", "--new", "-C", str(fleet)]
+    )
     assert result.exit_code == 0, result.output
     assert "hello: 1.0.0" in (fleet / "devices/dev-new.yaml").read_text()
     assert commits(fleet)[0] == "deploy hello@1.0.0 to device dev-new"

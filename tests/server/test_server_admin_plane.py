@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from kernex_server.api import handlers
 from kernex_server.auth import Role, auth_kind
-from kernex_server.store import hash_token
+from kernex_server.tokens import hash_token
 
 PARAM_VALUES = {
     "device_id": "dev-none",
