@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kernex_core.errors import KernexError
 from kernex_git import redact_text
+from kernex_server.http import wire_time
 
 if TYPE_CHECKING:
     from kernex_server.context import ServerContext
@@ -171,10 +172,10 @@ def git_check(kx: ServerContext) -> str:
     return "ok"
 
 
-def git_status(kx: ServerContext, show_time: Callable[[float | None], Any]) -> dict[str, Any]:
+def git_status(kx: ServerContext) -> dict[str, Any]:
     """The ``git`` part of ``GET /v1/admin/status``: the fetch's state and its problem."""
     state = kx.fetcher.state() if kx.fetcher is not None else {}
     for key in ("running_since", "last_success_at", "last_error_at"):
-        state[key] = show_time(state.get(key))
+        state[key] = wire_time(state.get(key))
     check = git_check(kx)
     return {**state, "problem": None if check == "ok" else check}
