@@ -191,14 +191,18 @@ class Reconciler:
         )
         if forced:
             log.warning("commit %s does not descend from %s (force-push)", head, previous)
+        # Recorded first: the database refuses a serial from an older revision than the
+        # deployed one (migration 0008), and these serials are of this one.
+        row = self._record(s, head, DEPLOYED, [], previous, now, forced=forced)
+        s.flush()
         try:
             changed, admitted = self._apply(s, fleet, head, now)
         except FleetInvalidError as exc:  # conflicts found while resolving devices
             conflicts: tuple[Mapping[str, Any], ...] = tuple(i.to_dict() for i in exc.issues)
             log.warning("commit %s does not resolve (%d errors)", head, len(conflicts))
-            self._record(s, head, INVALID, list(conflicts), previous, now)
+            row.state, row.errors, row.forced = INVALID, list(conflicts), False
             return ReconcileResult(head, INVALID, errors=conflicts)
-        self._record(s, head, DEPLOYED, [], previous, now, forced=forced, changed=len(changed))
+        row.devices_changed = len(changed)
         self._loaded = _Loaded(fleet, head)
         log.info("deployed %s: %d device(s) changed", head, len(changed))
         return ReconcileResult(head, DEPLOYED, tuple(changed), tuple(admitted), forced=forced)
@@ -260,20 +264,19 @@ class Reconciler:
         now: float,
         *,
         forced: bool = False,
-        changed: int = 0,
-    ) -> None:
-        s.add(
-            Revision(
-                commit=commit,
-                branch=self.settings.branch,
-                state=state,
-                errors=errors,
-                forced=forced,
-                previous=previous,
-                devices_changed=changed,
-                created_at=now,
-            )
+    ) -> Revision:
+        row = Revision(
+            commit=commit,
+            branch=self.settings.branch,
+            state=state,
+            errors=errors,
+            forced=forced,
+            previous=previous,
+            devices_changed=0,
+            created_at=now,
         )
+        s.add(row)
+        return row
 
     def _apply(
         self, s: Session, fleet: Fleet, commit: str, now: float
@@ -355,6 +358,7 @@ class Reconciler:
                 desired_digest=digest,
                 bundles={b.name: b.version for b in manifest.bundles},
                 created_at=now,
+                rollout_id=int(manifest.rollout_id) if manifest.rollout_id else None,
             )
         )
         return ServedManifest(device_id, serial, envelope, manifest.expires_at)
