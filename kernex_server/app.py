@@ -6,8 +6,9 @@ once when a webhook wakes it (re-signing manifests close to expiry), and batch w
 device status reports and of device heartbeats (both flushed again at shutdown).
 Blocking work (Git, database, signing many manifests) runs in worker threads.
 
-The request handlers live in the route modules (``device_api``, ``admin_api``, ``bundles_api``,
-``rollouts_api``, ``webhooks``, ``ops``, ``openapi``); they reach the app's state through
+The request handlers live in the route modules (``device_api``, ``admin_api``,
+``devices_api``, ``tokens_api``, ``bundles_api``, ``rollouts_api``, ``webhooks``, ``ops``,
+``openapi``, ...); they reach the app's state through
 ``kernex_server.context`` and never import this module.
 """
 
@@ -35,11 +36,14 @@ from kernex_server import (
     bundle_gc,
     bundles_api,
     device_api,
+    devices_api,
     info_api,
     labels_api,
     openapi,
     ops,
     rollouts_api,
+    tokens_api,
+    users_api,
     webhooks,
 )
 from kernex_server.alerts import Alerter, alert_loop
@@ -236,10 +240,13 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *devices_api.routes,
+            *tokens_api.routes,
             *bundles_api.routes,
             *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
+            *users_api.routes,
             *webhooks.routes,
         ],
         middleware=middleware,
