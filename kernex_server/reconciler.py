@@ -192,7 +192,7 @@ class Reconciler:
         if forced:
             log.warning("commit %s does not descend from %s (force-push)", head, previous)
         # Recorded first: the database refuses a serial from an older revision than the
-        # deployed one (migration 0008), and these serials are of this one.
+        # deployed one (migration 0009), and these serials are of this one.
         row = self._record(s, head, DEPLOYED, [], previous, now, forced=forced)
         s.flush()
         try:

@@ -7,8 +7,8 @@ of a device only go up. Enforced by a trigger in the inserting transaction, so n
 path of any server process sharing the database can write a serial from a revision older
 than the deployed one. A logical restore loads history with ``kernex.restoring`` set.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04 15:00:00.000000
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
