@@ -58,14 +58,16 @@ UNSIGNED = "unsigned"
 @dataclass(frozen=True)
 class ReconcileResult:
     commit: str | None
-    state: str  # deployed | invalid | unsigned | unchanged | skipped | no_source
+    state: str  # deployed | invalid | unsigned | unchanged | skipped | no_source | fetching
     changed: tuple[ServedManifest, ...] = ()
     admitted: tuple[str, ...] = ()  # pending devices admitted by a declared key fingerprint
     errors: tuple[Mapping[str, Any], ...] = ()
     forced: bool = False
+    fetching: bool = False  # a fetch still runs: this pass read what was fetched before
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "fetching": self.fetching,
             "commit": self.commit,
             "state": self.state,
             "devices_changed": len(self.changed),
@@ -126,12 +128,15 @@ class Reconciler:
 
     # -- one pass ----------------------------------------------------------------------
 
-    def reconcile(self, *, force: bool = False) -> ReconcileResult:
+    def reconcile(self, *, force: bool = False, fetch: bool = True) -> ReconcileResult:
+        """One pass; ``fetch=False`` reads what the source holds locally (the server
+        fetches in the background, ``kernex_server.git_fetch``, never under the lock)."""
         source, load_fleet = self.source, self.load_fleet
         if source is None or load_fleet is None:
             return ReconcileResult(None, "no_source")
-        with self._lock:
+        if fetch:
             source.sync()
+        with self._lock:
             head = source.head()
             now = self.clock()
             with self.sessions.begin() as s:
@@ -230,21 +235,18 @@ class Reconciler:
         got = s.scalar(text(ADVISORY_LOCK_SQL))
         return bool(got)
 
-    def follow_deployed(self) -> None:
+    def follow_deployed(self) -> bool:
         """Load the fleet of the revision the database says is deployed, when another
-        server sharing the database deployed it (enrollments resolve against it)."""
+        server sharing the database deployed it (enrollments resolve against it); False
+        when this process's copy of the repository does not hold it yet (fetch, retry)."""
         with self._lock, self.sessions() as s:
-            self._follow(deployed_commit(s))
+            return self._follow(deployed_commit(s))
 
-    def _follow(self, commit: str | None) -> None:
-        if commit is None or (self._loaded is not None and self._loaded.commit == commit):
-            return
-        try:
-            if self.source is not None:
-                self.source.sync()  # the commit may be newer than this process's clone
-        except KernexError as exc:
-            log.warning("cannot fetch deployed revision %s: %s", commit, exc.message)
-        self._load_known_good(commit)
+    def _follow(self, commit: str | None) -> bool:
+        """Read from the local mirror only: Git's network never runs under the lock."""
+        if commit is not None and (self._loaded is None or self._loaded.commit != commit):
+            self._load_known_good(commit)
+        return commit is None or (self._loaded is not None and self._loaded.commit == commit)
 
     def _load_known_good(self, commit: str) -> None:
         if self.source is None or self.load_fleet is None:
