@@ -20,12 +20,13 @@ from starlette.responses import Response
 
 from kernex_core.formats import DURATION_EXAMPLES
 from kernex_server import wire
-from kernex_server.api import ADMIN, Param, operation, route
+from kernex_server.api import ADMIN, Answer, Param, operation, route
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
 from kernex_server.devices_api import device_rows, is_out_of_sync
+from kernex_server.git_fetch import git_status
 from kernex_server.http import (
     ApiError,
     json_response,
@@ -87,6 +88,7 @@ async def fleet_status(request: Request) -> Response:
                 "halted": rollouts["halted"],
             },
             "bundles": bundles,
+            "git": git_status(kx),
         }
     )
 
@@ -107,6 +109,8 @@ def _revision_status(
             last_error = f"{last_error} (and {len(errors) - 1} more)"
     if kx.last_reconcile_error is not None:
         last_result, last_error = "error", kx.last_reconcile_error
+    elif (git := git_status(kx)["problem"]) is not None:
+        last_result, last_error = "error", git  # e.g. a fetch hanging on a silent remote
     last_at = kx.last_reconcile_at or (newest["created_at"] if newest else None)
     return {
         "current": newest["commit"] if newest else None,
@@ -123,6 +127,7 @@ def _revision_status(
     "POST",
     "Run a reconcile pass now",
     ok=wire.ReconcileResult,
+    answers={202: Answer("the fetch still runs after reconcile_wait", wire.ReconcileFetching)},
     query=[Param("force", bool, "re-run even when the head commit was seen")],
     errors=(500,),
 )
@@ -131,9 +136,14 @@ def _revision_status(
 async def reconcile(request: Request) -> Response:
     kx = context_of(request)
     force = request.query_params.get("force") in {"1", "true", "yes"}
-    result = await kx.run_reconcile(force=force)
+    result = await kx.run_reconcile(force=force, wait=kx.settings.reconcile_wait)
     request.state.audit_target = result.commit or ""
     request.state.audit_detail = {"force": force, "state": result.state}
+    if result.fetching:  # the fetch goes on; the reconcile loop deploys what it brings
+        kx.wake_reconciler()
+        body = {**result.to_dict(), "git": git_status(kx)}
+        body["hint"] = "The fetch still runs in the background; see `kernex status`."
+        return json_response(body, status=202)
     return json_response(result.to_dict())
 
 

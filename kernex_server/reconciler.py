@@ -58,14 +58,16 @@ UNSIGNED = "unsigned"
 @dataclass(frozen=True)
 class ReconcileResult:
     commit: str | None
-    state: str  # deployed | invalid | unsigned | unchanged | skipped | no_source
+    state: str  # deployed | invalid | unsigned | unchanged | skipped | no_source | fetching
     changed: tuple[ServedManifest, ...] = ()
     admitted: tuple[str, ...] = ()  # pending devices admitted by a declared key fingerprint
     errors: tuple[Mapping[str, Any], ...] = ()
     forced: bool = False
+    fetching: bool = False  # a fetch still runs: this pass read what was fetched before
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "fetching": self.fetching,
             "commit": self.commit,
             "state": self.state,
             "devices_changed": len(self.changed),
@@ -126,12 +128,15 @@ class Reconciler:
 
     # -- one pass ----------------------------------------------------------------------
 
-    def reconcile(self, *, force: bool = False) -> ReconcileResult:
+    def reconcile(self, *, force: bool = False, fetch: bool = True) -> ReconcileResult:
+        """One pass; ``fetch=False`` reads what the source holds locally (the server
+        fetches in the background, ``kernex_server.git_fetch``, never under the lock)."""
         source, load_fleet = self.source, self.load_fleet
         if source is None or load_fleet is None:
             return ReconcileResult(None, "no_source")
-        with self._lock:
+        if fetch:
             source.sync()
+        with self._lock:
             head = source.head()
             now = self.clock()
             with self.sessions.begin() as s:

@@ -120,11 +120,22 @@ class RolloutCounts(TypedDict):
     halted: int
 
 
+class GitFetch(TypedDict):
+    running_since: Annotated[Time, "a fetch runs since then; null: none runs"]
+    last_success_at: Time
+    last_error: str | None
+    last_error_at: Time
+    failures: Annotated[int, "failed fetches in a row"]
+    last_duration: Annotated[float | None, "seconds the last fetch took"]
+    problem: Annotated[str | None, "what /readyz's git check says when it fails; else null"]
+
+
 class FleetStatus(TypedDict):
     revision: RevisionStatus
     devices: DeviceCounts
     rollouts: RolloutCounts
     bundles: int
+    git: GitFetch
 
 
 class Token(TypedDict):
@@ -225,12 +236,18 @@ class BundleGc(TypedDict):
 
 
 class ReconcileResult(TypedDict):
+    fetching: Annotated[bool, "the fetch still runs; the pass read what was fetched before"]
     commit: str | None
-    state: Annotated[str, "deployed, invalid, unsigned, unchanged, skipped or no_source"]
+    state: Annotated[str, "deployed, invalid, unsigned, unchanged, skipped, no_source or fetching"]
     devices_changed: int
     admitted: list[str]
     errors: list[dict[str, Any]]
     forced: bool
+
+
+class ReconcileFetching(ReconcileResult):
+    git: GitFetch
+    hint: str
 
 
 class Revision(TypedDict):
