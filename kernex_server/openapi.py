@@ -278,6 +278,24 @@ SCHEMAS: dict[str, Schema] = {
         device_list=arr(ANY_OBJ),
     ),
     "RolloutList": obj(["rollouts"], rollouts=arr(ref("Rollout"))),
+    "Keys": obj(
+        ["manifest_key_id", "rotation", "release_keys"],
+        manifest_key_id=STR,
+        rotation={
+            "type": ["object", "null"],
+            "properties": {
+                "next_key_id": STR,
+                "started_at": STR,
+                "devices_not_moved": arr(STR),
+            },
+        },
+        release_keys={
+            "type": ["object", "null"],
+            "properties": {"version": INT, "threshold": INT, "keys": arr(STR)},
+        },
+        retired_key_id=STR,
+        manifests_reissued=INT,
+    ),
     "WebhookResult": obj(["reconcile"], reconcile=BOOL, event=STR, ref=NSTR),
     "Health": obj(status=STR),
     "ServerInfo": obj(
@@ -501,6 +519,39 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         [_q("force", BOOL, "re-run even when the head commit was seen")],
     ),
     ("GET", "/v1/admin/revisions"): ("Commits seen, newest first", None, _ok("RevisionList"), []),
+    ("GET", "/v1/admin/keys"): (
+        "The manifest key, a rotation in progress and the release-key set manifests carry",
+        None,
+        _ok("Keys"),
+        [],
+    ),
+    ("POST", "/v1/admin/keys/manifest/rotate"): (
+        "Start a manifest-key rotation: a new key, announced in every manifest (admin)",
+        None,
+        {
+            201: ("rotation started", ref("Keys"), JSON),
+            409: ("a rotation is in progress", ref("Error"), JSON),
+        },
+        [],
+    ),
+    ("POST", "/v1/admin/keys/manifest/finish"): (
+        "Sign with the new manifest key alone and delete the old one (admin)",
+        None,
+        {
+            200: ("rotation finished", ref("Keys"), JSON),
+            409: ("no rotation, or devices have not moved", ref("Error"), JSON),
+        },
+        [_q("force", BOOL, "finish although some devices have not moved")],
+    ),
+    ("PUT", "/v1/admin/keys/release"): (
+        "Hand devices a new release-key set signed by the current one (admin)",
+        _body(ref("Envelope")),
+        {
+            200: ("every manifest carries it", ref("Keys"), JSON),
+            400: ("not signed by the current set, or not newer", ref("Error"), JSON),
+        },
+        [],
+    ),
     ("GET", "/v1/admin/rollouts"): (
         "Rollouts, newest first",
         None,
