@@ -107,7 +107,10 @@ def load_config(data_dir: Path) -> AgentConfig:
             hint="Run `kernex-agent enroll --server URL --token T` first, or pass --data-dir.",
         ) from exc
     except (OSError, ValueError) as exc:
-        raise AgentStateError(f"cannot read {layout.config}: {exc}") from exc
+        raise AgentStateError(
+            f"cannot read {layout.config}: {exc}",
+            hint="Check --data-dir: it must be the directory `kernex-agent enroll` wrote.",
+        ) from exc
     if not isinstance(data, dict):
         raise AgentStateError(f"{layout.config} is not a JSON object")
     return AgentConfig.from_dict(data, Path(data_dir))

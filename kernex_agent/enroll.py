@@ -24,7 +24,7 @@ import httpx
 from kernex_agent import AGENT_VERSION
 from kernex_agent.client import DeviceClient
 from kernex_agent.config import AgentConfig, Layout
-from kernex_agent.errors import EnrollmentError
+from kernex_agent.errors import AgentStateError, EnrollmentError
 from kernex_agent.state import AgentState, dump_json, read_json
 from kernex_agent.storage import DeviceFS
 from kernex_core import keys, serverinfo
@@ -34,7 +34,7 @@ from kernex_core.release import ReleaseKeySet
 from kernex_core.trust import TrustAnchors
 
 MAX_INFO_BYTES = 64 * 1024  # bytes read of a server-info answer
-RATE_LIMIT_PATIENCE = 300.0  # seconds an enrollment waits out 429s without max_wait
+RATE_LIMIT_PATIENCE = 300.0  # seconds an enrollment waits out 429s and 503s without max_wait
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,10 @@ def load_release_keys(paths: Sequence[Path]) -> ReleaseKeySet | None:
         try:
             key = keys.load_public_key_pem(Path(path).read_bytes(), source=str(path))
         except OSError as exc:
-            raise KeyFormatError(f"cannot read release key {path}: {exc.strerror}") from exc
+            raise KeyFormatError(
+                f"cannot read release key {path}: {exc.strerror}",
+                hint="Pass the .pub file `kernex keys create-release-key` wrote.",
+            ) from exc
         pinned[keys.fingerprint(key)] = key
     return ReleaseKeySet(version=0, keys=pinned, threshold=1)
 
@@ -141,7 +144,14 @@ async def enroll(
     if expected_fingerprint is not None:  # before a key, a token or a device id is sent
         await check_server(http, server_url, expected_fingerprint)
     layout = Layout(data_dir)
-    fs.mkdir(layout.root, mode=0o700)
+    try:
+        fs.mkdir(layout.root, mode=0o700)
+    except OSError as exc:
+        raise AgentStateError(
+            f"cannot create the data directory {layout.root}: {exc.strerror}",
+            hint="Run as a user who may write there (the default needs root), or pass "
+            "--data-dir DIR.",
+        ) from exc
     key = _device_key(layout, fs)
     client = DeviceClient(http, server_url, device_id, key, clock=clock)
     request = EnrollRequest(
@@ -156,16 +166,18 @@ async def enroll(
     while True:
         answer = await client.enroll(request)
         response = answer.response
-        if answer.status == 429:  # the server limits enrollments per address: wait, retry
+        if answer.status in (429, 503):  # rate limited, or the server's database is down
             wait = max(1.0, answer.retry_after or poll_interval)
             if clock() - started + wait > limit:
-                raise EnrollmentError(
-                    f"the server is limiting enrollments from this address: {answer.error}",
-                    hint=f"Try again in {wait:.0f} s, or ask the server admin to raise "
-                    "enroll_rate/enroll_burst.",
-                )
+                raise _unavailable(answer.status, answer.error, wait)
             await sleep(wait)
             continue
+        if response is None and answer.status >= 500:
+            raise EnrollmentError(
+                f"the server failed ({answer.status}): {answer.error}",
+                hint="The enrollment token was not the problem; the server's log says what "
+                "failed. Try again later.",
+            )
         if response is None:
             raise EnrollmentError(
                 f"enrollment refused ({answer.status}): {answer.error}",
@@ -210,4 +222,19 @@ async def enroll(
         fingerprint_checked=expected_fingerprint is not None,
         device_key_id=keys.fingerprint(key.public_key()),
         trust_mode=anchors.trust_mode,
+    )
+
+
+def _unavailable(status: int, error: str, wait: float) -> EnrollmentError:
+    """The server asked us to come back later (429, 503) for longer than we wait."""
+    if status == 429:
+        return EnrollmentError(
+            f"the server is limiting enrollments from this address: {error}",
+            hint=f"Try again in {wait:.0f} s, or ask the server admin to raise "
+            "enroll_rate/enroll_burst.",
+        )
+    return EnrollmentError(
+        f"the server is unavailable (503): {error}",
+        hint=f"The enrollment token was not checked: the server cannot serve right now "
+        f"(e.g. its database is down). Try again in {wait:.0f} s or later.",
     )

@@ -208,7 +208,8 @@ def _label_values(pairs: list[str]) -> dict[str, list[str]]:
 
 
 def _rules(pairs: list[str]) -> list[BehaviourRule]:
-    from kernex_agent.simulate import BEHAVIOURS, BehaviourRule
+    from kernex_agent.simdevice import BEHAVIOURS
+    from kernex_agent.simulate import BehaviourRule
 
     rules = []
     for pair in pairs:
@@ -277,7 +278,8 @@ def simulate_cmd(
     import signal
     import tempfile
 
-    from kernex_agent.simulate import BEHAVIOURS, SimFleet, SimSettings
+    from kernex_agent.simdevice import BEHAVIOURS
+    from kernex_agent.simulate import SimFleet, SimSettings
 
     if behaviour not in BEHAVIOURS:
         fail(

@@ -1,13 +1,16 @@
 """The server application: ``create_app(settings, ...)`` builds a Starlette app.
 
 The lifespan migrates the database, fills the manifest cache from it, runs a first
-reconcile, and then keeps three background loops: reconcile every ``poll_interval`` or at
-once when a webhook wakes it (re-signing manifests close to expiry), and batch writes of
-device status reports and of device heartbeats (both flushed again at shutdown).
+reconcile (waiting at most ``STARTUP_FETCH_WAIT`` for the first Git fetch, which otherwise
+goes on in the background: serving never waits on Git), and then keeps three background
+loops: reconcile every ``poll_interval`` or at once when a webhook wakes it (re-signing
+manifests close to expiry), and batch writes of device status reports and of device
+heartbeats (both flushed again at shutdown).
 Blocking work (Git, database, signing many manifests) runs in worker threads.
 
 The request handlers live in the route modules (``device_api``, ``admin_api``,
-``rollouts_api``, ``webhooks``, ``ops``, ``openapi``); they reach the app's state through
+``devices_api``, ``tokens_api``, ``bundles_api``, ``rollouts_api``, ``webhooks``, ``ops``,
+``openapi``, ...); they reach the app's state through
 ``kernex_server.context`` and never import this module.
 """
 
@@ -19,44 +22,64 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from kernex_core import fleet, keys
 from kernex_core.errors import KernexError
-from kernex_git import GitEnv
+from kernex_git import GitEnv, NetworkLimits, stop_all
 from kernex_server import (
     admin_api,
     alerts_api,
     bundle_gc,
+    bundles_api,
     device_api,
+    devices_api,
     info_api,
     keys_api,
     labels_api,
     openapi,
     ops,
     rollouts_api,
+    tokens_api,
+    users_api,
     webhooks,
 )
 from kernex_server.alerts import Alerter, alert_loop
+from kernex_server.api import route
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
-from kernex_server.context import ServerContext
+from kernex_server.changes import ChangeListener, ChangeRecorder, new_origin
+from kernex_server.context import ServerContext, context_of
 from kernex_server.cors import AdminCORSMiddleware, check_origins
-from kernex_server.database import is_postgres, make_engine, migrate, session_factory
+from kernex_server.database import (
+    check_connection,
+    is_postgres,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
+from kernex_server.git_fetch import Fetcher
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
 from kernex_server.keyring import Keyring
 from kernex_server.manifests import ManifestCache, ManifestIssuer
 from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
+from kernex_server.outage import (
+    PROBE_SECONDS,
+    RETRY_AFTER,
+    DatabaseUnavailableError,
+    background_failed,
+    is_outage,
+)
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
 from kernex_server.retention import Pruner, RetentionPolicy
@@ -65,6 +88,8 @@ from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
 
 log = logging.getLogger("kernex.server")
+STARTUP_FETCH_WAIT = 0.25  # seconds start-up waits for the first fetch before serving
+LISTEN_TIMEOUT = 5.0  # seconds start-up waits for the change listener's LISTEN
 
 
 def load_manifest_key(settings: Settings) -> keys.PrivateKey:
@@ -85,7 +110,16 @@ def default_source(settings: Settings) -> FleetSource | None:
         settings.branch,
         clone_dir=settings.clone_dir,
         allowed_signers=settings.signers_path(),
-        env=GitEnv.server(settings.git_config_path),
+        env=GitEnv.server(settings.git_config_path, limits=network_limits(settings)),
+    )
+
+
+def network_limits(settings: Settings) -> NetworkLimits:
+    return NetworkLimits(
+        timeout=settings.git_timeout,
+        connect_timeout=settings.git_connect_timeout,
+        low_speed_limit=settings.git_low_speed_limit,
+        low_speed_time=settings.git_low_speed_time,
     )
 
 
@@ -154,7 +188,19 @@ def create_app(
         sessions, kx.blobs, reconciler, grace_days=settings.bundle_gc_grace_days, clock=clock
     )
     metrics.watch_store(lambda: kx.blobs.total_bytes)
+    kx.fetcher = Fetcher(src.sync if src else None, clock=clock, registry=metrics.registry)
     reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
+    listener: ChangeListener | None = None
+    if is_postgres(engine):  # other server processes may share the database
+        origin = new_origin()
+        ChangeRecorder(sessions, origin)
+        listener = ChangeListener(
+            engine,
+            settings.database_schema,
+            origin,
+            kx.apply_change,
+            check_interval=settings.change_check_interval,
+        )
     kx.alerter = alerter = Alerter(
         settings,
         sessions,
@@ -168,28 +214,35 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_migrations:
             await anyio.to_thread.run_sync(lambda: migrate(engine, schema=settings.database_schema))
-        # after a restore, serials resume above anything a device could have seen
-        await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
-        await kx.reload_cache()
-        await kx.load_census()
-        await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
-        await _reconcile_once(kx)
-        await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
+            if listener is not None:  # first hear others' changes, then load what is there
+                tg.start_soon(listener.run)
+                with anyio.move_on_after(LISTEN_TIMEOUT):
+                    await listener.connected.wait()
+            # after a restore, serials resume above anything a device could have seen
+            await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
+            await kx.reload_cache()
+            await kx.load_census()
+            await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
+            # Serving never waits on Git: a slow first fetch goes on in the background.
+            await kx.reconcile_once(wait=STARTUP_FETCH_WAIT)
+            await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
+            tg.start_soon(_status_loop, kx)  # always: a status report waits for its commit
+            tg.start_soon(_database_probe, kx)
             if background:
                 tg.start_soon(_reconcile_loop, kx)
-                tg.start_soon(_status_loop, kx)
                 tg.start_soon(_rollout_loop, kx)
                 if settings.prune_interval > 0:
                     pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
                     tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
                 if settings.alerts:
-                    tg.start_soon(alert_loop, alerter, settings.alert_interval)
+                    tg.start_soon(alert_loop, alerter, settings.alert_interval, kx.database)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
+        stop_all()  # a fetch hanging on a silent remote ends with the server
         await kx.flush_statuses()
         await kx.flush_heartbeats()
         engine.dispose()
@@ -202,15 +255,19 @@ def create_app(
     app = Starlette(
         routes=[
             *ops.routes,
-            Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
+            route(openapi.PATH, openapi.openapi_document),
             *device_api.routes,
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
             *keys_api.routes,
+            *devices_api.routes,
+            *tokens_api.routes,
+            *bundles_api.routes,
             *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
+            *users_api.routes,
             *webhooks.routes,
         ],
         middleware=middleware,
@@ -218,6 +275,7 @@ def create_app(
             ApiError: _api_error,
             AuthError: _auth_error,
             KernexError: _kernex_error,
+            sa.exc.SQLAlchemyError: _database_error,
             HTTPException: _http_error,
         },
         lifespan=lifespan,
@@ -233,18 +291,41 @@ async def _reconcile_once(kx: ServerContext) -> None:
 async def _reconcile_loop(kx: ServerContext) -> None:
     while True:
         kx._wake = wake = anyio.Event()
-        with anyio.move_on_after(kx.settings.poll_interval):
-            await wake.wait()
+        if kx.fetcher is None or kx.fetcher.running_since is None:  # else join the fetch
+            with anyio.move_on_after(kx.settings.poll_interval):
+                await wake.wait()
         await _reconcile_once(kx)
 
 
 async def _status_loop(kx: ServerContext) -> None:
+    """Group commit: write what is queued; reports arriving meanwhile form the next batch."""
     while True:
-        await anyio.sleep(kx.settings.status_flush_interval)
+        await kx.statuses.wait_for_reports()
+        if kx.settings.status_flush_interval > 0:  # let more reports join this batch
+            await anyio.sleep(kx.settings.status_flush_interval)
         try:
             await kx.flush_statuses()
-        except Exception:  # keep serving; the batch went back to the queue for the next try
-            log.exception("cannot record status reports")
+        except Exception as exc:  # its requests were answered 503; their agents resend
+            background_failed(kx.database, exc, "recording status reports")
+            await anyio.sleep(min(1.0, RETRY_AFTER))  # no busy loop while the database is away
+
+
+async def _database_probe(kx: ServerContext) -> None:
+    """While the database is down, try it every PROBE_SECONDS; log when it is back."""
+    while True:
+        await anyio.sleep(PROBE_SECONDS)
+        if not kx.database.down:
+            continue
+        try:
+            await anyio.to_thread.run_sync(check_connection, kx.engine)
+        except Exception as exc:  # still down: counted, not logged again
+            kx.database.failed(exc, "probe")
+            continue
+        kx.database.ok()
+        try:  # what changed meanwhile (another server may have deployed)
+            await kx.reload_cache()
+        except Exception as exc:
+            background_failed(kx.database, exc, "reloading manifests")
 
 
 ROLLOUT_DEBOUNCE = 0.2  # seconds: reports arriving together make one evaluation
@@ -268,8 +349,8 @@ async def _rollout_loop(kx: ServerContext) -> None:
             await wake.wait()
         try:
             await kx.evaluate_rollouts()
-        except Exception:  # a database outage must not stop the loop
-            log.exception("cannot evaluate rollouts")
+        except Exception as exc:  # a database outage must not stop the loop
+            background_failed(kx.database, exc, "evaluating rollouts")
         await anyio.sleep(ROLLOUT_DEBOUNCE)
 
 
@@ -279,8 +360,8 @@ async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
         await anyio.sleep(kx.settings.prune_interval)
         try:
             removed = await anyio.to_thread.run_sync(pruner.prune)
-        except Exception:  # a database outage must not stop the loop; the next pass retries
-            log.exception("cannot prune old rows")
+        except Exception as exc:  # a database outage must not stop the loop; the next retries
+            background_failed(kx.database, exc, "pruning old rows")
             continue
         if any(removed.values()):
             log.info("pruned %s", ", ".join(f"{n} {k}" for k, n in removed.items() if n))
@@ -291,8 +372,8 @@ async def _heartbeat_loop(kx: ServerContext) -> None:
         await anyio.sleep(kx.settings.heartbeat_flush_interval)
         try:
             await kx.flush_heartbeats()
-        except Exception:  # keep serving; the heartbeats of this batch are lost
-            log.exception("cannot record heartbeats")
+        except Exception as exc:  # keep serving; the batch is written with the next one
+            background_failed(kx.database, exc, "recording heartbeats")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -316,9 +397,26 @@ async def _kernex_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, KernexError):  # registered for this class only
         raise exc
     status = getattr(exc, "status", 500)
+    if isinstance(exc, DatabaseUnavailableError):
+        return _unavailable(request, exc, exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(status, exc.message, exc.hint)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """The database cannot be reached: 503 with Retry-After and one log line per outage;
+    any other database error is a bug (500 and its traceback)."""
+    if not is_outage(exc):
+        raise exc
+    return _unavailable(request, exc, DatabaseUnavailableError())
+
+
+def _unavailable(request: Request, exc: Exception, answer: DatabaseUnavailableError) -> Response:
+    context_of(request).database.failed(exc, f"{request.method} {request.url.path}")
+    response = error_response(answer.status, answer.message, answer.hint)
+    response.headers["Retry-After"] = str(answer.retry_after)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -3,7 +3,8 @@
 Device requests are verified with ``kernex_core.httpsig`` against the enrolled key;
 keys and enrollment states are cached in memory (dropped on a state change, and
 re-read after ``KEY_CACHE_SECONDS`` so several server processes converge), so the hot
-path does not touch the database. Heartbeats (``last_seen``) are collected in memory and
+path does not touch the database; while the database is down the cached keys keep
+serving. Heartbeats (``last_seen``) are collected in memory and
 written in batches.
 
 Admin routes declare the least role they need with ``@requires(Role.OPERATOR)``; the
@@ -23,7 +24,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
@@ -35,10 +36,13 @@ from kernex_core import httpsig, keys
 from kernex_core.errors import KeyFormatError, RequestSignatureError
 from kernex_core.protocol import EnrollmentState
 from kernex_server.audit import client_address
+from kernex_server.outage import is_outage
 from kernex_server.ratelimit import RateLimiter
-from kernex_server.store import Store, TokenIdentity
+from kernex_server.store import Store
+from kernex_server.tokens import TokenIdentity
 
 KEY_CACHE_SECONDS = 60.0
+KEY_RETRY_SECONDS = 5.0  # while the database is down, a cached key is re-read this often
 # Nonces per key within the replay window (2 x max_skew): admitted devices poll a few
 # times a minute; a key over its share is refused until its nonces expire.
 DEVICE_NONCES_PER_KEY = 10_000
@@ -243,12 +247,22 @@ class DeviceAuth:
     def forget(self, device_id: str) -> None:
         self._keys.pop(device_id, None)
 
+    def forget_all(self) -> None:
+        self._keys.clear()
+
     async def _key(self, device_id: str) -> DeviceKey | None:
         now = self.clock()
         cached = self._keys.get(device_id)
         if cached is not None and now - cached.loaded_at < KEY_CACHE_SECONDS:
             return cached
-        record = await anyio.to_thread.run_sync(self.store.get_device, device_id)
+        try:
+            record = await anyio.to_thread.run_sync(self.store.get_device, device_id)
+        except Exception as exc:  # database down: the key we have serves until it is back
+            if cached is None or not is_outage(exc):
+                raise
+            retry_at = now - KEY_CACHE_SECONDS + KEY_RETRY_SECONDS
+            self._keys[device_id] = replace(cached, loaded_at=retry_at)
+            return cached
         if record is None:
             self._keys.pop(device_id, None)
             return None

@@ -21,10 +21,11 @@ import anyio
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core import keys
 from kernex_core.timefmt import format_time
+from kernex_server import wire
+from kernex_server.api import Param, operation, route
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
@@ -80,6 +81,11 @@ async def _reissue(kx: ServerContext, change: Callable[[float], Any]) -> int:
     return len(served)
 
 
+@operation(
+    "GET",
+    "The manifest key, a rotation in progress and the release-key set manifests carry",
+    ok=wire.Keys,
+)
 @requires(Role.VIEWER)
 async def show_keys(request: Request) -> Response:
     kx = context_of(request)
@@ -87,6 +93,13 @@ async def show_keys(request: Request) -> Response:
     return json_response(await anyio.to_thread.run_sync(lambda: _describe(kx, keyring)))
 
 
+@operation(
+    "POST",
+    "Start a manifest-key rotation: a new key, announced in every manifest",
+    ok=wire.Keys,
+    status=201,
+    errors=(409, 503),
+)
 @requires(Role.ADMIN)
 @audited("keys.manifest.rotate")
 async def rotate_manifest_key(request: Request) -> Response:
@@ -99,6 +112,13 @@ async def rotate_manifest_key(request: Request) -> Response:
     return json_response({**described, "manifests_reissued": count}, status=201)
 
 
+@operation(
+    "POST",
+    "Sign with the new manifest key alone and delete the old one",
+    ok=wire.Keys,
+    query=[Param("force", bool, "finish although some devices have not moved")],
+    errors=(409, 503),
+)
 @requires(Role.ADMIN)
 @audited("keys.manifest.finish")
 async def finish_manifest_key(request: Request) -> Response:
@@ -135,6 +155,13 @@ async def finish_manifest_key(request: Request) -> Response:
     return json_response({**described, "retired_key_id": retired[0], "manifests_reissued": count})
 
 
+@operation(
+    "PUT",
+    "Hand devices a new release-key set signed by the current one",
+    ok=wire.Keys,
+    body=wire.Envelope,
+    errors=(400, 503),
+)
 @requires(Role.ADMIN)
 @audited("keys.release.rotate")
 async def put_release_keys(request: Request) -> Response:
@@ -152,8 +179,8 @@ async def put_release_keys(request: Request) -> Response:
 
 
 routes = [
-    Route(PREFIX, show_keys, methods=["GET"]),
-    Route(f"{PREFIX}/manifest/rotate", rotate_manifest_key, methods=["POST"]),
-    Route(f"{PREFIX}/manifest/finish", finish_manifest_key, methods=["POST"]),
-    Route(f"{PREFIX}/release", put_release_keys, methods=["PUT"]),
+    route(PREFIX, show_keys),
+    route(f"{PREFIX}/manifest/rotate", rotate_manifest_key),
+    route(f"{PREFIX}/manifest/finish", finish_manifest_key),
+    route(f"{PREFIX}/release", put_release_keys),
 ]

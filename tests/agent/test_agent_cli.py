@@ -119,3 +119,33 @@ def test_run_without_enrollment_explains(tmp_path: Path) -> None:
     result = runner.invoke(app, ["agent", "run", "--once", "--data-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "kernex-agent enroll" in result.output
+
+
+def test_enroll_on_503_does_not_blame_the_token(
+    tmp_path: Path, server: ServerSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose database is down answers 503: enrollment waits it out (here: no
+    patience at all), and then says the server is unavailable, not that the token is bad."""
+    from kernex_agent import enroll as enroll_module
+
+    monkeypatch.setattr(enroll_module, "RATE_LIMIT_PATIENCE", 0.0)
+    server.status_code = 503
+    result = runner.invoke(
+        app,
+        [
+            "agent",
+            "enroll",
+            "--server",
+            server.base_url,
+            "--data-dir",
+            str(tmp_path / "a"),
+            "--token",
+            TOKEN,
+            "--device-id",
+            "dev-z",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "the server is unavailable (503)" in result.output
+    assert "token was not checked" in result.output
+    assert "Check the enrollment token" not in result.output

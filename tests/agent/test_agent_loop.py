@@ -325,6 +325,27 @@ def test_run_forever_backs_off_with_jitter_and_stops(tmp_path: Path) -> None:
     assert len(set(delays)) == len(delays)  # jittered
 
 
+def test_reports_answered_503_are_kept_and_sent_again(tmp_path: Path) -> None:
+    """A 503 (the server could not commit the report) is not an acknowledgement: the
+    report stays queued until a 2xx, and goes out before newer ones."""
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim)
+    dev.cycle()
+    sim.status_code = 503  # e.g. the server's database is down
+    run(dev.agent.report(Phase.FAILED, dev.agent.load_state(), error="not committed"))
+    assert len(list((dev.data_dir / "reports").glob("*.json"))) == 1
+    assert not run(dev.agent.flush_reports())  # still 503: kept
+    assert len(list((dev.data_dir / "reports").glob("*.json"))) == 1
+    sim.status_code = None
+    sent_before = len(sim.reports)
+
+    run(dev.agent.report(Phase.HEALTHY, dev.agent.load_state()))
+
+    errors = [r.error for _, r in sim.reports[sent_before:]]
+    assert errors == ["not committed", None]
+    assert list((dev.data_dir / "reports").iterdir()) == []
+
+
 def test_an_unexpected_error_during_install_rolls_back_and_is_reported(tmp_path: Path) -> None:
     """A hook argument with a NUL byte makes Python's process start raise ValueError, no
     Kernex error: the agent rolls back, reports why and keeps running."""

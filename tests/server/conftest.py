@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from apicheck import check_answers
 from serverkit import FleetRepo
 from starlette.testclient import TestClient
 
@@ -102,6 +103,7 @@ def start_server(manifest_key: keys.PrivateKey, make_settings: Any) -> Iterator[
         settings = make_settings(**overrides)
         app = create_app(settings, manifest_key=manifest_key, background=background)
         client = TestClient(app)
+        check_answers(client)
         client.__enter__()
         clients.append(client)
         token = app.state.kx.store.create_api_token(

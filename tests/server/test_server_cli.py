@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kernex_cli.main import app
 from kernex_server.settings import Settings
-from kernex_server.store import hash_token
+from kernex_server.tokens import hash_token
 
 runner = CliRunner()
 

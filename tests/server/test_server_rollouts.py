@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from apicheck import check_answers
 from serverkit import FleetRepo, SimDevice, kernex_yaml, verify_manifest
 from starlette.testclient import TestClient
 
@@ -96,6 +97,7 @@ def start_fleet(make_settings: Any, manifest_key: keys.PrivateKey) -> Iterator[A
         clock = clock or Clock()
         app = create_app(make_settings(), manifest_key=manifest_key, background=False, clock=clock)
         client = TestClient(app)
+        check_answers(client)
         client.__enter__()
         token = app.state.kx.store.create_api_token(
             f"ops-{secrets.token_hex(3)}", "admin", now=time.time()

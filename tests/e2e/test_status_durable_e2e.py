@@ -1,0 +1,147 @@
+"""A 204 for a status report means the report is in the database: a real server process
+receiving reports from many devices at once is killed with SIGKILL mid-stream, started
+again, and every report it acknowledged is found in the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from serverkit import FleetRepo, SimDevice, admin
+
+pytestmark = pytest.mark.e2e
+KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
+DEVICES = 16
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.data = tmp_path / "data"
+        self.env = {**os.environ, "KERNEX_DATA_DIR": str(self.data)}
+        self.env.pop("KERNEX_DATABASE_URL", None)
+        repo = FleetRepo(tmp_path / "fleet")
+        init = subprocess.run(
+            [*KERNEX, "server", "init", "--repo", str(repo.path), "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.token = json.loads(init.stdout)["admin_token"]
+        with (self.data / "server.toml").open("a") as fh:
+            # history long enough to hold every report of the test; the device rate limit off
+            fh.write("status_history = 100000\ndevice_rate = 0\n")
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.tmp / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [*KERNEX, "server", "run", "--port", str(self.port), "--log-level", "warning"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.base}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start: {(self.tmp / 'server.log').read_text()}")
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_every_acknowledged_report_survives_sigkill(server: Server) -> None:
+    devices = [SimDevice(f"dev-{n:02d}") for n in range(DEVICES)]
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        made = client.post(
+            "/v1/admin/enrollment-tokens", json={"max_uses": DEVICES}, headers=admin(server.token)
+        )
+        assert made.status_code == 201, made.text
+        for device in devices:
+            answer = device.enroll(client, token=made.json()["token"])
+            assert answer.status_code == 201, answer.text
+
+    acknowledged: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def send(device: SimDevice) -> int:
+        sent = 0
+        with httpx.Client(base_url=server.base, timeout=10) as client:
+            while not stop.is_set():
+                marker = f"{device.device_id}/{sent}"
+                report = {"phase": "healthy", "serial": 1, "log_tail": marker}
+                try:
+                    answer = device.status(client, report)
+                except httpx.TransportError:
+                    return sent  # the server is gone
+                sent += 1
+                if answer.status_code == 204:
+                    with lock:
+                        acknowledged.append((device.device_id, marker))
+        return sent
+
+    with ThreadPoolExecutor(DEVICES) as pool:
+        senders = [pool.submit(send, d) for d in devices]
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.stop(signal.SIGKILL)  # mid-stream: reports are arriving as it dies
+        stop.set()
+        for sender in senders:
+            sender.result(timeout=30)
+    assert len(acknowledged) >= 200, "the server acknowledged too few reports to test"
+
+    server.start()  # recovers the database after the crash
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        listed = client.get("/v1/admin/devices", headers=admin(server.token))
+        assert listed.status_code == 200
+        assert {d["id"] for d in listed.json()["devices"]} == {d.device_id for d in devices}
+    db = sqlite3.connect(server.data / "kernex.db")
+    try:
+        stored = set(db.execute("SELECT device_id, log_tail FROM status_reports"))
+    finally:
+        db.close()
+    lost = [a for a in acknowledged if a not in stored]
+    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged reports were lost"
