@@ -84,6 +84,7 @@ from kernex_server.retention import Pruner, RetentionPolicy
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
+from kernex_server.ui import pages as ui_pages
 
 log = logging.getLogger("kernex.server")
 STARTUP_FETCH_WAIT = 0.25  # seconds start-up waits for the first fetch before serving
@@ -263,6 +264,7 @@ def create_app(
             *labels_api.routes,
             *rollouts_api.routes,
             *users_api.routes,
+            *ui_pages.routes,
             *webhooks.routes,
         ],
         middleware=middleware,

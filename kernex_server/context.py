@@ -317,7 +317,9 @@ class ServerContext:
         """Another server process sharing the database committed ``change``: serve the
         same here (kernex_server.changes)."""
         if change.deployed:
-            await anyio.to_thread.run_sync(self.reconciler.follow_deployed)
+            followed = await anyio.to_thread.run_sync(self.reconciler.follow_deployed)
+            if not followed and self.fetcher is not None:
+                self.fetcher.start()  # in the background; the reconcile loop loads it next
         if change.devices is None:
             self.device_auth.forget_all()
             await self.reload_cache()

@@ -130,6 +130,7 @@ def _lift(
             desired_digest=row.desired_digest,
             bundles={b.name: b.version for b in manifest.bundles},
             created_at=now,
+            rollout_id=int(old.rollout_id) if old.rollout_id else None,
         )
     )
     return ServedManifest(row.device_id, floor, envelope, manifest.expires_at)

@@ -14,7 +14,8 @@ from kernex_core.protocol import EnrollmentState
 from kernex_core.rollout import STATES as ROLLOUT_STATES
 
 Time = Annotated[str | None, {"format": "date-time"}]
-RoleName = Literal["viewer", "operator", "admin"]
+RoleName = Annotated[str, {"enum": ["viewer", "operator", "admin"]}]
+DeviceStateName = Annotated[str, {"enum": [s.value for s in EnrollmentState]}]
 Labels = dict[str, str]
 Seconds = Annotated[int | None, {"minimum": 1}, "seconds"]
 RolloutState = Annotated[str, {"enum": list(ROLLOUT_STATES)}]
@@ -49,7 +50,7 @@ class DeviceStatus(TypedDict, total=False):
 
 class Device(TypedDict):
     id: str
-    state: EnrollmentState
+    state: DeviceStateName
     fingerprint: str
     algorithm: str
     labels: Labels
@@ -87,7 +88,7 @@ class DeviceList(TypedDict):
 
 class DeviceState(TypedDict):
     id: str
-    state: EnrollmentState
+    state: DeviceStateName
 
 
 class DeviceLabels(TypedDict):
@@ -109,7 +110,7 @@ class RevisionStatus(TypedDict):
     current: str | None
     deployed: str | None
     last_reconcile_at: Time
-    last_result: Literal["ok", "invalid", "unsigned", "error", None]
+    last_result: Annotated[str | None, {"enum": ["ok", "invalid", "unsigned", "error", None]}]
     last_error: str | None
     errors: list[ValidationIssue]
     forced: bool
