@@ -14,10 +14,10 @@ catalog ``url``, or the server's ``bundle_base_url``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from kernex_core.fleet import Fleet
 from kernex_core.fleet.model import BundleVersion
+from kernex_server.wire import BundleWarning
 
 
 def used_versions(fleet: Fleet) -> dict[str, BundleVersion]:
@@ -37,11 +37,11 @@ def used_versions(fleet: Fleet) -> dict[str, BundleVersion]:
 
 def missing_bundles(
     fleet: Fleet | None, has: Callable[[str], bool], *, bundle_base_url: str = ""
-) -> list[dict[str, Any]]:
+) -> list[BundleWarning]:
     """A warning for each used version the store lacks (sorted by bundle and version)."""
     if fleet is None or bundle_base_url:
         return []
-    out = []
+    out: list[BundleWarning] = []
     for sha, entry in used_versions(fleet).items():
         if entry.url or has(sha):
             continue

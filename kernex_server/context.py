@@ -41,6 +41,7 @@ from kernex_server.serials import lift_device
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
+from kernex_server.wire import BundleWarning
 
 if TYPE_CHECKING:
     from kernex_server.alerts import Alerter
@@ -207,7 +208,7 @@ class ServerContext:
             self.last_fetch_at = self.clock()
         return result
 
-    def missing_bundles(self) -> list[dict[str, Any]]:
+    def missing_bundles(self) -> list[BundleWarning]:
         """Bundles the deployed revision uses that the bundle store lacks (logged)."""
         missing = missing_bundles(
             self.reconciler.fleet, self.blobs.has, bundle_base_url=self.settings.bundle_base_url
