@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from kernex_server.alerts import Alerter
     from kernex_server.bundle_gc import BundleCollector
     from kernex_server.git_fetch import Fetcher
+    from kernex_server.keyring import Keyring
 
 log = logging.getLogger("kernex.server")
 MAX_SERIAL = 2**53  # a reported serial at or above this is not followed (JSON-safe integers)
@@ -84,6 +85,7 @@ class ServerContext:
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
     bundle_gc: BundleCollector | None = None  # set by create_app
+    keyring: Keyring | None = None  # set by create_app
     alerter: Alerter | None = None  # set by create_app
     database: DatabaseHealth = field(default_factory=DatabaseHealth)  # outages, logged once
     fetcher: Fetcher | None = None  # set by create_app: Git fetches in the background

@@ -248,6 +248,26 @@ class BundleGc(TypedDict):
     unreadable_revisions: list[str]
 
 
+class KeyRotation(TypedDict):
+    next_key_id: str
+    started_at: str
+    devices_not_moved: Annotated[list[str], "accepted devices that may not know the new key"]
+
+
+class ReleaseKeys(TypedDict):
+    version: int
+    threshold: int
+    keys: list[str]
+
+
+class Keys(TypedDict):
+    manifest_key_id: str
+    rotation: KeyRotation | None
+    release_keys: ReleaseKeys | None
+    retired_key_id: NotRequired[Annotated[str, "after a finished rotation"]]
+    manifests_reissued: NotRequired[int]
+
+
 class ReconcileResult(TypedDict):
     fetching: Annotated[bool, "the fetch still runs; the pass read what was fetched before"]
     commit: str | None
