@@ -48,7 +48,12 @@ DEVICE_FILTERS = [
     Param("phase", str, "last reported phase"),
     Param("online", bool, "seen within offline_after"),
     Param("label", str, "key=value; repeat to require several", many=True),
-    Param("out_of_sync", bool, "accepted and reported serial != desired serial"),
+    Param(
+        "out_of_sync",
+        bool,
+        "accepted and not on the deployed revision's state (reported serial != desired "
+        "serial, or held back by a rollout)",
+    ),
 ]
 AUDIT_FILTERS = [
     Param("since", str, f"RFC 3339 time or a duration back from now ({DURATION_EXAMPLES})"),
@@ -80,6 +85,7 @@ def device_json(
     desired_serial: int | None,
     desired_revision: str | None,
     status: dict[str, Any] | None,
+    served_digest: str | None = None,
 ) -> dict[str, Any]:
     last_seen = max(device.last_seen or 0.0, kx.device_auth.pending_heartbeat(device.id) or 0.0)
     online = bool(last_seen) and kx.clock() - last_seen <= kx.reconciler.offline_after()
@@ -100,8 +106,18 @@ def device_json(
         "desired_revision": desired_revision,
         "reported_serial": reported,
         "deployment_pending": desired_serial is not None and reported != desired_serial,
+        "held_back": _held_back(kx, device, served_digest),
         "status": _status_out(status),
     }
+
+
+def _held_back(kx: ServerContext, device: DeviceRecord, served_digest: str | None) -> bool:
+    """Served something other than what the deployed revision wants for it (a staged,
+    halted or aborted rollout holds it)."""
+    if served_digest is None or device.state != "accepted":
+        return False
+    wanted = kx.reconciler.git_digest(device.id, dict(device.labels))
+    return wanted is not None and wanted != served_digest
 
 
 @operation("GET", "The calling token", ok=wire.Identity)
@@ -150,14 +166,21 @@ def device_filter(request: Request) -> Callable[[dict[str, Any]], bool]:
 
 
 def _out_of_sync(d: dict[str, Any]) -> bool:
-    return d["state"] == "accepted" and bool(d["deployment_pending"])
+    return d["state"] == "accepted" and bool(d["deployment_pending"] or d["held_back"])
 
 
 async def _device_rows(kx: ServerContext) -> list[dict[str, Any]]:
     await kx.flush_statuses()
     rows = await anyio.to_thread.run_sync(kx.store.device_overview)
     return [
-        device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
+        device_json(
+            kx,
+            r["device"],
+            r["desired_serial"],
+            r["desired_revision"],
+            r["status"],
+            r["desired_digest"],
+        )
         for r in rows
     ]
 
@@ -242,7 +265,14 @@ async def show_device(request: Request) -> Response:
         if not rows:
             return None
         r = rows[0]
-        out = device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
+        out = device_json(
+            kx,
+            r["device"],
+            r["desired_serial"],
+            r["desired_revision"],
+            r["status"],
+            r["desired_digest"],
+        )
         out["deployments"] = [
             {**d, "created_at": _time(d["created_at"])} for d in kx.store.deployments(device_id)
         ]
