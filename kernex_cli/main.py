@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "audit_cmds",
     "rollouts_cmds",
     "alerts_cmds",
+    "users_cmds",
 )
 
 

@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from kernex_server.auth import Endpoint
 
+ADMIN = "/v1/admin"  # the admin API's prefix
 JSON = "application/json"
 BYTES = "application/octet-stream"
 

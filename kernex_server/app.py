@@ -6,8 +6,9 @@ once when a webhook wakes it (re-signing manifests close to expiry), and batch w
 device status reports and of device heartbeats (both flushed again at shutdown).
 Blocking work (Git, database, signing many manifests) runs in worker threads.
 
-The request handlers live in the route modules (``device_api``, ``admin_api``, ``bundles_api``,
-``rollouts_api``, ``webhooks``, ``ops``, ``openapi``); they reach the app's state through
+The request handlers live in the route modules (``device_api``, ``admin_api``,
+``devices_api``, ``tokens_api``, ``bundles_api``, ``rollouts_api``, ``webhooks``, ``ops``,
+``openapi``, ...); they reach the app's state through
 ``kernex_server.context`` and never import this module.
 """
 
@@ -35,11 +36,14 @@ from kernex_server import (
     bundle_gc,
     bundles_api,
     device_api,
+    devices_api,
     info_api,
     labels_api,
     openapi,
     ops,
     rollouts_api,
+    tokens_api,
+    users_api,
     webhooks,
 )
 from kernex_server.alerts import Alerter, alert_loop
@@ -47,6 +51,7 @@ from kernex_server.api import route
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
+from kernex_server.changes import ChangeListener, ChangeRecorder, new_origin
 from kernex_server.context import ServerContext, context_of
 from kernex_server.cors import AdminCORSMiddleware, check_origins
 from kernex_server.database import (
@@ -78,6 +83,7 @@ from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
 
 log = logging.getLogger("kernex.server")
+LISTEN_TIMEOUT = 5.0  # seconds start-up waits for the change listener's LISTEN
 
 
 def load_manifest_key(settings: Settings) -> keys.PrivateKey:
@@ -166,6 +172,17 @@ def create_app(
     )
     metrics.watch_store(lambda: kx.blobs.total_bytes)
     reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
+    listener: ChangeListener | None = None
+    if is_postgres(engine):  # other server processes may share the database
+        origin = new_origin()
+        ChangeRecorder(sessions, origin)
+        listener = ChangeListener(
+            engine,
+            settings.database_schema,
+            origin,
+            kx.apply_change,
+            check_interval=settings.change_check_interval,
+        )
     kx.alerter = alerter = Alerter(
         settings,
         sessions,
@@ -179,14 +196,18 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_migrations:
             await anyio.to_thread.run_sync(lambda: migrate(engine, schema=settings.database_schema))
-        # after a restore, serials resume above anything a device could have seen
-        await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
-        await kx.reload_cache()
-        await kx.load_census()
-        await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
-        await _reconcile_once(kx)
-        await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
+            if listener is not None:  # first hear others' changes, then load what is there
+                tg.start_soon(listener.run)
+                with anyio.move_on_after(LISTEN_TIMEOUT):
+                    await listener.connected.wait()
+            # after a restore, serials resume above anything a device could have seen
+            await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
+            await kx.reload_cache()
+            await kx.load_census()
+            await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
+            await _reconcile_once(kx)
+            await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
             tg.start_soon(_status_loop, kx)  # always: a status report waits for its commit
             tg.start_soon(_database_probe, kx)
             if background:
@@ -219,10 +240,13 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *devices_api.routes,
+            *tokens_api.routes,
             *bundles_api.routes,
             *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
+            *users_api.routes,
             *webhooks.routes,
         ],
         middleware=middleware,

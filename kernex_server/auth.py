@@ -247,6 +247,9 @@ class DeviceAuth:
     def forget(self, device_id: str) -> None:
         self._keys.pop(device_id, None)
 
+    def forget_all(self) -> None:
+        self._keys.clear()
+
     async def _key(self, device_id: str) -> DeviceKey | None:
         now = self.clock()
         cached = self._keys.get(device_id)

@@ -23,6 +23,7 @@ from kernex_git import redact_text
 from kernex_server.audit import ERROR, OK, Auditor
 from kernex_server.auth import AdminAuth, DeviceAuth
 from kernex_server.bundles import BlobStore
+from kernex_server.changes import Change, served_manifests
 from kernex_server.enrollment import Enroller
 from kernex_server.manifests import ManifestCache, ServedManifest
 from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
@@ -256,11 +257,43 @@ class ServerContext:
 
     async def reload_cache(self) -> None:
         """Publish what the database holds (at start; when another server reconciles)."""
+        devices = set(self.cache.served_devices())
         rows = await anyio.to_thread.run_sync(self.store.all_manifests)
+        self._refresh(rows, devices)
+
+    def _refresh(self, rows: list[Any], devices: set[str]) -> None:
+        """Publish ``rows`` where they are newer than the cache (a higher serial, or the
+        same one signed for longer); of ``devices``, drop those without a row (revoked,
+        rejected or deleted)."""
         fresh = [served_from_row(r) for r in rows]
         self.cache.publish(
-            s for s in fresh if (c := self.cache.get(s.device_id)) is None or c.etag != s.etag
+            s
+            for s in fresh
+            if (c := self.cache.get(s.device_id)) is None
+            or (s.serial, s.expires_at) > (c.serial, c.expires_at)
         )
+        for device_id in devices - {s.device_id for s in fresh}:
+            self.cache.drop(device_id)
+
+    async def apply_change(self, change: Change) -> None:
+        """Another server process sharing the database committed ``change``: serve the
+        same here (kernex_server.changes)."""
+        if change.deployed:
+            await anyio.to_thread.run_sync(self.reconciler.follow_deployed)
+        if change.devices is None:
+            self.device_auth.forget_all()
+            await self.reload_cache()
+            await self.load_census()
+        elif change.devices:
+            devices = set(change.devices)
+            for device_id in devices:
+                self.device_auth.forget(device_id)
+            rows = await anyio.to_thread.run_sync(
+                lambda: served_manifests(self.store.sessions, devices)
+            )
+            self._refresh(rows, devices)
+        if change.rollouts and self._rollout_wake is not None:
+            self._rollout_wake.set()
 
     async def flush_statuses(self) -> None:
         """Commit every status report accepted so far (admin reads call this first)."""

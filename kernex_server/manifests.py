@@ -137,6 +137,9 @@ class ManifestCache:
     def get(self, device_id: str) -> ServedManifest | None:
         return self._items.get(device_id)
 
+    def served_devices(self) -> list[str]:
+        return list(self._items)
+
     def publish(self, manifests: Iterable[ServedManifest]) -> None:
         for served in manifests:
             self._items[served.device_id] = served

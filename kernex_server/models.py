@@ -262,3 +262,22 @@ class AlertOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class User(Base):
+    """A person who signs in to the dashboard (kernex_server.accounts): an argon2 password
+    hash, a role like a token's, and the failed-login count that locks the account."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    password_changed_at: Mapped[float] = mapped_column(Float)  # older sessions end
+    disabled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)  # since the last success
+    locked_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_login_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -25,20 +25,15 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from kernex_core.errors import FleetInvalidError, KernexError
-from kernex_core.fleet import DesiredState, Fleet
+from kernex_core.fleet import Fleet
 from kernex_core.manifest import Manifest
 from kernex_core.protocol import EnrollmentState
 from kernex_server import signers
 from kernex_server.git_source import FleetSource
-from kernex_server.manifests import (
-    DesiredDigests,
-    ManifestIssuer,
-    ServedManifest,
-    stored_manifest,
-)
+from kernex_server.manifests import DesiredDigests, ManifestIssuer, ServedManifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
 from kernex_server.rollouts import RolloutEngine
-from kernex_server.serials import lift_to_floor, read_floor
+from kernex_server.serials import deployed_commit, lift_to_floor, read_floor, resign_before
 from kernex_server.settings import Settings
 
 log = logging.getLogger("kernex.server.reconciler")
@@ -48,6 +43,9 @@ log = logging.getLogger("kernex.server.reconciler")
 # deployments in one database (a schema each) never wait for each other.
 ADVISORY_LOCK_SQL = (
     "SELECT pg_try_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
+)
+WAIT_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
 )
 
 T = TypeVar("T")
@@ -156,8 +154,9 @@ class Reconciler:
                     .order_by(Revision.id.desc())
                     .limit(1)
                 )
-                if self._loaded is None and good is not None:
-                    self._load_known_good(good.commit)
+                loaded = self._loaded
+                if good is not None and (loaded is None or loaded.commit != good.commit):
+                    self._load_known_good(good.commit)  # first pass, or another server deployed
                 if last is not None and last.commit == head and not force:
                     return ReconcileResult(head, "unchanged")
                 return self._pass(s, source, load_fleet, head, good, now)
@@ -236,6 +235,22 @@ class Reconciler:
             return True
         got = s.scalar(text(ADVISORY_LOCK_SQL))
         return bool(got)
+
+    def follow_deployed(self) -> None:
+        """Load the fleet of the revision the database says is deployed, when another
+        server sharing the database deployed it (enrollments resolve against it)."""
+        with self._lock, self.sessions() as s:
+            self._follow(deployed_commit(s))
+
+    def _follow(self, commit: str | None) -> None:
+        if commit is None or (self._loaded is not None and self._loaded.commit == commit):
+            return
+        try:
+            if self.source is not None:
+                self.source.sync()  # the commit may be newer than this process's clone
+        except KernexError as exc:
+            log.warning("cannot fetch deployed revision %s: %s", commit, exc.message)
+        self._load_known_good(commit)
 
     def _load_known_good(self, commit: str) -> None:
         if self.source is None or self.load_fleet is None:
@@ -320,22 +335,6 @@ class Reconciler:
         )
         return staged.served, [d.id for d in admit]
 
-    def _issue(
-        self,
-        s: Session,
-        device_id: str,
-        desired: DesiredState,
-        commit: str,
-        now: float,
-        ttl: int,
-        existing: DeviceManifest | None,
-    ) -> ServedManifest | None:
-        draft = self.issuer.build(device_id, desired, serial=0, revision=commit, now=now, ttl=ttl)
-        digest = draft.desired_digest()
-        if existing is not None and existing.desired_digest == digest:
-            return None
-        return self._write(s, draft, digest, existing, now)
-
     def _write(
         self,
         s: Session,
@@ -375,11 +374,14 @@ class Reconciler:
     def issue_for(self, device_id: str) -> ServedManifest | None:
         """Resolve one (just accepted or enrolled) device against the deployed revision."""
         with self._lock:
-            loaded = self._loaded
-            if loaded is None:
-                return None
             now = self.clock()
             with self.sessions.begin() as s:
+                if self.postgres:  # wait out a reconcile another server has under way
+                    s.execute(text(WAIT_LOCK_SQL))
+                    self._follow(deployed_commit(s))
+                loaded = self._loaded
+                if loaded is None or (self.postgres and loaded.commit != deployed_commit(s)):
+                    return None  # never issue from an older revision than the deployed one
                 device = s.get(Device, device_id)
                 if device is None or device.state != EnrollmentState.ACCEPTED.value:
                     return None
@@ -391,20 +393,15 @@ class Reconciler:
                 except KernexError as exc:
                     log.error("cannot resolve device %s: %s", device_id, exc)
                     return None
-                served = self._issue(
-                    s,
-                    device_id,
-                    desired,
-                    loaded.commit,
-                    now,
-                    self.manifest_ttl(),
-                    s.get(DeviceManifest, device_id),
+                existing = s.get(DeviceManifest, device_id)
+                ttl = self.manifest_ttl()
+                draft = self.issuer.build(
+                    device_id, desired, serial=0, revision=loaded.commit, now=now, ttl=ttl
                 )
-                if served is None:
-                    row = s.get(DeviceManifest, device_id)
-                    if row is not None:
-                        served = served_from_row(row)
-                return served
+                digest = draft.desired_digest()
+                if existing is not None and existing.desired_digest == digest:
+                    return served_from_row(existing)  # nothing changed for it
+                return self._write(s, draft, digest, existing, now)
 
     def locked(self, act: Callable[[Session, float], T]) -> T | None:
         """Run ``act`` in one transaction under the reconcile lock (this process's, and the
@@ -434,26 +431,11 @@ class Reconciler:
     def resign_expiring(self) -> list[ServedManifest]:
         """Re-sign manifests close to expiry: same serial and content, new validity."""
         ttl = self.manifest_ttl()
-        with self._lock:
-            now = self.clock()
-            threshold = now + ttl * self.settings.resign_when_left
-            out = []
-            with self.sessions.begin() as s:
-                if not self._try_lock(s):
-                    return []
-                rows = s.scalars(
-                    select(DeviceManifest).where(DeviceManifest.expires_at < threshold)
-                )
-                for row in rows:
-                    old = stored_manifest(row.envelope)
-                    fresh, envelope = self.issuer.resign(old, now=now, ttl=ttl)
-                    row.envelope = envelope.decode("utf-8")
-                    row.issued_at = fresh.issued_at
-                    row.expires_at = fresh.expires_at
-                    out.append(ServedManifest(row.device_id, row.serial, envelope, row.expires_at))
-            if out:
-                log.info("re-signed %d manifest(s) close to expiry", len(out))
-            return out
+        left = ttl * self.settings.resign_when_left
+        out = self.locked(lambda s, now: resign_before(s, self.issuer, now + left, now, ttl))
+        if out:
+            log.info("re-signed %d manifest(s) close to expiry", len(out))
+        return out or []
 
 
 def served_from_row(row: DeviceManifest) -> ServedManifest:

@@ -19,7 +19,7 @@ from sqlalchemy import func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
-from kernex_server.models import Deployment, DeviceManifest, RolloutDevice, ServerState
+from kernex_server.models import Deployment, DeviceManifest, Revision, RolloutDevice, ServerState
 
 SERIAL_FLOOR = "serial_floor"
 DEFAULT_SERIAL_JUMP = 1_000_000
@@ -28,6 +28,16 @@ DEFAULT_SERIAL_JUMP = 1_000_000
 def read_floor(s: Session) -> int:
     row = s.get(ServerState, SERIAL_FLOOR)
     return int(row.value) if row is not None else 0
+
+
+def deployed_commit(s: Session) -> str | None:
+    """The commit of the newest deployed revision."""
+    return s.scalar(
+        select(Revision.commit)
+        .where(Revision.state == "deployed")
+        .order_by(Revision.id.desc())
+        .limit(1)
+    )
 
 
 def highest_serial(s: Session) -> int:
@@ -63,6 +73,21 @@ def lift_to_floor(
     content, fresh validity), recorded as a deployment; rollouts follow the new serial."""
     rows = s.scalars(select(DeviceManifest).where(DeviceManifest.serial < floor)).all()
     return [_lift(s, issuer, row, floor, now=now, ttl=ttl) for row in rows]
+
+
+def resign_before(
+    s: Session, issuer: ManifestIssuer, threshold: float, now: float, ttl: int
+) -> list[ServedManifest]:
+    """Re-sign every manifest expiring before ``threshold``: same serial and content, new
+    validity (the agent takes it as a refresh)."""
+    out = []
+    for row in s.scalars(select(DeviceManifest).where(DeviceManifest.expires_at < threshold)):
+        fresh, envelope = issuer.resign(stored_manifest(row.envelope), now=now, ttl=ttl)
+        row.envelope = envelope.decode("utf-8")
+        row.issued_at = fresh.issued_at
+        row.expires_at = fresh.expires_at
+        out.append(ServedManifest(row.device_id, row.serial, envelope, row.expires_at))
+    return out
 
 
 def lift_device(

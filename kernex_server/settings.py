@@ -47,6 +47,9 @@ class Settings:
     heartbeat_flush_interval: float = 5.0  # seconds between writes of last_seen batches
     status_flush_interval: float = 0.0  # seconds a status batch waits for more before it commits
     rollout_interval: float = 1.0  # seconds between evaluations of running rollouts
+    # PostgreSQL: seconds between checks for changes another server made that no
+    # notification announced (the notifications themselves arrive at once)
+    change_check_interval: float = 5.0
     webhook_secret: str = ""  # shared secret of POST /v1/hooks/git; made by `server init`
     metrics_token: str = ""  # when set, GET /metrics needs `Authorization: Bearer <it>`
     token_rate: float = 20.0  # admin requests per second per token (0: no limit)
