@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kernex_cli.client import ClientError, ServerOption, TokenOption, connect
+from kernex_cli.client import ServerOption, TokenOption, connect
 from kernex_cli.gitops_cmds import JsonOption, PushOption, RepoOption, Scope, apply_edit
 from kernex_cli.output import console, fail, fail_from, print_json, safe
 from kernex_cli.publish import (
@@ -26,7 +26,7 @@ from kernex_cli.publish import (
     upload_bundle,
 )
 from kernex_core import keys
-from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_core.errors import KernexError
 from kernex_git import Repository, read_fleet_files
 
 bundle_app = typer.Typer(
@@ -132,12 +132,10 @@ def push_cmd(
         new_text = catalog_text(old.decode("utf-8") if old else "", info, signatures)
         message = f"bundle {info.name} {info.version}"
         outcome = apply_edit(fleet, scope, new_text, message, dry_run=False, push=push)
-    except FleetInvalidError as exc:
-        for issue in exc.issues:
-            console.print(f"[red]{safe(issue)}[/]", highlight=False)
-        fail_from(exc)
-    except (KernexError, ClientError) as exc:
-        fail_from(exc)
+    except KernexError as exc:
+        from kernex_cli.fleet_cmds import fail_invalid
+
+        fail_invalid(exc)
     result = {
         **info.to_dict(),
         "uploaded": bool(uploaded.get("created")),

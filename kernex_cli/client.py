@@ -238,7 +238,12 @@ class AdminClient:
             )
         raise ApiError(
             response.status_code,
-            message or f"the server answered {response.status_code}",
+            message
+            or (
+                f"the server failed: it answered {response.status_code} {response.reason_phrase}"
+                if response.status_code >= 500
+                else f"the server answered {response.status_code}"
+            ),
             hint=hint
             or (
                 "The server failed; its log says why (`kernex server run` output)."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -43,6 +43,13 @@ def print_issues(issues: list[ValidationIssue], *, to_stderr: bool = False) -> N
     console.print(
         f"[bold red]{count} error{'s' if count != 1 else ''}[/]", highlight=False, soft_wrap=True
     )
+
+
+def fail_invalid(exc: KernexError) -> NoReturn:
+    """Exit 1 with ``exc``; an invalid fleet lists its errors (file:line:column) first."""
+    if isinstance(exc, FleetInvalidError):
+        print_issues(exc.issues, to_stderr=True)
+    output.fail_from(exc)
 
 
 def init(

@@ -18,7 +18,7 @@ from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.fleet_edit import parse_scalar, set_value, unset_value
 from kernex_cli.inventory import Inventory, plan_devices
 from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json, safe
-from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_core.errors import KernexError
 from kernex_git import Repository, read_fleet_files
 
 BUNDLE_REF_RE = re.compile(
@@ -246,14 +246,11 @@ def _run_edit(
         outcome = apply_edit(
             repo, scope, new_text, message, dry_run=dry_run, push=push, inventory=inventory
         )
-    except FleetInvalidError as exc:
-        for issue in exc.issues:
-            console.print(f"[red]{safe(issue)}[/]", highlight=False)
-        _close(client)
-        fail_from(exc)
     except KernexError as exc:
+        from kernex_cli.fleet_cmds import fail_invalid
+
         _close(client)
-        fail_from(exc)
+        fail_invalid(exc)
     if client is None or wait is None or outcome.commit is None:
         _report(outcome, message, as_json=as_json, dry_run=dry_run)
         return
@@ -329,7 +326,9 @@ def deploy(
     try:
         _check_catalog(Repository.open(repo), name, version)
     except KernexError as exc:
-        fail_from(exc)
+        from kernex_cli.fleet_cmds import fail_invalid
+
+        fail_invalid(exc)
     _run_edit(
         repo,
         scope,

@@ -1,7 +1,8 @@
 """``kernex status [--watch] [--json]``: the fleet at a glance.
 
-Reads ``GET /v1/admin/status`` (revision, reconcile state, device counts, rollouts) and
-``GET /v1/admin/devices`` (names of the devices that are out of sync or offline).
+Reads ``GET /v1/admin/status`` (revision, reconcile and Git fetch state, device counts,
+rollouts) and ``GET /v1/admin/devices`` (names of the devices that are out of sync or
+offline).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "") if names else "-"
 
 
+def _git_text(git: dict[str, Any]) -> str:
+    done = f"last success {ago(git.get('last_success_at'))}"
+    if git.get("running_since"):
+        done = f"running since {ago(git['running_since'])}, {done}"
+    if git.get("problem"):
+        return f"[red]{safe(git['problem'])}[/] ({done})"
+    return done
+
+
 def render_status(status: dict[str, Any], server: str) -> RenderableType:
     rev = status.get("revision") or {}
     dev = status.get("devices") or {}
@@ -55,6 +65,9 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
     facts.add_row("reconcile", f"{result_text}, {ago(rev.get('last_reconcile_at'))}")
     if rev.get("last_error"):
         facts.add_row("last error", f"[red]{safe(rev['last_error'])}[/]")
+    git = status.get("git")
+    if git:
+        facts.add_row("git fetch", _git_text(git))
     facts.add_row(
         "devices",
         f"{safe(dev.get('total', 0))} total, [green]{safe(dev.get('online', 0))} online[/], "

@@ -12,7 +12,7 @@ docs/server.md for the list.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 from starlette.requests import Request
@@ -20,12 +20,13 @@ from starlette.responses import Response
 
 from kernex_core.formats import DURATION_EXAMPLES
 from kernex_server import wire
-from kernex_server.api import ADMIN, Param, operation, route
+from kernex_server.api import ADMIN, Answer, Param, operation, route
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
 from kernex_server.devices_api import device_rows, is_out_of_sync
+from kernex_server.git_fetch import git_status
 from kernex_server.http import (
     ApiError,
     json_response,
@@ -57,7 +58,8 @@ AUDIT_FILTERS = [
 @requires(Role.VIEWER)
 async def whoami(request: Request) -> Response:
     identity = request.state.identity
-    return json_response({"name": identity.name, "role": identity.role})
+    answer: wire.Identity = {"name": identity.name, "role": identity.role}
+    return json_response(answer)
 
 
 @operation("GET", "Fleet status and stats", ok=wire.FleetStatus)
@@ -71,24 +73,24 @@ async def fleet_status(request: Request) -> Response:
     online = sum(1 for d in accepted if d["online"])
     phases = Counter((d["status"] or {}).get("phase") for d in accepted)
     rollouts = await anyio.to_thread.run_sync(kx.rollout_counts)
-    return json_response(
-        {
-            "revision": _revision_status(kx, newest, deployed),
-            "devices": {
-                "total": len(devices),
-                "online": online,
-                "offline": len(accepted) - online,
-                "pending": sum(1 for d in devices if d["state"] == "pending"),
-                "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
-                "out_of_sync": sum(1 for d in accepted if is_out_of_sync(d)),
-            },
-            "rollouts": {
-                "active": rollouts["running"] + rollouts["paused"],
-                "halted": rollouts["halted"],
-            },
-            "bundles": bundles,
-        }
-    )
+    answer: wire.FleetStatus = {
+        "revision": _revision_status(kx, newest, deployed),
+        "devices": {
+            "total": len(devices),
+            "online": online,
+            "offline": len(accepted) - online,
+            "pending": sum(1 for d in devices if d["state"] == "pending"),
+            "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
+            "out_of_sync": sum(1 for d in accepted if is_out_of_sync(d)),
+        },
+        "rollouts": {
+            "active": rollouts["running"] + rollouts["paused"],
+            "halted": rollouts["halted"],
+        },
+        "bundles": bundles,
+        "git": cast(wire.GitFetch, git_status(kx)),
+    }
+    return json_response(answer)
 
 
 _RESULT_OF_STATE = {"deployed": "ok", "invalid": "invalid", "unsigned": "unsigned"}
@@ -96,7 +98,7 @@ _RESULT_OF_STATE = {"deployed": "ok", "invalid": "invalid", "unsigned": "unsigne
 
 def _revision_status(
     kx: ServerContext, newest: dict[str, Any] | None, deployed: dict[str, Any] | None
-) -> dict[str, Any]:
+) -> wire.RevisionStatus:
     last_result: str | None = _RESULT_OF_STATE.get(newest["state"]) if newest else None
     errors = list(newest["errors"]) if newest and newest["state"] != "deployed" else []
     last_error = None
@@ -107,6 +109,8 @@ def _revision_status(
             last_error = f"{last_error} (and {len(errors) - 1} more)"
     if kx.last_reconcile_error is not None:
         last_result, last_error = "error", kx.last_reconcile_error
+    elif (git := git_status(kx)["problem"]) is not None:
+        last_result, last_error = "error", git  # e.g. a fetch hanging on a silent remote
     last_at = kx.last_reconcile_at or (newest["created_at"] if newest else None)
     return {
         "current": newest["commit"] if newest else None,
@@ -123,6 +127,7 @@ def _revision_status(
     "POST",
     "Run a reconcile pass now",
     ok=wire.ReconcileResult,
+    answers={202: Answer("the fetch still runs after reconcile_wait", wire.ReconcileFetching)},
     query=[Param("force", bool, "re-run even when the head commit was seen")],
     errors=(500,),
 )
@@ -131,9 +136,14 @@ def _revision_status(
 async def reconcile(request: Request) -> Response:
     kx = context_of(request)
     force = request.query_params.get("force") in {"1", "true", "yes"}
-    result = await kx.run_reconcile(force=force)
+    result = await kx.run_reconcile(force=force, wait=kx.settings.reconcile_wait)
     request.state.audit_target = result.commit or ""
     request.state.audit_detail = {"force": force, "state": result.state}
+    if result.fetching:  # the fetch goes on; the reconcile loop deploys what it brings
+        kx.wake_reconciler()
+        body = {**result.to_dict(), "git": git_status(kx)}
+        body["hint"] = "The fetch still runs in the background; see `kernex status`."
+        return json_response(body, status=202)
     return json_response(result.to_dict())
 
 

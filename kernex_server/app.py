@@ -1,9 +1,11 @@
 """The server application: ``create_app(settings, ...)`` builds a Starlette app.
 
 The lifespan migrates the database, fills the manifest cache from it, runs a first
-reconcile, and then keeps three background loops: reconcile every ``poll_interval`` or at
-once when a webhook wakes it (re-signing manifests close to expiry), and batch writes of
-device status reports and of device heartbeats (both flushed again at shutdown).
+reconcile (waiting at most ``STARTUP_FETCH_WAIT`` for the first Git fetch, which otherwise
+goes on in the background: serving never waits on Git), and then keeps three background
+loops: reconcile every ``poll_interval`` or at once when a webhook wakes it (re-signing
+manifests close to expiry), and batch writes of device status reports and of device
+heartbeats (both flushed again at shutdown).
 Blocking work (Git, database, signing many manifests) runs in worker threads.
 
 The request handlers live in the route modules (``device_api``, ``admin_api``,
@@ -29,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from kernex_core import fleet, keys
 from kernex_core.errors import KernexError
-from kernex_git import GitEnv
+from kernex_git import GitEnv, NetworkLimits, stop_all
 from kernex_server import (
     admin_api,
     alerts_api,
@@ -38,6 +40,7 @@ from kernex_server import (
     device_api,
     devices_api,
     info_api,
+    keys_api,
     labels_api,
     openapi,
     ops,
@@ -63,8 +66,10 @@ from kernex_server.database import (
 )
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
+from kernex_server.git_fetch import Fetcher
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
+from kernex_server.keyring import Keyring
 from kernex_server.manifests import ManifestCache, ManifestIssuer
 from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
@@ -81,8 +86,10 @@ from kernex_server.retention import Pruner, RetentionPolicy
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
+from kernex_server.ui import pages as ui_pages
 
 log = logging.getLogger("kernex.server")
+STARTUP_FETCH_WAIT = 0.25  # seconds start-up waits for the first fetch before serving
 LISTEN_TIMEOUT = 5.0  # seconds start-up waits for the change listener's LISTEN
 
 
@@ -104,7 +111,16 @@ def default_source(settings: Settings) -> FleetSource | None:
         settings.branch,
         clone_dir=settings.clone_dir,
         allowed_signers=settings.signers_path(),
-        env=GitEnv.server(settings.git_config_path),
+        env=GitEnv.server(settings.git_config_path, limits=network_limits(settings)),
+    )
+
+
+def network_limits(settings: Settings) -> NetworkLimits:
+    return NetworkLimits(
+        timeout=settings.git_timeout,
+        connect_timeout=settings.git_connect_timeout,
+        low_speed_limit=settings.git_low_speed_limit,
+        low_speed_time=settings.git_low_speed_time,
     )
 
 
@@ -129,6 +145,7 @@ def create_app(
     if loader is None and src is not None:
         loader = fleet.load_fleet
     issuer = ManifestIssuer(key, bundle_base_url=settings.bundle_base_url)
+    keyring = Keyring(settings.data_dir / "keys", issuer)  # announcements, a rotation
     metrics = Metrics()
     reconciler = Reconciler(
         settings, sessions, issuer, src, loader, postgres=is_postgres(engine), clock=clock
@@ -156,7 +173,7 @@ def create_app(
             sessions, limiter=RateLimiter(settings.enroll_rate, settings.enroll_burst)
         ),
         reconciler=reconciler,
-        manifest_public_key=key.public_key(),
+        manifest_public_key=keyring.signing.public_key(),
         clock=clock,
         auditor=Auditor(store, clock=clock),
         metrics=metrics,
@@ -167,10 +184,12 @@ def create_app(
         kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
     )
     kx.rollout_metrics = RolloutMetrics(metrics.registry)
+    kx.keyring = keyring
     kx.bundle_gc = bundle_gc.BundleCollector(
         sessions, kx.blobs, reconciler, grace_days=settings.bundle_gc_grace_days, clock=clock
     )
     metrics.watch_store(lambda: kx.blobs.total_bytes)
+    kx.fetcher = Fetcher(src.sync if src else None, clock=clock, registry=metrics.registry)
     reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
     listener: ChangeListener | None = None
     if is_postgres(engine):  # other server processes may share the database
@@ -206,7 +225,8 @@ def create_app(
             await kx.reload_cache()
             await kx.load_census()
             await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
-            await _reconcile_once(kx)
+            # Serving never waits on Git: a slow first fetch goes on in the background.
+            await kx.reconcile_once(wait=STARTUP_FETCH_WAIT)
             await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
             tg.start_soon(_status_loop, kx)  # always: a status report waits for its commit
             tg.start_soon(_database_probe, kx)
@@ -223,6 +243,7 @@ def create_app(
                 yield
             finally:
                 tg.cancel_scope.cancel()
+        stop_all()  # a fetch hanging on a silent remote ends with the server
         await kx.flush_statuses()
         await kx.flush_heartbeats()
         engine.dispose()
@@ -240,6 +261,7 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *keys_api.routes,
             *devices_api.routes,
             *tokens_api.routes,
             *bundles_api.routes,
@@ -247,6 +269,7 @@ def create_app(
             *labels_api.routes,
             *rollouts_api.routes,
             *users_api.routes,
+            *ui_pages.routes,
             *webhooks.routes,
         ],
         middleware=middleware,
@@ -270,8 +293,9 @@ async def _reconcile_once(kx: ServerContext) -> None:
 async def _reconcile_loop(kx: ServerContext) -> None:
     while True:
         kx._wake = wake = anyio.Event()
-        with anyio.move_on_after(kx.settings.poll_interval):
-            await wake.wait()
+        if kx.fetcher is None or kx.fetcher.running_since is None:  # else join the fetch
+            with anyio.move_on_after(kx.settings.poll_interval):
+                await wake.wait()
         await _reconcile_once(kx)
 
 

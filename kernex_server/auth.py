@@ -158,11 +158,15 @@ def webhook_endpoint(endpoint: Endpoint) -> Endpoint:
 
 
 def auth_kind(endpoint: Any) -> str | None:
-    """How a route's caller is authenticated: ``role:<name>``, ``device``, ``webhook``,
-    ``public``; None when the endpoint declares nothing (a bug the route walk catches)."""
+    """How a route's caller is authenticated: ``role:<name>``, ``session:<name>`` (a
+    dashboard user, kernex_server.ui), ``device``, ``webhook``, ``public``; None when
+    the endpoint declares nothing (a bug the route walk catches)."""
     role = getattr(endpoint, "required_role", None)
     if isinstance(role, Role):
         return f"role:{role.name.lower()}"
+    ui_role = getattr(endpoint, "ui_role", None)
+    if isinstance(ui_role, Role):
+        return f"session:{ui_role.name.lower()}"
     if getattr(endpoint, "device_auth", False):
         return "device"
     if getattr(endpoint, "webhook_auth", False):

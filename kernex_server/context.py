@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -44,6 +44,8 @@ from kernex_server.store import Store
 if TYPE_CHECKING:
     from kernex_server.alerts import Alerter
     from kernex_server.bundle_gc import BundleCollector
+    from kernex_server.git_fetch import Fetcher
+    from kernex_server.keyring import Keyring
 
 log = logging.getLogger("kernex.server")
 MAX_SERIAL = 2**53  # a reported serial at or above this is not followed (JSON-safe integers)
@@ -81,8 +83,10 @@ class ServerContext:
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
     bundle_gc: BundleCollector | None = None  # set by create_app
+    keyring: Keyring | None = None  # set by create_app
     alerter: Alerter | None = None  # set by create_app
     database: DatabaseHealth = field(default_factory=DatabaseHealth)  # outages, logged once
+    fetcher: Fetcher | None = None  # set by create_app: Git fetches in the background
 
     # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
 
@@ -168,21 +172,44 @@ class ServerContext:
             self.cache.publish([served])
         return served
 
-    async def run_reconcile(self, *, force: bool = False) -> ReconcileResult:
+    async def run_reconcile(
+        self, *, force: bool = False, wait: float | None = None
+    ) -> ReconcileResult:
+        """Fetch (waiting at most ``wait`` seconds; the fetch goes on in the background),
+        then reconcile what the source holds. A failed fetch is raised after the pass."""
         started = time.perf_counter()
+        fetcher = self.fetcher if self.reconciler.source is not None else None
+        fetching, fetch_error = False, None
+        if fetcher is not None:
+            try:
+                fetching = not await fetcher.fetch(wait)
+            except Exception as exc:
+                fetch_error = exc
         try:
-            result = await anyio.to_thread.run_sync(lambda: self.reconciler.reconcile(force=force))
+            result = await anyio.to_thread.run_sync(
+                lambda: self.reconciler.reconcile(force=force, fetch=fetcher is None)
+            )
         except Exception as exc:
-            self._observe("error", started)
-            message = exc.message if isinstance(exc, KernexError) else str(exc)
-            self.last_reconcile_error = redact_text(message)  # shown in /readyz and status
-            raise
+            if not (fetching and isinstance(exc, KernexError)):
+                self._reconcile_failed(fetch_error or exc, started)
+                raise (fetch_error or exc) from None
+            result = ReconcileResult(None, "fetching")  # nothing was fetched before
+        result = replace(result, fetching=fetching)
+        if fetch_error is not None:
+            await self._apply(result)  # what the mirror held is served; the fetch failed
+            self._reconcile_failed(fetch_error, started)
+            raise fetch_error
         self._observe(result.state, started)
-        self.last_reconcile_error = None
-        if result.state != "no_source":
-            self.last_fetch_at = self.clock()
         await self._apply(result)
+        self.last_reconcile_error = None
+        if result.state != "no_source" and not fetching:
+            self.last_fetch_at = self.clock()
         return result
+
+    def _reconcile_failed(self, exc: BaseException, started: float) -> None:
+        self._observe("error", started)
+        message = exc.message if isinstance(exc, KernexError) else str(exc)
+        self.last_reconcile_error = redact_text(message)  # shown in /readyz and status
 
     def _observe(self, state: str, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -223,10 +250,10 @@ class ServerContext:
                 detail={"by": "fingerprint", "commit": commit},
             )
 
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self, wait: float | None = None) -> None:
         """One pass of the background loop: reconcile, re-sign; never raises."""
         try:
-            result = await self.run_reconcile()
+            result = await self.run_reconcile(wait=wait)
             if result.state == "skipped":
                 await self.reload_cache()
             resigned = await anyio.to_thread.run_sync(self.reconciler.resign_expiring)
@@ -279,7 +306,9 @@ class ServerContext:
         """Another server process sharing the database committed ``change``: serve the
         same here (kernex_server.changes)."""
         if change.deployed:
-            await anyio.to_thread.run_sync(self.reconciler.follow_deployed)
+            followed = await anyio.to_thread.run_sync(self.reconciler.follow_deployed)
+            if not followed and self.fetcher is not None:
+                self.fetcher.start()  # in the background; the reconcile loop loads it next
         if change.devices is None:
             self.device_auth.forget_all()
             await self.reload_cache()

@@ -49,6 +49,12 @@ SECURITY_SCHEMES = {
     },
     "githubSignature": {"type": "apiKey", "in": "header", "name": "X-Hub-Signature-256"},
     "gitlabToken": {"type": "apiKey", "in": "header", "name": "X-Gitlab-Token"},
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "kx_session",
+        "description": "dashboard login session (docs/dashboard.md)",
+    },
 }
 
 _PARAM_RE = re.compile(r"\{(\w+)(?::(\w+))?\}")
@@ -57,6 +63,8 @@ _PARAM_RE = re.compile(r"\{(\w+)(?::(\w+))?\}")
 def _security(kind: str) -> list[dict[str, list[str]]]:
     if kind.startswith("role:"):
         return [{"bearer": []}]
+    if kind.startswith("session:"):
+        return [{"session": []}]
     if kind == "device":
         return [{"deviceSignature": []}]
     if kind == "webhook":

@@ -1,4 +1,5 @@
-"""``kernex server init``: the data directory, manifest key, settings and first admin token.
+"""``kernex server init``: the data directory, manifest key, settings and first admin token
+(and the dashboard's session key).
 
 Nothing secret has a default: the key, the token and the webhook secret are generated
 here. The key file and ``server.toml`` (which holds the webhook secret) are mode 0600;
@@ -20,6 +21,7 @@ from kernex_server.database import make_engine, migrate, session_factory
 from kernex_server.errors import ServerSetupError
 from kernex_server.settings import Settings, render_settings_file, webhook_secret_line
 from kernex_server.store import Store
+from kernex_server.ui.session import session_key
 
 FIRST_TOKEN_NAME = "admin"  # noqa: S105 - a name, not a secret
 
@@ -63,6 +65,7 @@ def init_data_dir(
             f"{settings_path} already names repo {redact_url(settings.repo)!r}",
             hint="Edit server.toml to change the fleet repository.",
         )
+    session_key(settings)  # the dashboard's cookie-signing key (kernex_server.ui.session)
     engine = make_engine(settings.effective_database_url(), schema=settings.database_schema)
     try:
         migrate(engine, schema=settings.database_schema)

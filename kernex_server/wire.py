@@ -14,7 +14,8 @@ from kernex_core.protocol import EnrollmentState
 from kernex_core.rollout import STATES as ROLLOUT_STATES
 
 Time = Annotated[str | None, {"format": "date-time"}]
-RoleName = Literal["viewer", "operator", "admin"]
+RoleName = Annotated[str, {"enum": ["viewer", "operator", "admin"]}]
+DeviceStateName = Annotated[str, {"enum": [s.value for s in EnrollmentState]}]
 Labels = dict[str, str]
 Seconds = Annotated[int | None, {"minimum": 1}, "seconds"]
 RolloutState = Annotated[str, {"enum": list(ROLLOUT_STATES)}]
@@ -49,7 +50,7 @@ class DeviceStatus(TypedDict, total=False):
 
 class Device(TypedDict):
     id: str
-    state: EnrollmentState
+    state: DeviceStateName
     fingerprint: str
     algorithm: str
     labels: Labels
@@ -92,7 +93,7 @@ class DeviceList(TypedDict):
 
 class DeviceState(TypedDict):
     id: str
-    state: EnrollmentState
+    state: DeviceStateName
 
 
 class DeviceLabels(TypedDict):
@@ -105,7 +106,7 @@ class RevisionStatus(TypedDict):
     current: str | None
     deployed: str | None
     last_reconcile_at: Time
-    last_result: Literal["ok", "invalid", "unsigned", "error", None]
+    last_result: Annotated[str | None, {"enum": ["ok", "invalid", "unsigned", "error", None]}]
     last_error: str | None
     errors: list[ValidationIssue]
     forced: bool
@@ -125,11 +126,22 @@ class RolloutCounts(TypedDict):
     halted: int
 
 
+class GitFetch(TypedDict):
+    running_since: Annotated[Time, "a fetch runs since then; null: none runs"]
+    last_success_at: Time
+    last_error: str | None
+    last_error_at: Time
+    failures: Annotated[int, "failed fetches in a row"]
+    last_duration: Annotated[float | None, "seconds the last fetch took"]
+    problem: Annotated[str | None, "what /readyz's git check says when it fails; else null"]
+
+
 class FleetStatus(TypedDict):
     revision: RevisionStatus
     devices: DeviceCounts
     rollouts: RolloutCounts
     bundles: int
+    git: GitFetch
 
 
 class Token(TypedDict):
@@ -229,13 +241,39 @@ class BundleGc(TypedDict):
     unreadable_revisions: list[str]
 
 
+class KeyRotation(TypedDict):
+    next_key_id: str
+    started_at: str
+    devices_not_moved: Annotated[list[str], "accepted devices that may not know the new key"]
+
+
+class ReleaseKeys(TypedDict):
+    version: int
+    threshold: int
+    keys: list[str]
+
+
+class Keys(TypedDict):
+    manifest_key_id: str
+    rotation: KeyRotation | None
+    release_keys: ReleaseKeys | None
+    retired_key_id: NotRequired[Annotated[str, "after a finished rotation"]]
+    manifests_reissued: NotRequired[int]
+
+
 class ReconcileResult(TypedDict):
+    fetching: Annotated[bool, "the fetch still runs; the pass read what was fetched before"]
     commit: str | None
-    state: Annotated[str, "deployed, invalid, unsigned, unchanged, skipped or no_source"]
+    state: Annotated[str, "deployed, invalid, unsigned, unchanged, skipped, no_source or fetching"]
     devices_changed: int
     admitted: list[str]
     errors: list[dict[str, Any]]
     forced: bool
+
+
+class ReconcileFetching(ReconcileResult):
+    git: GitFetch
+    hint: str
 
 
 class Revision(TypedDict):

@@ -10,14 +10,18 @@ arguments come from ``VALUES`` by parameter name (a new name fails
 - a missing file: every path parameter in turn names a path that does not exist; a command
   that writes there may succeed, else it must fail cleanly;
 - an unreachable server: ``--server`` is a loopback port nobody listens on;
-- a bad token: one real server, a token it never issued.
+- a bad token: one real server, a token it never issued;
+- a failing server: every request is answered 500 with a plain-text body, as a crashed
+  handler or a proxy in front of the server answers.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +266,42 @@ def token_commands() -> list[tuple[str, ...]]:
 def test_a_bad_token(path: tuple[str, ...], paths: Paths, live: RunningServer) -> None:
     args = [*argv(path, paths, server=live.base), *SERVER_FLAGS.get(path, [])]
     assert_clean_failure(args, CliRunner().invoke(app, args))
+
+
+class _Failing(BaseHTTPRequestHandler):
+    def _fail(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = b"Internal Server Error"
+        self.send_response(500)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _fail
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def failing_server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("path", server_commands(), ids=" ".join)
+def test_a_failing_server(path: tuple[str, ...], paths: Paths, failing_server: str) -> None:
+    args = [*argv(path, paths, server=failing_server), *SERVER_FLAGS.get(path, [])]
+    result = CliRunner().invoke(app, args)
+    assert_clean_failure(args, result)
+    assert "500" in result.stderr

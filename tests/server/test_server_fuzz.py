@@ -33,8 +33,10 @@ CHECKS = [
 def _request(case: Any, auth: dict[str, str]) -> dict[str, Any]:
     """The case as httpx arguments (schemathesis builds requests-style ones)."""
     kwargs = case.as_transport_kwargs(base_url="http://testserver")
-    out = {k: kwargs[k] for k in ("method", "url", "params", "cookies") if kwargs.get(k)}
+    out = {k: kwargs[k] for k in ("method", "url", "params") if kwargs.get(k)}
     headers = dict(kwargs.get("headers") or {})
+    if kwargs.get("cookies"):  # as a header: per-request cookies are deprecated in httpx
+        headers["cookie"] = "; ".join(f"{k}={v}" for k, v in kwargs["cookies"].items())
     if case.operation.definition.raw.get("security") == [{"bearer": []}]:
         headers.update(auth)
     out["headers"] = headers
@@ -68,7 +70,8 @@ def test_fuzzed_requests_get_no_server_error_and_answers_match_the_schema(
         )
         @given(case=operation.as_strategy(), _=st.just(None))
         def run(case: Any, _: None) -> None:
-            response = server.client.request(**_request(case, server.auth))
+            # the operation's own answer: a 303 to the dashboard's login page is not followed
+            response = server.client.request(**_request(case, server.auth), follow_redirects=False)
             answered[response.status_code] = answered.get(response.status_code, 0) + 1
             assert isinstance(response, httpx.Response)
             case.validate_response(response, checks=CHECKS)
