@@ -68,7 +68,8 @@ def list_devices(
         typer.Option("--online/--offline", help="Only devices seen recently / not seen."),
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", help="key=value a device must have (repeat).")
+        list[str] | None,
+        typer.Option("--label", metavar="KEY=VALUE", help="key=value a device must have (repeat)."),
     ] = None,
     out_of_sync: Annotated[
         bool, typer.Option("--out-of-sync", help="Only devices not yet at their desired serial.")
@@ -106,7 +107,7 @@ def list_devices(
     if not devices:
         console.print("no devices match", highlight=False)
         return
-    table = Table("device", "state", "phase", "online", "serial", "labels", "last seen")
+    table = Table("device", "state", "phase", "running", "online", "serial", "labels", "last seen")
     for d in devices:
         status = d.get("status") or {}
         serial = safe(f"{d.get('reported_serial') or '-'}/{d.get('desired_serial') or '-'}")
@@ -116,6 +117,7 @@ def list_devices(
             safe(d["id"]),
             safe(d["state"]),
             phase_text(status.get("phase")),
+            bundle_list(status.get("bundles") or {}) or "-",
             "[green]yes[/]" if d.get("online") else "[dim]no[/]",
             serial,
             label_text(d.get("labels"), empty=""),
@@ -171,6 +173,7 @@ def _render_device(d: dict[str, Any]) -> None:
         + ("  [yellow](out of sync)[/]" if d.get("deployment_pending") else "")
         + ("  [yellow](held back by a rollout)[/]" if d.get("held_back") else ""),
     )
+    facts.add_row("running", bundle_list(status.get("bundles") or {}) or "-")
     if status.get("error"):
         facts.add_row("error", f"[red]{safe(status['error'])}[/]")
     if status.get("log_tail"):
