@@ -72,7 +72,7 @@ def test_deploy_wait_exits_1_when_the_canary_wave_halts(
     assert edited.exit_code == 0, edited.output
     kx_server.admin("POST", "/v1/admin/reconcile")
     assert desired_serials(kx_server, ids) == after
-    listed = json.loads(kernex("rollouts", "list", "--json").stdout)
+    listed = json.loads(kernex("rollouts", "list", "--json").stdout)["rollouts"]
     assert [r["state"] for r in listed] == ["halted"]
     again = kernex("status", "--json")
     assert json.loads(again.stdout)["out_of_sync_devices"] == ids
