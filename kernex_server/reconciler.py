@@ -64,6 +64,7 @@ class ReconcileResult:
     errors: tuple[Mapping[str, Any], ...] = ()
     forced: bool = False
     fetching: bool = False  # a fetch still runs: this pass read what was fetched before
+    warnings: tuple[Mapping[str, Any], ...] = ()  # e.g. bundles missing from the store
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class ReconcileResult:
             "admitted": list(self.admitted),
             "errors": [dict(e) for e in self.errors],
             "forced": self.forced,
+            "warnings": [dict(w) for w in self.warnings],
         }
 
 

@@ -102,6 +102,15 @@ class DeviceLabels(TypedDict):
     proposed_labels: None
 
 
+class BundleWarning(TypedDict):
+    severity: Literal["warning"]
+    bundle: str
+    version: str
+    sha256: str
+    message: str
+    hint: str
+
+
 class RevisionStatus(TypedDict):
     current: str | None
     deployed: str | None
@@ -110,6 +119,9 @@ class RevisionStatus(TypedDict):
     last_error: str | None
     errors: list[ValidationIssue]
     forced: bool
+    warnings: Annotated[
+        list[BundleWarning], "bundles the deployed revision uses that the store lacks"
+    ]
 
 
 class DeviceCounts(TypedDict):
@@ -269,6 +281,9 @@ class ReconcileResult(TypedDict):
     admitted: list[str]
     errors: list[dict[str, Any]]
     forced: bool
+    warnings: Annotated[
+        list[BundleWarning], "bundles the deployed revision uses that the store lacks"
+    ]
 
 
 class ReconcileFetching(ReconcileResult):
