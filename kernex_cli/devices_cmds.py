@@ -67,7 +67,8 @@ def list_devices(
         typer.Option("--online/--offline", help="Only devices seen recently / not seen."),
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", help="key=value a device must have (repeat).")
+        list[str] | None,
+        typer.Option("--label", metavar="KEY=VALUE", help="key=value a device must have (repeat)."),
     ] = None,
     out_of_sync: Annotated[
         bool, typer.Option("--out-of-sync", help="Only devices not yet at their desired serial.")
@@ -105,7 +106,7 @@ def list_devices(
     if not devices:
         console.print("no devices match", highlight=False)
         return
-    table = Table("device", "state", "phase", "online", "serial", "labels", "last seen")
+    table = Table("device", "state", "phase", "running", "online", "serial", "labels", "last seen")
     for d in devices:
         status = d.get("status") or {}
         serial = safe(f"{d.get('reported_serial') or '-'}/{d.get('desired_serial') or '-'}")
@@ -115,6 +116,7 @@ def list_devices(
             safe(d["id"]),
             safe(d["state"]),
             phase_text(status.get("phase")),
+            bundle_list(status.get("bundles") or {}) or "-",
             "[green]yes[/]" if d.get("online") else "[dim]no[/]",
             serial,
             label_text(d.get("labels"), empty=""),
@@ -169,6 +171,7 @@ def _render_device(d: dict[str, Any]) -> None:
         f"serial {safe(d.get('reported_serial') or '-')}, {phase_text(status.get('phase'))}"
         + ("  [yellow](out of sync)[/]" if d.get("deployment_pending") else ""),
     )
+    facts.add_row("running", bundle_list(status.get("bundles") or {}) or "-")
     if status.get("error"):
         facts.add_row("error", f"[red]{safe(status['error'])}[/]")
     if status.get("log_tail"):

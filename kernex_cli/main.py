@@ -57,6 +57,7 @@ class KernexGroup(TyperGroup):
 
 app = typer.Typer(
     cls=KernexGroup,
+    rich_markup_mode=None,
     name="kernex",
     help="GitOps for device fleets: desired state in Git, signed manifests, safe installs.",
     no_args_is_help=True,

@@ -68,6 +68,12 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
     git = status.get("git")
     if git:
         facts.add_row("git fetch", _git_text(git))
+    for warning in rev.get("warnings") or []:
+        facts.add_row(
+            "missing bundle",
+            f"[yellow]{safe(warning.get('bundle'))}@{safe(warning.get('version'))}[/]: "
+            f"{safe(warning.get('message'))} {safe(warning.get('hint') or '')}",
+        )
     facts.add_row(
         "devices",
         f"{safe(dev.get('total', 0))} total, [green]{safe(dev.get('online', 0))} online[/], "

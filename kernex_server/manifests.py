@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 
@@ -45,6 +46,10 @@ class ManifestIssuer:
     def __init__(self, key: keys.PrivateKey, *, bundle_base_url: str = "") -> None:
         self.key = key
         self.bundle_base_url = bundle_base_url
+        # what every manifest announces (kernex_server.keyring): the manifest keys to
+        # trust from now on, and the newest release-key set (a DSSE envelope)
+        self.announce: tuple[tuple[str, str], ...] = ()
+        self.release_keys: dict[str, Any] | None = None
 
     def bundle_url(self, sha256: str, catalog_url: str | None = None) -> str:
         """The catalog's own URL for a version wins, then ``bundle_base_url``, then the
@@ -87,7 +92,8 @@ class ManifestIssuer:
         )
 
     def sign(self, manifest: Manifest) -> bytes:
-        return sign_manifest(manifest, self.key).to_json()
+        announced = replace(manifest, manifest_keys=self.announce, release_keys=self.release_keys)
+        return sign_manifest(announced, self.key).to_json()
 
     def resign(self, manifest: Manifest, *, now: float, ttl: int) -> tuple[Manifest, bytes]:
         """Same content and serial, fresh validity: the agent treats it as a refresh."""

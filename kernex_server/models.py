@@ -77,6 +77,8 @@ class Deployment(Base):
     desired_digest: Mapped[str] = mapped_column(String(64))
     bundles: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # name -> version
     created_at: Mapped[float] = mapped_column(Float)
+    # the rollout that served it (its waves and rollbacks may carry an older revision)
+    rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class _ReportColumns:

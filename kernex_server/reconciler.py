@@ -64,6 +64,7 @@ class ReconcileResult:
     errors: tuple[Mapping[str, Any], ...] = ()
     forced: bool = False
     fetching: bool = False  # a fetch still runs: this pass read what was fetched before
+    warnings: tuple[Mapping[str, Any], ...] = ()  # e.g. bundles missing from the store
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class ReconcileResult:
             "admitted": list(self.admitted),
             "errors": [dict(e) for e in self.errors],
             "forced": self.forced,
+            "warnings": [dict(w) for w in self.warnings],
         }
 
 
@@ -196,14 +198,18 @@ class Reconciler:
         )
         if forced:
             log.warning("commit %s does not descend from %s (force-push)", head, previous)
+        # Recorded first: the database refuses a serial from an older revision than the
+        # deployed one (migration 0009), and these serials are of this one.
+        row = self._record(s, head, DEPLOYED, [], previous, now, forced=forced)
+        s.flush()
         try:
             changed, admitted = self._apply(s, fleet, head, now)
         except FleetInvalidError as exc:  # conflicts found while resolving devices
             conflicts: tuple[Mapping[str, Any], ...] = tuple(i.to_dict() for i in exc.issues)
             log.warning("commit %s does not resolve (%d errors)", head, len(conflicts))
-            self._record(s, head, INVALID, list(conflicts), previous, now)
+            row.state, row.errors, row.forced = INVALID, list(conflicts), False
             return ReconcileResult(head, INVALID, errors=conflicts)
-        self._record(s, head, DEPLOYED, [], previous, now, forced=forced, changed=len(changed))
+        row.devices_changed = len(changed)
         self._loaded = _Loaded(fleet, head)
         log.info("deployed %s: %d device(s) changed", head, len(changed))
         return ReconcileResult(head, DEPLOYED, tuple(changed), tuple(admitted), forced=forced)
@@ -231,21 +237,18 @@ class Reconciler:
         got = s.scalar(text(ADVISORY_LOCK_SQL))
         return bool(got)
 
-    def follow_deployed(self) -> None:
+    def follow_deployed(self) -> bool:
         """Load the fleet of the revision the database says is deployed, when another
-        server sharing the database deployed it (enrollments resolve against it)."""
+        server sharing the database deployed it (enrollments resolve against it); False
+        when this process's copy of the repository does not hold it yet (fetch, retry)."""
         with self._lock, self.sessions() as s:
-            self._follow(deployed_commit(s))
+            return self._follow(deployed_commit(s))
 
-    def _follow(self, commit: str | None) -> None:
-        if commit is None or (self._loaded is not None and self._loaded.commit == commit):
-            return
-        try:
-            if self.source is not None:
-                self.source.sync()  # the commit may be newer than this process's clone
-        except KernexError as exc:
-            log.warning("cannot fetch deployed revision %s: %s", commit, exc.message)
-        self._load_known_good(commit)
+    def _follow(self, commit: str | None) -> bool:
+        """Read from the local mirror only: Git's network never runs under the lock."""
+        if commit is not None and (self._loaded is None or self._loaded.commit != commit):
+            self._load_known_good(commit)
+        return commit is None or (self._loaded is not None and self._loaded.commit == commit)
 
     def _load_known_good(self, commit: str) -> None:
         if self.source is None or self.load_fleet is None:
@@ -265,20 +268,19 @@ class Reconciler:
         now: float,
         *,
         forced: bool = False,
-        changed: int = 0,
-    ) -> None:
-        s.add(
-            Revision(
-                commit=commit,
-                branch=self.settings.branch,
-                state=state,
-                errors=errors,
-                forced=forced,
-                previous=previous,
-                devices_changed=changed,
-                created_at=now,
-            )
+    ) -> Revision:
+        row = Revision(
+            commit=commit,
+            branch=self.settings.branch,
+            state=state,
+            errors=errors,
+            forced=forced,
+            previous=previous,
+            devices_changed=0,
+            created_at=now,
         )
+        s.add(row)
+        return row
 
     def _apply(
         self, s: Session, fleet: Fleet, commit: str, now: float
@@ -360,6 +362,7 @@ class Reconciler:
                 desired_digest=digest,
                 bundles={b.name: b.version for b in manifest.bundles},
                 created_at=now,
+                rollout_id=int(manifest.rollout_id) if manifest.rollout_id else None,
             )
         )
         return ServedManifest(device_id, serial, envelope, manifest.expires_at)

@@ -78,7 +78,7 @@ def test_rollouts_commands_pause_resume_promote_and_wait_for_completion(
         kx_server.admin("POST", "/v1/admin/reconcile")
         listed = kernex("rollouts", "list", "--json")
         assert listed.exit_code == 0, listed.output
-        [rollout] = json.loads(listed.stdout)
+        [rollout] = json.loads(listed.stdout)["rollouts"]
         rid = str(rollout["id"])
         table = kernex("rollouts", "list")
         assert "canary" in table.output
