@@ -65,7 +65,12 @@ class Device(TypedDict):
     desired_serial: int | None
     desired_revision: str | None
     reported_serial: int | None
-    deployment_pending: bool
+    deployment_pending: Annotated[bool, "its reported serial is not the one it is served"]
+    held_back: Annotated[
+        bool,
+        "it is served something other than what the deployed revision wants for it "
+        "(a staged, halted or aborted rollout holds it)",
+    ]
     status: DeviceStatus | None
 
 
