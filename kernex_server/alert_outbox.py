@@ -183,6 +183,16 @@ def claim_due(s: Session, now: float, *, limit: int = 50, ids: Sequence[int] = (
     return out
 
 
+def release(s: Session, ids: Sequence[int]) -> None:
+    """Give back claimed rows that were never tried: due again, no attempt counted."""
+    s.execute(
+        update(AlertOutbox)
+        .where(AlertOutbox.id.in_(ids), AlertOutbox.state == PENDING)
+        .values(claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def settle(
     s: Session, row_id: int, *, ok: bool, error: str | None, now: float, retry_at: float | None
 ) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -260,14 +261,32 @@ class Alerter:
             with self.sessions.begin() as s:
                 return alert_outbox.claim_due(s, now, ids=ids)
 
-        claimed = await anyio.to_thread.run_sync(claim)
-        outcomes = []
-        async with httpx.AsyncClient(timeout=SEND_TIMEOUT, follow_redirects=False) as client:
-            for row in claimed:
-                outcomes.append(await self._send(client, row, retry=retry))
+        with anyio.CancelScope(shield=True):  # rows claimed must reach the `finally` below
+            claimed = await anyio.to_thread.run_sync(claim)
+        outcomes: list[Outcome] = []
+        try:
+            async with httpx.AsyncClient(timeout=SEND_TIMEOUT, follow_redirects=False) as client:
+                for row in claimed:
+                    await anyio.lowlevel.checkpoint()  # a stop takes effect between sends
+                    # A shutdown lets the send in flight end (SEND_TIMEOUT bounds it) and
+                    # records it, rather than leaving a row leased that may have arrived.
+                    with anyio.CancelScope(shield=True):
+                        outcome = await self._send(client, row, retry=retry)
+                    outcomes.append(outcome)
+        finally:
+            # Stopped midway: the rows never tried are free for the next process at once,
+            # not after their lease.
+            untried = [row.id for row in claimed[len(outcomes) :]]
+            if untried:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._release, untried)
         if claimed:
             await self.observe()
         return outcomes
+
+    def _release(self, ids: Sequence[int]) -> None:
+        with self.sessions.begin() as s:
+            alert_outbox.release(s, ids)
 
     async def _send(self, client: httpx.AsyncClient, row: Claimed, *, retry: bool) -> Outcome:
         receiver = self.receivers.get(row.receiver)

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 from alertsink import AlertSink
 from serverkit import SimDevice
 from starlette.testclient import TestClient
 
 from kernex_core import keys
+from kernex_server import alerts
 from kernex_server.app import create_app
 from kernex_server.models import AlertOutbox, Rollout
 
@@ -336,3 +339,34 @@ def test_a_failing_reconcile_alerts_once_per_run_of_failures(
     app.alert_pass()
     assert [d.headers["kernex-event"] for d in sink.deliveries] == ["reconcile.failed"] * 2
     assert len(set(sink.keys())) == 2
+
+
+def test_a_delivery_pass_stopped_midway_settles_the_send_in_flight_and_frees_the_rest(
+    start_app: Any, fleet_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server stopping while a receiver hangs lets the send in flight end (bounded by the
+    send timeout) and records it; the rows it claimed and never tried are due again at once,
+    not after their lease, so the next process sends them without waiting."""
+    monkeypatch.setattr(alerts, "SEND_TIMEOUT", 1.0)
+    with socket.socket() as hang:  # accepts connections and never answers
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(8)
+        url = f"http://127.0.0.1:{hang.getsockname()[1]}/hook"
+        app = start_app(alerts=[{"name": "slow", "url": url, "secret": secrets.token_hex(32)}])
+        app.alert_pass()
+        refuse_a_commit(app, fleet_repo)
+        fleet_repo.write("kernex.yaml", "apiVersion: kernex/v1\nname: [still, broken]\n")
+        fleet_repo.commit("another broken kernex.yaml")
+        assert app.post("/v1/admin/reconcile")["state"] == "invalid"
+        app.client.portal.call(anyio.to_thread.run_sync, app.kx.alerter.find)  # type: ignore[union-attr]
+        assert len(app.outbox()) == 2
+
+        async def stopped_midway() -> None:
+            with anyio.move_on_after(0.3):
+                await app.kx.alerter.deliver_due()
+
+        app.client.portal.call(stopped_midway)  # type: ignore[union-attr]
+        first, second = app.outbox()
+        assert (first.state, first.attempts, first.claimed_until) == ("pending", 1, None)
+        assert "Timeout" in (first.last_error or "")
+        assert (second.state, second.attempts, second.claimed_until) == ("pending", 0, None)

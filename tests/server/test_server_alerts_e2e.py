@@ -31,14 +31,19 @@ STAGED = (
 )
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
+def wait_for(
+    what: str,
+    probe: Callable[[], Any],
+    timeout: float = 30,
+    what_else: Callable[[], Any] = lambda: "",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what} {what_else()}")
         time.sleep(0.1)
 
 
@@ -152,11 +157,13 @@ def test_a_halt_while_the_receiver_is_down_arrives_once_signed_after_a_restart(
     try:
         got = wait_for("the halt alert", lambda: sink.of_kind("rollout.halted"))
 
-        def settled() -> bool:
-            shown = client.get("/v1/admin/alerts", headers=auth).json()
-            return shown["outbox"]["pending"] == 0
+        last: dict[str, Any] = {}
 
-        wait_for("every alert delivered", settled)
+        def settled() -> bool:
+            last.update(client.get("/v1/admin/alerts", headers=auth).json())
+            return bool(last["outbox"]["pending"] == 0)
+
+        wait_for("every alert delivered", settled, what_else=lambda: last)
         passes = kx.alerter.passes
         wait_for("five more alert passes", lambda: kx.alerter.passes >= passes + 5)
         halts = sink.of_kind("rollout.halted")
