@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-from agent_helpers import OK, Device, bundle_bytes, run, snapshot
-from agent_sim import ServerSimulator
+from kit.agent import Device, run, snapshot
+from kit.bundles import OK, bundle_bytes
+from kit.simulator import ServerSimulator
 
 from kernex_agent.storage import DeviceFS
 from kernex_cli.bundle_build import build_bundle

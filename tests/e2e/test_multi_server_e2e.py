@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from serverkit import FleetRepo
+from kit.fleet import FleetRepo
 
 from kernex_cli.localserver import LocalServer
 from kernex_server.database import make_engine

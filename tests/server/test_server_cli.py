@@ -6,7 +6,7 @@ import json
 import stat
 from pathlib import Path
 
-from serverkit import migration_head
+from kit.server import migration_head
 from typer.testing import CliRunner
 
 from kernex_cli.main import app
