@@ -15,6 +15,7 @@ from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.labels_cmds import label_text, labels_app
 from kernex_cli.output import EXIT_USAGE, console, fail, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
+from kernex_cli.views import out_of_sync as is_out_of_sync
 
 devices_app = typer.Typer(
     help="List, show, accept, reject and revoke devices; settle proposed labels.",
@@ -49,7 +50,7 @@ def matches(
         and (phase is None or status.get("phase") == phase)
         and (online is None or bool(device.get("online")) == online)
         and all((device.get("labels") or {}).get(k) == v for k, v in labels.items())
-        and (not out_of_sync or bool(device.get("deployment_pending")))
+        and (not out_of_sync or is_out_of_sync(device))
     )
 
 
@@ -110,7 +111,7 @@ def list_devices(
     for d in devices:
         status = d.get("status") or {}
         serial = safe(f"{d.get('reported_serial') or '-'}/{d.get('desired_serial') or '-'}")
-        if d.get("deployment_pending"):
+        if is_out_of_sync(d):
             serial = f"[yellow]{serial}[/]"
         table.add_row(
             safe(d["id"]),
@@ -169,7 +170,8 @@ def _render_device(d: dict[str, Any]) -> None:
     facts.add_row(
         "reported",
         f"serial {safe(d.get('reported_serial') or '-')}, {phase_text(status.get('phase'))}"
-        + ("  [yellow](out of sync)[/]" if d.get("deployment_pending") else ""),
+        + ("  [yellow](out of sync)[/]" if d.get("deployment_pending") else "")
+        + ("  [yellow](held back by a rollout)[/]" if d.get("held_back") else ""),
     )
     facts.add_row("running", bundle_list(status.get("bundles") or {}) or "-")
     if status.get("error"):

@@ -24,6 +24,7 @@ from kernex_server.api import ADMIN, Answer, Param, operation, route
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
+from kernex_server.bundle_pins import missing_bundles
 from kernex_server.context import ServerContext, context_of
 from kernex_server.devices_api import device_rows, is_out_of_sync
 from kernex_server.git_fetch import git_status
@@ -120,6 +121,9 @@ def _revision_status(
         "last_error": last_error,
         "errors": errors,
         "forced": bool(deployed and deployed["forced"]),
+        "warnings": missing_bundles(
+            kx.reconciler.fleet, kx.blobs.has, bundle_base_url=kx.settings.bundle_base_url
+        ),
     }
 
 

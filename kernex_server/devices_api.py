@@ -29,7 +29,12 @@ DEVICE_FILTERS = [
     Param("phase", str, "last reported phase"),
     Param("online", bool, "seen within offline_after"),
     Param("label", str, "key=value; repeat to require several", many=True),
-    Param("out_of_sync", bool, "accepted and reported serial != desired serial"),
+    Param(
+        "out_of_sync",
+        bool,
+        "accepted and not on the deployed revision's state (reported serial != desired "
+        "serial, or held back by a rollout)",
+    ),
 ]
 
 
@@ -45,6 +50,7 @@ def device_json(
     desired_serial: int | None,
     desired_revision: str | None,
     status: dict[str, Any] | None,
+    served_digest: str | None = None,
 ) -> wire.Device:
     last_seen = max(device.last_seen or 0.0, kx.device_auth.pending_heartbeat(device.id) or 0.0)
     online = bool(last_seen) and kx.clock() - last_seen <= kx.reconciler.offline_after()
@@ -67,8 +73,18 @@ def device_json(
         "desired_revision": desired_revision,
         "reported_serial": reported,
         "deployment_pending": desired_serial is not None and reported != desired_serial,
+        "held_back": _held_back(kx, device, served_digest),
         "status": _status_out(status),
     }
+
+
+def _held_back(kx: ServerContext, device: DeviceRecord, served_digest: str | None) -> bool:
+    """Served something other than what the deployed revision wants for it (a staged,
+    halted or aborted rollout holds it)."""
+    if served_digest is None or device.state != "accepted":
+        return False
+    wanted = kx.reconciler.git_digest(device.id, dict(device.labels))
+    return wanted is not None and wanted != served_digest
 
 
 def _bool_param(request: Request, name: str) -> bool | None:
@@ -110,14 +126,21 @@ def device_filter(request: Request) -> Callable[[wire.Device], bool]:
 
 
 def is_out_of_sync(d: wire.Device) -> bool:
-    return d["state"] == "accepted" and bool(d["deployment_pending"])
+    return d["state"] == "accepted" and bool(d["deployment_pending"] or d["held_back"])
 
 
 async def device_rows(kx: ServerContext) -> list[wire.Device]:
     await kx.flush_statuses()
     rows = await anyio.to_thread.run_sync(kx.store.device_overview)
     return [
-        device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
+        device_json(
+            kx,
+            r["device"],
+            r["desired_serial"],
+            r["desired_revision"],
+            r["status"],
+            r["desired_digest"],
+        )
         for r in rows
     ]
 
@@ -143,7 +166,14 @@ async def show_device(request: Request) -> Response:
         if not rows:
             return None
         r = rows[0]
-        out = device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
+        out = device_json(
+            kx,
+            r["device"],
+            r["desired_serial"],
+            r["desired_revision"],
+            r["status"],
+            r["desired_digest"],
+        )
         deployments: list[Any] = [
             {**d, "created_at": wire_time(d["created_at"])} for d in kx.store.deployments(device_id)
         ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +20,8 @@ import anyio
 
 from kernex_core import keys
 from kernex_core.envelope import Envelope
-from kernex_core.fleet import DesiredState
+from kernex_core.errors import KernexError
+from kernex_core.fleet import DesiredState, Fleet
 from kernex_core.manifest import BundleEntry, Manifest, sign_manifest
 from kernex_core.protocol import BUNDLE_PATH
 
@@ -99,6 +100,30 @@ class ManifestIssuer:
         """Same content and serial, fresh validity: the agent treats it as a refresh."""
         fresh = replace(manifest, issued_at=int(now), expires_at=int(now) + ttl)
         return fresh, self.sign(fresh)
+
+
+class DesiredDigests:
+    """The desired digest a revision gives each device, cached per revision and labels (to
+    tell devices that are served something else: ``held_back``)."""
+
+    def __init__(self, issuer: ManifestIssuer) -> None:
+        self.issuer = issuer
+        self._cache: dict[str, tuple[tuple[Any, ...], str]] = {}  # device -> (key, digest)
+
+    def get(
+        self, fleet: Fleet, commit: str, device_id: str, labels: Mapping[str, str]
+    ) -> str | None:
+        key = (commit, tuple(sorted(labels.items())))
+        cached = self._cache.get(device_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            desired = fleet.resolve_device(device_id, dict(labels))
+        except KernexError:
+            return None  # the server logs this when it issues the device's manifest
+        draft = self.issuer.build(device_id, desired, serial=0, revision=commit, now=0, ttl=0)
+        self._cache[device_id] = (key, draft.desired_digest())
+        return self._cache[device_id][1]
 
 
 class ManifestCache:

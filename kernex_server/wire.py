@@ -65,7 +65,12 @@ class Device(TypedDict):
     desired_serial: int | None
     desired_revision: str | None
     reported_serial: int | None
-    deployment_pending: bool
+    deployment_pending: Annotated[bool, "its reported serial is not the one it is served"]
+    held_back: Annotated[
+        bool,
+        "it is served something other than what the deployed revision wants for it "
+        "(a staged, halted or aborted rollout holds it)",
+    ]
     status: DeviceStatus | None
 
 
@@ -97,6 +102,15 @@ class DeviceLabels(TypedDict):
     proposed_labels: None
 
 
+class BundleWarning(TypedDict):
+    severity: Literal["warning"]
+    bundle: str
+    version: str
+    sha256: str
+    message: str
+    hint: str
+
+
 class RevisionStatus(TypedDict):
     current: str | None
     deployed: str | None
@@ -105,6 +119,9 @@ class RevisionStatus(TypedDict):
     last_error: str | None
     errors: list[ValidationIssue]
     forced: bool
+    warnings: Annotated[
+        list[BundleWarning], "bundles the deployed revision uses that the store lacks"
+    ]
 
 
 class DeviceCounts(TypedDict):
@@ -264,6 +281,9 @@ class ReconcileResult(TypedDict):
     admitted: list[str]
     errors: list[dict[str, Any]]
     forced: bool
+    warnings: Annotated[
+        list[BundleWarning], "bundles the deployed revision uses that the store lacks"
+    ]
 
 
 class ReconcileFetching(ReconcileResult):
