@@ -8,16 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-<<<<<<< HEAD
-from kit.agent import Device, run, snapshot
-from kit.bundles import OK, bundle_bytes
-from kit.simulator import ServerSimulator
-=======
 import pytest
-from kit.bundles import OK, bundle_bytes
 from kit.agent import Device, run, snapshot
+from kit.bundles import OK, bundle_bytes
 from kit.simulator import ServerSimulator
->>>>>>> main
 
 from kernex_agent.config import load_config
 from kernex_agent.errors import AgentStateError
