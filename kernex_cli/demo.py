@@ -132,12 +132,19 @@ def prepare_fleet_repo(path: Path) -> Repository:
     edits = {
         "kernex.yaml": [["defaults", "bundles"], ["rollout"]],
         "groups/canary.yaml": [["bundles"], ["rollout"]],
+        "devices/lab-bench-1.yaml": [["bundles"]],
     }
     for rel, keys in edits.items():
         target = path / rel
         for key in keys:
             target.write_text(unset_value(target.read_text(), key, source=rel))
-    repo.commit(list(edits), "demo: start with no bundles; `kernex bundle push` adds them")
+    # The demo builds its own hello 1.0.0 and 1.1.0; the template's catalog pins other bytes
+    # for them, and `kernex bundle push` never rebinds a published version.
+    (path / "bundles" / "hello.yaml").unlink()
+    repo.commit(
+        [*edits, "bundles/hello.yaml"],
+        "demo: start with no bundles; `kernex bundle push` adds them",
+    )
     return repo
 
 
