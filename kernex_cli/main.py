@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "tokens_cmds",
     "audit_cmds",
     "rollouts_cmds",
+    "live_cmds",
     "alerts_cmds",
     "users_cmds",
 )
@@ -57,6 +58,7 @@ class KernexGroup(TyperGroup):
 
 app = typer.Typer(
     cls=KernexGroup,
+    rich_markup_mode=None,
     name="kernex",
     help="GitOps for device fleets: desired state in Git, signed manifests, safe installs.",
     no_args_is_help=True,

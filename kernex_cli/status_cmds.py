@@ -17,7 +17,7 @@ from rich.text import Text
 
 from kernex_cli.client import AdminClient, ServerOption, TokenOption
 from kernex_cli.output import console, print_json, safe
-from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
+from kernex_cli.views import JsonOption, admin_session, ago, out_of_sync, phase_text, short
 
 NAMES_SHOWN = 20  # devices named per list in the table view; --json has all
 
@@ -26,7 +26,7 @@ def fetch_status(client: AdminClient) -> dict[str, Any]:
     status: dict[str, Any] = client.get("/v1/admin/status")
     devices = client.get("/v1/admin/devices")["devices"]
     accepted = [d for d in devices if d.get("state") == "accepted"]
-    status["out_of_sync_devices"] = sorted(d["id"] for d in accepted if d.get("deployment_pending"))
+    status["out_of_sync_devices"] = sorted(d["id"] for d in accepted if out_of_sync(d))
     status["offline_devices"] = sorted(d["id"] for d in accepted if not d.get("online"))
     status["pending_devices"] = sorted(d["id"] for d in devices if d.get("state") == "pending")
     return status
@@ -68,6 +68,12 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
     git = status.get("git")
     if git:
         facts.add_row("git fetch", _git_text(git))
+    for warning in rev.get("warnings") or []:
+        facts.add_row(
+            "missing bundle",
+            f"[yellow]{safe(warning.get('bundle'))}@{safe(warning.get('version'))}[/]: "
+            f"{safe(warning.get('message'))} {safe(warning.get('hint') or '')}",
+        )
     facts.add_row(
         "devices",
         f"{safe(dev.get('total', 0))} total, [green]{safe(dev.get('online', 0))} online[/], "

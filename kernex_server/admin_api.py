@@ -12,7 +12,7 @@ docs/server.md for the list.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 from starlette.requests import Request
@@ -24,6 +24,7 @@ from kernex_server.api import ADMIN, Answer, Param, operation, route
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
+from kernex_server.bundle_pins import missing_bundles
 from kernex_server.context import ServerContext, context_of
 from kernex_server.devices_api import device_rows, is_out_of_sync
 from kernex_server.git_fetch import git_status
@@ -58,7 +59,8 @@ AUDIT_FILTERS = [
 @requires(Role.VIEWER)
 async def whoami(request: Request) -> Response:
     identity = request.state.identity
-    return json_response({"name": identity.name, "role": identity.role})
+    answer: wire.Identity = {"name": identity.name, "role": identity.role}
+    return json_response(answer)
 
 
 @operation("GET", "Fleet status and stats", ok=wire.FleetStatus)
@@ -72,25 +74,24 @@ async def fleet_status(request: Request) -> Response:
     online = sum(1 for d in accepted if d["online"])
     phases = Counter((d["status"] or {}).get("phase") for d in accepted)
     rollouts = await anyio.to_thread.run_sync(kx.rollout_counts)
-    return json_response(
-        {
-            "revision": _revision_status(kx, newest, deployed),
-            "devices": {
-                "total": len(devices),
-                "online": online,
-                "offline": len(accepted) - online,
-                "pending": sum(1 for d in devices if d["state"] == "pending"),
-                "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
-                "out_of_sync": sum(1 for d in accepted if is_out_of_sync(d)),
-            },
-            "rollouts": {
-                "active": rollouts["running"] + rollouts["paused"],
-                "halted": rollouts["halted"],
-            },
-            "bundles": bundles,
-            "git": git_status(kx),
-        }
-    )
+    answer: wire.FleetStatus = {
+        "revision": _revision_status(kx, newest, deployed),
+        "devices": {
+            "total": len(devices),
+            "online": online,
+            "offline": len(accepted) - online,
+            "pending": sum(1 for d in devices if d["state"] == "pending"),
+            "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
+            "out_of_sync": sum(1 for d in accepted if is_out_of_sync(d)),
+        },
+        "rollouts": {
+            "active": rollouts["running"] + rollouts["paused"],
+            "halted": rollouts["halted"],
+        },
+        "bundles": bundles,
+        "git": cast(wire.GitFetch, git_status(kx)),
+    }
+    return json_response(answer)
 
 
 _RESULT_OF_STATE = {"deployed": "ok", "invalid": "invalid", "unsigned": "unsigned"}
@@ -98,7 +99,7 @@ _RESULT_OF_STATE = {"deployed": "ok", "invalid": "invalid", "unsigned": "unsigne
 
 def _revision_status(
     kx: ServerContext, newest: dict[str, Any] | None, deployed: dict[str, Any] | None
-) -> dict[str, Any]:
+) -> wire.RevisionStatus:
     last_result: str | None = _RESULT_OF_STATE.get(newest["state"]) if newest else None
     errors = list(newest["errors"]) if newest and newest["state"] != "deployed" else []
     last_error = None
@@ -120,6 +121,9 @@ def _revision_status(
         "last_error": last_error,
         "errors": errors,
         "forced": bool(deployed and deployed["forced"]),
+        "warnings": missing_bundles(
+            kx.reconciler.fleet, kx.blobs.has, bundle_base_url=kx.settings.bundle_base_url
+        ),
     }
 
 

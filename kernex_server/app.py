@@ -40,6 +40,7 @@ from kernex_server import (
     device_api,
     devices_api,
     info_api,
+    keys_api,
     labels_api,
     openapi,
     ops,
@@ -68,6 +69,7 @@ from kernex_server.errors import ServerSetupError
 from kernex_server.git_fetch import Fetcher
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
+from kernex_server.keyring import Keyring
 from kernex_server.manifests import ManifestCache, ManifestIssuer
 from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
@@ -144,6 +146,7 @@ def create_app(
     if loader is None and src is not None:
         loader = fleet.load_fleet
     issuer = ManifestIssuer(key, bundle_base_url=settings.bundle_base_url)
+    keyring = Keyring(settings.data_dir / "keys", issuer)  # announcements, a rotation
     metrics = Metrics()
     reconciler = Reconciler(
         settings, sessions, issuer, src, loader, postgres=is_postgres(engine), clock=clock
@@ -171,7 +174,7 @@ def create_app(
             sessions, limiter=RateLimiter(settings.enroll_rate, settings.enroll_burst)
         ),
         reconciler=reconciler,
-        manifest_public_key=key.public_key(),
+        manifest_public_key=keyring.signing.public_key(),
         clock=clock,
         auditor=Auditor(store, clock=clock),
         metrics=metrics,
@@ -182,6 +185,7 @@ def create_app(
         kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
     )
     kx.rollout_metrics = RolloutMetrics(metrics.registry)
+    kx.keyring = keyring
     kx.bundle_gc = bundle_gc.BundleCollector(
         sessions, kx.blobs, reconciler, grace_days=settings.bundle_gc_grace_days, clock=clock
     )
@@ -261,6 +265,7 @@ def create_app(
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *keys_api.routes,
             *devices_api.routes,
             *tokens_api.routes,
             *bundles_api.routes,

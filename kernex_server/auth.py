@@ -222,6 +222,16 @@ class AuthenticatedDevice:
     state: str
 
 
+def signed_path(request: Request) -> str:
+    """The ``@path`` a device signed: the request target's path as sent, percent-encoding
+    untouched (RFC 9421 section 2.2.6), with the root path a proxy stripped (uvicorn's
+    ``--root-path``, ``kernex server run --root-path``) in front."""
+    raw = request.scope.get("raw_path")
+    if not raw:
+        return request.url.path
+    return bytes(raw).decode("latin-1")
+
+
 class DeviceAuth:
     def __init__(
         self,
@@ -304,7 +314,7 @@ class DeviceAuth:
         try:
             httpsig.verify_request(
                 request.method,
-                request.url.path,
+                signed_path(request),
                 headers,
                 body,
                 lambda kid: entry.key if entry is not None and kid == entry.device_id else None,

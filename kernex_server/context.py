@@ -22,6 +22,7 @@ from kernex_core.errors import KernexError
 from kernex_git import redact_text
 from kernex_server.audit import ERROR, OK, Auditor
 from kernex_server.auth import AdminAuth, DeviceAuth
+from kernex_server.bundle_pins import missing_bundles
 from kernex_server.bundles import BlobStore
 from kernex_server.changes import Change, served_manifests
 from kernex_server.enrollment import Enroller
@@ -40,11 +41,13 @@ from kernex_server.serials import lift_device
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
+from kernex_server.wire import BundleWarning
 
 if TYPE_CHECKING:
     from kernex_server.alerts import Alerter
     from kernex_server.bundle_gc import BundleCollector
     from kernex_server.git_fetch import Fetcher
+    from kernex_server.keyring import Keyring
 
 log = logging.getLogger("kernex.server")
 MAX_SERIAL = 2**53  # a reported serial at or above this is not followed (JSON-safe integers)
@@ -82,6 +85,7 @@ class ServerContext:
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
     bundle_gc: BundleCollector | None = None  # set by create_app
+    keyring: Keyring | None = None  # set by create_app
     alerter: Alerter | None = None  # set by create_app
     database: DatabaseHealth = field(default_factory=DatabaseHealth)  # outages, logged once
     fetcher: Fetcher | None = None  # set by create_app: Git fetches in the background
@@ -193,6 +197,8 @@ class ServerContext:
                 raise (fetch_error or exc) from None
             result = ReconcileResult(None, "fetching")  # nothing was fetched before
         result = replace(result, fetching=fetching)
+        if result.state == DEPLOYED:  # deployed, but never silently without its bundles
+            result = replace(result, warnings=tuple(self.missing_bundles()))
         if fetch_error is not None:
             await self._apply(result)  # what the mirror held is served; the fetch failed
             self._reconcile_failed(fetch_error, started)
@@ -203,6 +209,15 @@ class ServerContext:
         if result.state != "no_source" and not fetching:
             self.last_fetch_at = self.clock()
         return result
+
+    def missing_bundles(self) -> list[BundleWarning]:
+        """Bundles the deployed revision uses that the bundle store lacks (logged)."""
+        missing = missing_bundles(
+            self.reconciler.fleet, self.blobs.has, bundle_base_url=self.settings.bundle_base_url
+        )
+        for warning in missing:
+            log.warning("%s", warning["message"])
+        return missing
 
     def _reconcile_failed(self, exc: BaseException, started: float) -> None:
         self._observe("error", started)
@@ -238,6 +253,7 @@ class ServerContext:
                 "errors": [dict(e) for e in result.errors[:20]],
                 "error_count": len(result.errors),
                 "forced": result.forced,
+                "warnings": [dict(w) for w in result.warnings[:20]],
             },
         )
         for device_id in result.admitted:

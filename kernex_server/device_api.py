@@ -28,7 +28,7 @@ from kernex_core.protocol import (
 from kernex_server import wire
 from kernex_server.api import BYTES, Answer, Param, operation, route
 from kernex_server.audit import DENIED, OK, client_address
-from kernex_server.auth import AuthError, device_endpoint, rate_limited
+from kernex_server.auth import AuthError, device_endpoint, rate_limited, signed_path
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import EnrollmentError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
@@ -103,7 +103,7 @@ async def enroll(request: Request) -> Response:
     try:
         httpsig.verify_request(
             request.method,
-            request.url.path,
+            signed_path(request),
             request.headers,
             body,
             lambda kid: public_key if kid == device_id else None,

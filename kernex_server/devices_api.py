@@ -4,7 +4,7 @@ revoke (``/v1/admin/devices``). Labels a device proposed are ``labels_api``'s.""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from starlette.requests import Request
@@ -29,14 +29,19 @@ DEVICE_FILTERS = [
     Param("phase", str, "last reported phase"),
     Param("online", bool, "seen within offline_after"),
     Param("label", str, "key=value; repeat to require several", many=True),
-    Param("out_of_sync", bool, "accepted and reported serial != desired serial"),
+    Param(
+        "out_of_sync",
+        bool,
+        "accepted and not on the deployed revision's state (reported serial != desired "
+        "serial, or held back by a rollout)",
+    ),
 ]
 
 
-def _status_out(status: dict[str, Any] | None) -> dict[str, Any] | None:
+def _status_out(status: dict[str, Any] | None) -> wire.DeviceStatus | None:
     if status is None:
         return None
-    return {**status, "received_at": wire_time(status["received_at"])}
+    return cast(wire.DeviceStatus, {**status, "received_at": wire_time(status["received_at"])})
 
 
 def device_json(
@@ -45,7 +50,8 @@ def device_json(
     desired_serial: int | None,
     desired_revision: str | None,
     status: dict[str, Any] | None,
-) -> dict[str, Any]:
+    served_digest: str | None = None,
+) -> wire.Device:
     last_seen = max(device.last_seen or 0.0, kx.device_auth.pending_heartbeat(device.id) or 0.0)
     online = bool(last_seen) and kx.clock() - last_seen <= kx.reconciler.offline_after()
     reported = status["serial"] if status else None
@@ -55,7 +61,9 @@ def device_json(
         "fingerprint": device.fingerprint,
         "algorithm": device.algorithm,
         "labels": dict(device.labels),
-        "proposed_labels": device.proposed_labels,
+        "proposed_labels": (
+            dict(device.proposed_labels) if device.proposed_labels is not None else None
+        ),
         "admitted_by": device.admitted_by,
         "agent_version": device.agent_version,
         "enrolled_at": wire_time(device.enrolled_at),
@@ -65,8 +73,18 @@ def device_json(
         "desired_revision": desired_revision,
         "reported_serial": reported,
         "deployment_pending": desired_serial is not None and reported != desired_serial,
+        "held_back": _held_back(kx, device, served_digest),
         "status": _status_out(status),
     }
+
+
+def _held_back(kx: ServerContext, device: DeviceRecord, served_digest: str | None) -> bool:
+    """Served something other than what the deployed revision wants for it (a staged,
+    halted or aborted rollout holds it)."""
+    if served_digest is None or device.state != "accepted":
+        return False
+    wanted = kx.reconciler.git_digest(device.id, dict(device.labels))
+    return wanted is not None and wanted != served_digest
 
 
 def _bool_param(request: Request, name: str) -> bool | None:
@@ -80,7 +98,7 @@ def _bool_param(request: Request, name: str) -> bool | None:
     raise ApiError(400, f"{name} must be true or false, not {raw!r}")
 
 
-def device_filter(request: Request) -> Callable[[dict[str, Any]], bool]:
+def device_filter(request: Request) -> Callable[[wire.Device], bool]:
     """The ``?state=&phase=&online=&label=k=v&out_of_sync=`` filters as a predicate."""
     state = request.query_params.get("state") or None
     phase = request.query_params.get("phase") or None
@@ -93,7 +111,7 @@ def device_filter(request: Request) -> Callable[[dict[str, Any]], bool]:
             raise ApiError(400, f"label filter {item!r} is not key=value")
         labels.append((key, value))
 
-    def keep(d: dict[str, Any]) -> bool:
+    def keep(d: wire.Device) -> bool:
         if state is not None and d["state"] != state:
             return False
         if phase is not None and (d["status"] or {}).get("phase") != phase:
@@ -107,15 +125,22 @@ def device_filter(request: Request) -> Callable[[dict[str, Any]], bool]:
     return keep
 
 
-def is_out_of_sync(d: dict[str, Any]) -> bool:
-    return d["state"] == "accepted" and bool(d["deployment_pending"])
+def is_out_of_sync(d: wire.Device) -> bool:
+    return d["state"] == "accepted" and bool(d["deployment_pending"] or d["held_back"])
 
 
-async def device_rows(kx: ServerContext) -> list[dict[str, Any]]:
+async def device_rows(kx: ServerContext) -> list[wire.Device]:
     await kx.flush_statuses()
     rows = await anyio.to_thread.run_sync(kx.store.device_overview)
     return [
-        device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
+        device_json(
+            kx,
+            r["device"],
+            r["desired_serial"],
+            r["desired_revision"],
+            r["status"],
+            r["desired_digest"],
+        )
         for r in rows
     ]
 
@@ -136,17 +161,28 @@ async def show_device(request: Request) -> Response:
     kx = context_of(request)
     device_id = request.path_params["device_id"]
 
-    def load() -> dict[str, Any] | None:
+    def load() -> wire.DeviceDetail | None:
         rows = [r for r in kx.store.device_overview() if r["device"].id == device_id]
         if not rows:
             return None
         r = rows[0]
-        out = device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
-        out["deployments"] = [
+        out = device_json(
+            kx,
+            r["device"],
+            r["desired_serial"],
+            r["desired_revision"],
+            r["status"],
+            r["desired_digest"],
+        )
+        deployments: list[Any] = [
             {**d, "created_at": wire_time(d["created_at"])} for d in kx.store.deployments(device_id)
         ]
-        out["status_history"] = [_status_out(s) for s in kx.store.status_history(device_id)]
-        return out
+        history = [_status_out(s) for s in kx.store.status_history(device_id)]
+        return {
+            **out,
+            "deployments": deployments,
+            "status_history": [s for s in history if s is not None],
+        }
 
     await kx.flush_statuses()
     found = await anyio.to_thread.run_sync(load)

@@ -208,6 +208,9 @@ class Rollout(Base):
     failure_allowance: Mapped[int] = mapped_column(Integer, default=0)  # accepted by resume
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it halted or ended
     superseded_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The wave counts it ended with (completed, or released by a newer commit); its
+    # devices move on afterwards, so live counts would no longer describe it.
+    final: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

@@ -30,7 +30,7 @@ from kernex_core.manifest import Manifest
 from kernex_core.protocol import EnrollmentState
 from kernex_server import signers
 from kernex_server.git_source import FleetSource
-from kernex_server.manifests import ManifestIssuer, ServedManifest
+from kernex_server.manifests import DesiredDigests, ManifestIssuer, ServedManifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
 from kernex_server.rollouts import RolloutEngine
 from kernex_server.serials import deployed_commit, lift_to_floor, read_floor, resign_before
@@ -64,6 +64,7 @@ class ReconcileResult:
     errors: tuple[Mapping[str, Any], ...] = ()
     forced: bool = False
     fetching: bool = False  # a fetch still runs: this pass read what was fetched before
+    warnings: tuple[Mapping[str, Any], ...] = ()  # e.g. bundles missing from the store
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class ReconcileResult:
             "admitted": list(self.admitted),
             "errors": [dict(e) for e in self.errors],
             "forced": self.forced,
+            "warnings": [dict(w) for w in self.warnings],
         }
 
 
@@ -110,6 +112,7 @@ class Reconciler:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self.serial_floor = 0  # no serial below it is issued (set by a restore)
+        self._git_digests = DesiredDigests(issuer)
         self.rollouts = RolloutEngine(self._write, ttl=self.manifest_ttl, online=lambda _d: True)
 
     @property
@@ -125,6 +128,15 @@ class Reconciler:
     def offline_after(self) -> int:
         value = self.fleet.settings.offline_after if self.fleet else None
         return value if value is not None else self.settings.offline_after
+
+    def git_digest(self, device_id: str, labels: Mapping[str, str]) -> str | None:
+        """The desired digest the deployed revision gives this device (None: none yet)."""
+        loaded = self._loaded
+        return (
+            self._git_digests.get(loaded.fleet, loaded.commit, device_id, labels)
+            if loaded
+            else None
+        )
 
     # -- one pass ----------------------------------------------------------------------
 

@@ -72,7 +72,7 @@ def lift_to_floor(
     """Re-sign every manifest whose serial is below ``floor`` under the floor itself (same
     content, fresh validity), recorded as a deployment; rollouts follow the new serial."""
     rows = s.scalars(select(DeviceManifest).where(DeviceManifest.serial < floor)).all()
-    return [_lift(s, issuer, row, floor, now=now, ttl=ttl) for row in rows]
+    return [reissue(s, issuer, row, floor, now=now, ttl=ttl) for row in rows]
 
 
 def resign_before(
@@ -102,12 +102,14 @@ def lift_device(
         return None
     if row.serial >= seen:
         return ServedManifest(row.device_id, row.serial, row.envelope.encode(), row.expires_at)
-    return _lift(s, issuer, row, seen + 1, now=now, ttl=ttl)
+    return reissue(s, issuer, row, seen + 1, now=now, ttl=ttl)
 
 
-def _lift(
+def reissue(
     s: Session, issuer: ManifestIssuer, row: DeviceManifest, floor: int, *, now: float, ttl: int
 ) -> ServedManifest:
+    """``row``'s manifest again under serial ``floor`` (same content, fresh validity and
+    the issuer's current key announcements), recorded as a deployment."""
     old = stored_manifest(row.envelope)
     manifest = replace(old, serial=floor, issued_at=int(now), expires_at=int(now) + ttl)
     envelope = issuer.sign(manifest)

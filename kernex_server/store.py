@@ -280,18 +280,25 @@ class Store(TokenStore):
         """Every device with its desired serial and the serial it last reported."""
         with self.sessions() as s:
             rows = s.execute(
-                select(Device, DeviceManifest.serial, DeviceManifest.revision, DeviceStatus)
+                select(
+                    Device,
+                    DeviceManifest.serial,
+                    DeviceManifest.revision,
+                    DeviceManifest.desired_digest,
+                    DeviceStatus,
+                )
                 .outerjoin(DeviceManifest, DeviceManifest.device_id == Device.id)
                 .outerjoin(DeviceStatus, DeviceStatus.device_id == Device.id)
                 .order_by(Device.id)
             ).all()
             out = []
-            for device, serial, revision, status in rows:
+            for device, serial, revision, digest, status in rows:
                 out.append(
                     {
                         "device": DeviceRecord.of(device),
                         "desired_serial": serial,
                         "desired_revision": revision,
+                        "desired_digest": digest,
                         "status": _status_dict(status) if status else None,
                     }
                 )

@@ -14,7 +14,8 @@ from kernex_core.protocol import EnrollmentState
 from kernex_core.rollout import STATES as ROLLOUT_STATES
 
 Time = Annotated[str | None, {"format": "date-time"}]
-RoleName = Literal["viewer", "operator", "admin"]
+RoleName = Annotated[str, {"enum": ["viewer", "operator", "admin"]}]
+DeviceStateName = Annotated[str, {"enum": [s.value for s in EnrollmentState]}]
 Labels = dict[str, str]
 Seconds = Annotated[int | None, {"minimum": 1}, "seconds"]
 RolloutState = Annotated[str, {"enum": list(ROLLOUT_STATES)}]
@@ -49,7 +50,7 @@ class DeviceStatus(TypedDict, total=False):
 
 class Device(TypedDict):
     id: str
-    state: EnrollmentState
+    state: DeviceStateName
     fingerprint: str
     algorithm: str
     labels: Labels
@@ -64,7 +65,12 @@ class Device(TypedDict):
     desired_serial: int | None
     desired_revision: str | None
     reported_serial: int | None
-    deployment_pending: bool
+    deployment_pending: Annotated[bool, "its reported serial is not the one it is served"]
+    held_back: Annotated[
+        bool,
+        "it is served something other than what the deployed revision wants for it "
+        "(a staged, halted or aborted rollout holds it)",
+    ]
     status: DeviceStatus | None
 
 
@@ -87,7 +93,7 @@ class DeviceList(TypedDict):
 
 class DeviceState(TypedDict):
     id: str
-    state: EnrollmentState
+    state: DeviceStateName
 
 
 class DeviceLabels(TypedDict):
@@ -96,14 +102,26 @@ class DeviceLabels(TypedDict):
     proposed_labels: None
 
 
+class BundleWarning(TypedDict):
+    severity: Literal["warning"]
+    bundle: str
+    version: str
+    sha256: str
+    message: str
+    hint: str
+
+
 class RevisionStatus(TypedDict):
     current: str | None
     deployed: str | None
     last_reconcile_at: Time
-    last_result: Literal["ok", "invalid", "unsigned", "error", None]
+    last_result: Annotated[str | None, {"enum": ["ok", "invalid", "unsigned", "error", None]}]
     last_error: str | None
     errors: list[ValidationIssue]
     forced: bool
+    warnings: Annotated[
+        list[BundleWarning], "bundles the deployed revision uses that the store lacks"
+    ]
 
 
 class DeviceCounts(TypedDict):
@@ -235,6 +253,26 @@ class BundleGc(TypedDict):
     unreadable_revisions: list[str]
 
 
+class KeyRotation(TypedDict):
+    next_key_id: str
+    started_at: str
+    devices_not_moved: Annotated[list[str], "accepted devices that may not know the new key"]
+
+
+class ReleaseKeys(TypedDict):
+    version: int
+    threshold: int
+    keys: list[str]
+
+
+class Keys(TypedDict):
+    manifest_key_id: str
+    rotation: KeyRotation | None
+    release_keys: ReleaseKeys | None
+    retired_key_id: NotRequired[Annotated[str, "after a finished rotation"]]
+    manifests_reissued: NotRequired[int]
+
+
 class ReconcileResult(TypedDict):
     fetching: Annotated[bool, "the fetch still runs; the pass read what was fetched before"]
     commit: str | None
@@ -243,6 +281,9 @@ class ReconcileResult(TypedDict):
     admitted: list[str]
     errors: list[dict[str, Any]]
     forced: bool
+    warnings: Annotated[
+        list[BundleWarning], "bundles the deployed revision uses that the store lacks"
+    ]
 
 
 class ReconcileFetching(ReconcileResult):

@@ -71,7 +71,10 @@ class AnswerChecker:
 
 
 def check_answers(client: TestClient) -> AnswerChecker:
-    """Hook ``client`` (a TestClient of ``create_app``) to check every answer."""
+    """Hook ``client`` (a TestClient of ``create_app``) to check every answer (once)."""
+    for hook in client.event_hooks.get("response", []):
+        if isinstance(hook, AnswerChecker):
+            return hook
     checker = AnswerChecker(openapi.build(client.app.routes, __version__))  # type: ignore[attr-defined]
     client.event_hooks = {**client.event_hooks, "response": [checker]}
     return checker

@@ -19,6 +19,20 @@ from kernex_server.app import create_app
 from kernex_server.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def answers_match_openapi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TestClient of a Kernex app in the server tests checks each answer against the
+    app's /openapi.json (tests/apicheck.py), however the test made the client."""
+    enter = TestClient.__enter__
+
+    def checked_enter(self: TestClient) -> TestClient:
+        if hasattr(getattr(self.app, "state", None), "kx"):
+            check_answers(self)
+        return enter(self)
+
+    monkeypatch.setattr(TestClient, "__enter__", checked_enter)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Settings for one fresh database: a SQLite file, or a PostgreSQL schema of its own."""

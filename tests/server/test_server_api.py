@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import pytest
+from apicheck import AnswerChecker
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.testclient import TestClient
 
+from kernex_core import keys
 from kernex_core.protocol import StatusReport
 from kernex_server.api import handlers, operation, route
+from kernex_server.app import create_app
 from kernex_server.auth import public_endpoint
 from kernex_server.schema import Components
 
@@ -78,3 +82,14 @@ def test_schemas_are_built_from_typeddicts_and_dataclasses() -> None:
         "type": "object",
         "additionalProperties": {"type": "string"},
     }
+
+
+def test_every_test_client_of_the_app_checks_its_answers(
+    make_settings: Any, manifest_key: keys.PrivateKey
+) -> None:
+    app = create_app(make_settings(), manifest_key=manifest_key, background=False)
+    with TestClient(app) as client:
+        (checker,) = [h for h in client.event_hooks["response"] if isinstance(h, AnswerChecker)]
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/admin/whoami").status_code == 401
+        assert checker.checked == 2
