@@ -138,9 +138,9 @@ def prepare_fleet_repo(path: Path) -> Repository:
         target = path / rel
         for key in keys:
             target.write_text(unset_value(target.read_text(), key, source=rel))
-    # The demo builds its own hello 1.0.0 and 1.1.0; the template's catalog pins other bytes
-    # for them, and `kernex bundle push` never rebinds a published version.
-    (path / "bundles" / "hello.yaml").unlink()
+    # the demo builds and pushes its own hello versions, so the template's pins go
+    catalog = path / "bundles/hello.yaml"
+    catalog.write_text(catalog.read_text().split("versions:")[0] + "versions: {}\n")
     repo.commit(
         [*edits, "bundles/hello.yaml"],
         "demo: start with no bundles; `kernex bundle push` adds them",
