@@ -132,12 +132,17 @@ def prepare_fleet_repo(path: Path) -> Repository:
     edits = {
         "kernex.yaml": [["defaults", "bundles"], ["rollout"]],
         "groups/canary.yaml": [["bundles"], ["rollout"]],
+        "devices/lab-bench-1.yaml": [["bundles"]],
     }
     for rel, keys in edits.items():
         target = path / rel
         for key in keys:
             target.write_text(unset_value(target.read_text(), key, source=rel))
-    repo.commit(list(edits), "demo: start with no bundles; `kernex bundle push` adds them")
+    # The example's catalog goes too: the demo publishes its own hello builds, and a
+    # published version's bytes are never replaced.
+    catalog = "bundles/hello.yaml"
+    (path / catalog).unlink()
+    repo.commit([*edits, catalog], "demo: start with no bundles; `kernex bundle push` adds them")
     return repo
 
 
