@@ -138,11 +138,13 @@ def prepare_fleet_repo(path: Path) -> Repository:
         target = path / rel
         for key in keys:
             target.write_text(unset_value(target.read_text(), key, source=rel))
-    # The example's catalog goes too: the demo publishes its own hello builds, and a
-    # published version's bytes are never replaced.
-    catalog = "bundles/hello.yaml"
-    (path / catalog).unlink()
-    repo.commit([*edits, catalog], "demo: start with no bundles; `kernex bundle push` adds them")
+    # the demo builds and pushes its own hello versions, so the template's pins go
+    catalog = path / "bundles/hello.yaml"
+    catalog.write_text(catalog.read_text().split("versions:")[0] + "versions: {}\n")
+    repo.commit(
+        [*edits, "bundles/hello.yaml"],
+        "demo: start with no bundles; `kernex bundle push` adds them",
+    )
     return repo
 
 
