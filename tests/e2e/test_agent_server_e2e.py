@@ -61,7 +61,7 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def server_proc(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """`kernex server init` + `kernex server run` on a free loopback port (SQLite)."""
     repo = FleetRepo(tmp_path / "fleet")
     settings = {"poll_interval": 0.5, "heartbeat_flush_interval": 0.2}
@@ -78,10 +78,10 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_agent_installs_v1_then_rolls_back_a_failing_v2(
-    server: dict[str, Any], tmp_path: Path
+    server_proc: dict[str, Any], tmp_path: Path
 ) -> None:
-    client: httpx.Client = server["client"]
-    repo: FleetRepo = server["repo"]
+    client: httpx.Client = server_proc["client"]
+    repo: FleetRepo = server_proc["repo"]
     v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
     v2 = make_bundle(tmp_path, "1.1.0", HEALTH_FAIL)
     for blob in (v1, v2):
@@ -104,7 +104,7 @@ def test_agent_installs_v1_then_rolls_back_a_failing_v2(
             "agent",
             "enroll",
             "--server",
-            server["base"],
+            server_proc["base"],
             "--token",
             enroll_token["token"],
             "--device-id",
@@ -169,11 +169,11 @@ def test_agent_installs_v1_then_rolls_back_a_failing_v2(
         agent_log.close()
 
 
-def test_a_bad_canary_halts_itself(server: dict[str, Any], tmp_path: Path) -> None:
+def test_a_bad_canary_halts_itself(server_proc: dict[str, Any], tmp_path: Path) -> None:
     """Four real agents in a staged group: v2 fails its health check on the one canary,
     the server halts the rollout and serves v1 again; the others never see v2."""
-    client: httpx.Client = server["client"]
-    repo: FleetRepo = server["repo"]
+    client: httpx.Client = server_proc["client"]
+    repo: FleetRepo = server_proc["repo"]
     v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
     v2 = make_bundle(tmp_path, "1.1.0", HEALTH_FAIL)
     for blob in (v1, v2):
@@ -199,7 +199,7 @@ def test_a_bad_canary_halts_itself(server: dict[str, Any], tmp_path: Path) -> No
         for device_id in ids:
             data = tmp_path / device_id
             enrolled = subprocess.run(
-                [*KERNEX, "agent", "enroll", "--server", server["base"], "--token", token,
+                [*KERNEX, "agent", "enroll", "--server", server_proc["base"], "--token", token,
                  "--device-id", device_id, "--label", "ring=stable", "--data-dir", str(data)],
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
@@ -274,12 +274,12 @@ def long_polls_open(client: httpx.Client) -> float:
 
 
 def test_sigterm_stops_a_long_poll_at_once_but_an_install_finishes_first(
-    server: dict[str, Any], tmp_path: Path
+    server_proc: dict[str, Any], tmp_path: Path
 ) -> None:
     """A real agent waits in the server's 30 s long poll: SIGTERM ends it within 2 s, with
     nothing half done. During an install, SIGTERM lets the install finish, then exits."""
-    client: httpx.Client = server["client"]
-    repo: FleetRepo = server["repo"]
+    client: httpx.Client = server_proc["client"]
+    repo: FleetRepo = server_proc["repo"]
     v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
     src = tmp_path / "app-1.0.0"
     (src / "hooks" / "install").write_text(INSTALL_SLOW)
@@ -300,7 +300,7 @@ def test_sigterm_stops_a_long_poll_at_once_but_an_install_finishes_first(
     token = client.post("/v1/admin/enrollment-tokens", json={"max_uses": 1}).json()["token"]
     data = tmp_path / "device"
     enrolled = subprocess.run(
-        [*KERNEX, "agent", "enroll", "--server", server["base"], "--token", token,
+        [*KERNEX, "agent", "enroll", "--server", server_proc["base"], "--token", token,
          "--device-id", "edge-1", "--label", "ring=canary", "--data-dir", str(data)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -51,7 +51,7 @@ def fleet(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(tmp_path: Path, fleet: Path) -> Iterator[LocalServer]:
+def server_proc(tmp_path: Path, fleet: Path) -> Iterator[LocalServer]:
     with LocalServer(tmp_path / "server", repo=fleet) as running:
         yield running
 
@@ -94,7 +94,7 @@ def test_build_without_metadata_fails_with_hint(tmp_path: Path) -> None:
 
 
 def test_push_uploads_records_commits_and_is_idempotent(
-    tmp_path: Path, fleet: Path, server: LocalServer
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
 ) -> None:
     src = make_bundle_dir(tmp_path, "1.2.0")  # a version the catalog does not pin yet
     key_file = tmp_path / "release.key"
@@ -106,7 +106,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert built.exit_code == 0, built.output
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     before = (fleet / "bundles/hello.yaml").read_text()
-    conn = ["--server", server.base_url, "--token", server.admin_token]
+    conn = ["--server", server_proc.base_url, "--token", server_proc.admin_token]
     pushed = runner.invoke(
         app, ["bundle", "push", str(archive), "--repo", str(fleet), *conn, "--json"]
     )
@@ -145,7 +145,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
 
 
 def test_push_with_a_bad_token_commits_nothing(
-    tmp_path: Path, fleet: Path, server: LocalServer
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
 ) -> None:
     archive = tmp_path / "hello.tar.gz"
     built = runner.invoke(
@@ -162,7 +162,7 @@ def test_push_with_a_bad_token_commits_nothing(
             "-C",
             str(fleet),
             "--server",
-            server.base_url,
+            server_proc.base_url,
             "--token",
             "kx_wrong",
         ],
