@@ -126,8 +126,8 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert "ebf105d4e81c494b153339fcb9ec089af1fab5add989162db036ccf3b936d3d4" in after
     # the server has exactly these bytes
     stored = httpx.get(
-        f"{server.base_url}/v1/admin/bundles",
-        headers={"Authorization": f"Bearer {server.admin_token}"},
+        f"{server_proc.base_url}/v1/admin/bundles",
+        headers={"Authorization": f"Bearer {server_proc.admin_token}"},
     ).json()["bundles"]
     assert [(b["sha256"], b["size"]) for b in stored] == [(sha, archive.stat().st_size)]
 
