@@ -167,7 +167,19 @@ def _upload_with_progress(
         disable=quiet or not console.is_terminal,
     ) as progress:
         task = progress.add_task(f"{info.name} {info.version}", total=info.size)
-        return upload_bundle(client, archive, info, on_progress=lambda n: progress.advance(task, n))
+
+        def restart(exc: Exception) -> None:
+            progress.reset(task)
+            if not quiet:
+                console.print(f"upload cut off ({safe(str(exc))}); starting again", highlight=False)
+
+        return upload_bundle(
+            client,
+            archive,
+            info,
+            on_progress=lambda n: progress.advance(task, n),
+            on_restart=restart,
+        )
 
 
 @bundle_app.command("list")

@@ -183,6 +183,7 @@ def create_app(
         await kx.reload_cache()
         await kx.load_census()
         await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
+        await _remove_stale_uploads(kx)
         await _reconcile_once(kx)
         await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
@@ -306,10 +307,25 @@ async def _rollout_loop(kx: ServerContext) -> None:
         await anyio.sleep(ROLLOUT_DEBOUNCE)
 
 
+async def _remove_stale_uploads(kx: ServerContext) -> None:
+    """Temporary files of uploads cut off by a server that died (kernex_server.bundles)."""
+    try:
+        removed = await anyio.to_thread.run_sync(
+            lambda: kx.blobs.remove_stale_uploads(now=kx.clock())
+        )
+    except OSError as exc:  # keep serving; the next pass tries again
+        log.warning("cannot remove stale uploads in %s: %s", kx.blobs.root / "tmp", exc)
+        return
+    if removed:
+        log.info("removed %d stale upload file(s) from %s", removed, kx.blobs.root / "tmp")
+
+
 async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
-    """Drop rows past their retention (kernex_server.retention), in small batches."""
+    """Drop rows past their retention (kernex_server.retention), in small batches, and
+    stale temporary upload files."""
     while True:
         await anyio.sleep(kx.settings.prune_interval)
+        await _remove_stale_uploads(kx)
         try:
             removed = await anyio.to_thread.run_sync(pruner.prune)
         except Exception as exc:  # a database outage must not stop the loop; the next retries
