@@ -67,7 +67,7 @@ class Agent(Installer):
         self.hooks = hooks or SubprocessHookRunner(os.environ)
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.crash_at = crash_at
-        self.extract_limits = extract_limits or ExtractLimits()
+        self.extract_limits = extract_limits or config.extract_limits()
         self.key = key or _load_key(self.layout.key)
         self.client = DeviceClient(
             http,

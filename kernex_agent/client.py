@@ -33,6 +33,9 @@ from kernex_core.protocol import (
 )
 
 MAX_ANSWER_BYTES = 64 * 1024  # bytes read of an enrollment, status or error answer
+UNREACHABLE_HINT = (
+    "Check the server URL (--server) and that `kernex server run` is up and reachable from here."
+)
 
 
 @dataclass(frozen=True)
@@ -124,9 +127,19 @@ class DeviceClient:
                             break
                     return _Answer(resp.status_code, resp.headers, bytes(content))
         except TimeoutError as exc:
-            raise ServerUnreachableError(f"{method} {path}: no answer in {timeout:g} s") from exc
+            raise ServerUnreachableError(
+                f"{method} {path} at {self._where()}: no answer in {timeout:g} s",
+                hint=UNREACHABLE_HINT,
+            ) from exc
         except httpx.HTTPError as exc:
-            raise ServerUnreachableError(f"{method} {path}: {exc!r}") from exc
+            raise ServerUnreachableError(
+                f"{method} {path} at {self._where()}: {exc!r}", hint=UNREACHABLE_HINT
+            ) from exc
+
+    def _where(self) -> str:
+        """The server's scheme and host, never a user or password in the URL."""
+        scheme, netloc = self._origin
+        return f"{scheme}://{netloc.rpartition('@')[2]}"
 
     async def enroll(self, request: EnrollRequest) -> EnrollAnswer:
         body = json.dumps(request.to_dict()).encode()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kernex_agent.errors import AgentStateError
+from kernex_core.bundle import MAX_MEMBERS, MAX_UNPACKED_BYTES, ExtractLimits
 
 DEFAULT_DATA_DIR = "/var/lib/kernex-agent"
 DATA_DIR_ENV = "KERNEX_AGENT_DIR"
@@ -40,6 +41,22 @@ class AgentConfig:
     retry_failed_base: float = 60.0  # seconds before a failed serial is tried again (doubles)
     retry_failed_cap: float = 3600.0  # seconds: longest wait before retrying a failed serial
     min_cycle_interval: float = 1.0  # seconds between cycles that return at once
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES  # bytes of file content a bundle may unpack to
+    max_members: int = MAX_MEMBERS  # files, directories and links in one bundle
+
+    def __post_init__(self) -> None:
+        for name in ("max_unpacked_bytes", "max_members", "max_bundle_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AgentStateError(
+                    f"agent config: {name} must be a positive integer, not {value!r}",
+                    hint=f"Fix {name} in agent.json (docs/agent.md lists the settings).",
+                )
+
+    def extract_limits(self) -> ExtractLimits:
+        return ExtractLimits(
+            max_members=self.max_members, max_unpacked_bytes=self.max_unpacked_bytes
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -107,7 +124,10 @@ def load_config(data_dir: Path) -> AgentConfig:
             hint="Run `kernex-agent enroll --server URL --token T` first, or pass --data-dir.",
         ) from exc
     except (OSError, ValueError) as exc:
-        raise AgentStateError(f"cannot read {layout.config}: {exc}") from exc
+        raise AgentStateError(
+            f"cannot read {layout.config}: {exc}",
+            hint="Check --data-dir: it must be the directory `kernex-agent enroll` wrote.",
+        ) from exc
     if not isinstance(data, dict):
         raise AgentStateError(f"{layout.config} is not a JSON object")
     return AgentConfig.from_dict(data, Path(data_dir))

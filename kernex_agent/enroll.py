@@ -24,7 +24,7 @@ import httpx
 from kernex_agent import AGENT_VERSION
 from kernex_agent.client import DeviceClient
 from kernex_agent.config import AgentConfig, Layout
-from kernex_agent.errors import EnrollmentError
+from kernex_agent.errors import AgentStateError, EnrollmentError
 from kernex_agent.state import AgentState, dump_json, read_json
 from kernex_agent.storage import DeviceFS
 from kernex_core import keys, serverinfo
@@ -60,7 +60,10 @@ def load_release_keys(paths: Sequence[Path]) -> ReleaseKeySet | None:
         try:
             key = keys.load_public_key_pem(Path(path).read_bytes(), source=str(path))
         except OSError as exc:
-            raise KeyFormatError(f"cannot read release key {path}: {exc.strerror}") from exc
+            raise KeyFormatError(
+                f"cannot read release key {path}: {exc.strerror}",
+                hint="Pass the .pub file `kernex keys create-release-key` wrote.",
+            ) from exc
         pinned[keys.fingerprint(key)] = key
     return ReleaseKeySet(version=0, keys=pinned, threshold=1)
 
@@ -141,7 +144,14 @@ async def enroll(
     if expected_fingerprint is not None:  # before a key, a token or a device id is sent
         await check_server(http, server_url, expected_fingerprint)
     layout = Layout(data_dir)
-    fs.mkdir(layout.root, mode=0o700)
+    try:
+        fs.mkdir(layout.root, mode=0o700)
+    except OSError as exc:
+        raise AgentStateError(
+            f"cannot create the data directory {layout.root}: {exc.strerror}",
+            hint="Run as a user who may write there (the default needs root), or pass "
+            "--data-dir DIR.",
+        ) from exc
     key = _device_key(layout, fs)
     client = DeviceClient(http, server_url, device_id, key, clock=clock)
     request = EnrollRequest(

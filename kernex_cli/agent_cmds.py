@@ -57,7 +57,8 @@ def enroll_cmd(
         str | None, typer.Option("--device-id", help="Default: the host name.")
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", help="Device label key=value (repeatable).")
+        list[str] | None,
+        typer.Option("--label", metavar="KEY=VALUE", help="Device label key=value (repeatable)."),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)] = None,
     server_key_fingerprint: Annotated[
@@ -66,7 +67,11 @@ def enroll_cmd(
     ] = None,
     release_key: Annotated[
         list[Path] | None,
-        typer.Option("--release-key", help="Release public key (PEM) bundles must be signed by."),
+        typer.Option(
+            "--release-key",
+            metavar="PEM",
+            help="Release public key (PEM) bundles must be signed by (repeatable).",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -208,7 +213,8 @@ def _label_values(pairs: list[str]) -> dict[str, list[str]]:
 
 
 def _rules(pairs: list[str]) -> list[BehaviourRule]:
-    from kernex_agent.simulate import BEHAVIOURS, BehaviourRule
+    from kernex_agent.simdevice import BEHAVIOURS
+    from kernex_agent.simulate import BehaviourRule
 
     rules = []
     for pair in pairs:
@@ -235,7 +241,11 @@ def simulate_cmd(
     devices: Annotated[int, typer.Option("--devices", min=1, help="How many devices.")] = 10,
     label: Annotated[
         list[str] | None,
-        typer.Option("--label", help="key=value, or key=v1,v2 dealt in turn (repeatable)."),
+        typer.Option(
+            "--label",
+            metavar="KEY=VALUES",
+            help="key=value, or key=v1,v2 dealt in turn (repeatable).",
+        ),
     ] = None,
     behaviour: Annotated[
         str,
@@ -245,7 +255,11 @@ def simulate_cmd(
     ] = "ok",
     behaviour_label: Annotated[
         list[str] | None,
-        typer.Option("--behaviour-label", help="key=value:behaviour for matching devices."),
+        typer.Option(
+            "--behaviour-label",
+            metavar="KEY=VALUE:BEHAVIOUR",
+            help="key=value:behaviour for matching devices (repeatable).",
+        ),
     ] = None,
     root: Annotated[
         Path | None,
@@ -277,7 +291,8 @@ def simulate_cmd(
     import signal
     import tempfile
 
-    from kernex_agent.simulate import BEHAVIOURS, SimFleet, SimSettings
+    from kernex_agent.simdevice import BEHAVIOURS
+    from kernex_agent.simulate import SimFleet, SimSettings
 
     if behaviour not in BEHAVIOURS:
         fail(

@@ -12,20 +12,21 @@ from typing import Annotated, Any
 
 import typer
 
-from kernex_cli.client import ClientError, ServerOption, TokenOption, connect
+from kernex_cli.client import ServerOption, TokenOption, connect
 from kernex_cli.gitops_cmds import JsonOption, PushOption, RepoOption, Scope, apply_edit
 from kernex_cli.output import console, fail, fail_from, print_json, safe
 from kernex_cli.publish import (
     BundleInfo,
     build_to_file,
     catalog_text,
+    check_not_rebound,
     inspect_archive,
     read_signatures,
     signature_path_for,
     upload_bundle,
 )
 from kernex_core import keys
-from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_core.errors import KernexError
 from kernex_git import Repository, read_fleet_files
 
 bundle_app = typer.Typer(
@@ -91,13 +92,21 @@ def push_cmd(
         Path | None,
         typer.Option("--signature", help="Release signature file [FILE.sig.json when present]."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the bytes of a version the catalog already pins (rebind)."
+        ),
+    ] = False,
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Upload a bundle to the server, then record it in bundles/NAME.yaml as a commit.
 
-    Pushing the same file again changes nothing. The commit is made only when the fleet
+    Pushing the same file again changes nothing. A version the catalog (or the server's
+    deployed fleet) already pins to other bytes is refused unless --force: devices that
+    installed it would not see the change. The commit is made only when the fleet
     repository still validates with the new catalog entry.
 
     Example: kernex bundle push hello-1.1.0.tar.gz --repo ./fleet --push
@@ -115,18 +124,18 @@ def push_cmd(
                 f"{scope.path} has uncommitted changes",
                 hint="Commit or stash them first, so this command commits only its own edit.",
             )
-        with connect(server, token) as client:
-            uploaded = _upload_with_progress(client, archive, info, quiet=as_json)
         old = fleet.show("HEAD", scope.path)
+        if not force:
+            check_not_rebound(old.decode("utf-8") if old else "", info)
+        with connect(server, token) as client:
+            uploaded = _upload_with_progress(client, archive, info, quiet=as_json, force=force)
         new_text = catalog_text(old.decode("utf-8") if old else "", info, signatures)
         message = f"bundle {info.name} {info.version}"
         outcome = apply_edit(fleet, scope, new_text, message, dry_run=False, push=push)
-    except FleetInvalidError as exc:
-        for issue in exc.issues:
-            console.print(f"[red]{safe(issue)}[/]", highlight=False)
-        fail_from(exc)
-    except (KernexError, ClientError) as exc:
-        fail_from(exc)
+    except KernexError as exc:
+        from kernex_cli.fleet_cmds import fail_invalid
+
+        fail_invalid(exc)
     result = {
         **info.to_dict(),
         "uploaded": bool(uploaded.get("created")),
@@ -147,7 +156,7 @@ def push_cmd(
 
 
 def _upload_with_progress(
-    client: Any, archive: Path, info: BundleInfo, *, quiet: bool
+    client: Any, archive: Path, info: BundleInfo, *, quiet: bool, force: bool
 ) -> dict[str, Any]:
     from rich.progress import (
         BarColumn,
@@ -177,6 +186,7 @@ def _upload_with_progress(
             client,
             archive,
             info,
+            force=force,
             on_progress=lambda n: progress.advance(task, n),
             on_restart=restart,
         )

@@ -238,7 +238,12 @@ class AdminClient:
             )
         raise ApiError(
             response.status_code,
-            message or f"the server answered {response.status_code}",
+            message
+            or (
+                f"the server failed: it answered {response.status_code} {response.reason_phrase}"
+                if response.status_code >= 500
+                else f"the server answered {response.status_code}"
+            ),
             hint=hint
             or (
                 "The server failed; its log says why (`kernex server run` output)."
@@ -262,6 +267,22 @@ TokenOption = Annotated[
 
 def connect(server: str | None, token: str | None) -> AdminClient:
     return AdminClient(Connection.resolve(server, token))
+
+
+ROLE_ORDER = ("viewer", "operator", "admin")
+
+
+def require_role(client: AdminClient, role: str, doing: str) -> None:
+    """ForbiddenError unless the token's role is at least ``role``: asked before a command
+    changes anything, so a token that may not finish the job does not start it."""
+    who = client.get("/v1/admin/whoami")
+    have = who.get("role")
+    if have not in ROLE_ORDER or ROLE_ORDER.index(have) < ROLE_ORDER.index(role):
+        raise ForbiddenError(
+            f"the token {who.get('name')!r} has role {have}; {doing} needs {role} or higher",
+            hint="Nothing was committed. Use a token with a higher role (`kernex tokens "
+            f"create --role {role}`), or leave out the server part of the command.",
+        )
 
 
 login_app_help = "Save the server URL and token for later commands (0600)."

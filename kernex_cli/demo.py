@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -27,7 +28,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from kernex_agent.simulate import DeviceRecord, SimFleet, SimSettings
+from kernex_agent.simdevice import DeviceRecord
+from kernex_agent.simulate import SimFleet, SimSettings
 from kernex_cli.fleet_edit import unset_value
 from kernex_cli.localserver import KERNEX, LocalServer
 from kernex_core.errors import KernexError
@@ -219,12 +221,18 @@ class Stage:
         return {d["id"]: d["desired_serial"] for d in rows}
 
     async def kernex(self, *args: str) -> str:
-        """Run a real ``kernex`` command as a child process; its output, or DemoError."""
+        """Run a real ``kernex`` command as a child process; its output, or DemoError.
+
+        It talks to the demo's server, never to one the user configured."""
+        env = dict(os.environ)
+        if self.server is not None:
+            env.update(KERNEX_SERVER=self.server.base_url, KERNEX_TOKEN=self.server.admin_token)
         proc = await asyncio.create_subprocess_exec(
             *KERNEX,
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            env=env,
         )
         try:
             out, _ = await proc.communicate()

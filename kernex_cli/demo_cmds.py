@@ -17,7 +17,7 @@ from rich.text import Text
 from kernex_cli.output import console, fail, fail_from, safe
 
 if TYPE_CHECKING:
-    from kernex_agent.simulate import DeviceRecord
+    from kernex_agent.simdevice import DeviceRecord
     from kernex_cli.demo import DemoResult
 
 PHASES = ("enrolling", "enrolled", "idle", "downloading", "installing", "healthy", "failed",

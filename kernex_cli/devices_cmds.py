@@ -15,6 +15,7 @@ from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.labels_cmds import label_text, labels_app
 from kernex_cli.output import EXIT_USAGE, console, fail, print_json, safe
 from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
+from kernex_cli.views import out_of_sync as is_out_of_sync
 
 devices_app = typer.Typer(
     help="List, show, accept, reject and revoke devices; settle proposed labels.",
@@ -49,7 +50,7 @@ def matches(
         and (phase is None or status.get("phase") == phase)
         and (online is None or bool(device.get("online")) == online)
         and all((device.get("labels") or {}).get(k) == v for k, v in labels.items())
-        and (not out_of_sync or bool(device.get("deployment_pending")))
+        and (not out_of_sync or is_out_of_sync(device))
     )
 
 
@@ -67,7 +68,8 @@ def list_devices(
         typer.Option("--online/--offline", help="Only devices seen recently / not seen."),
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", help="key=value a device must have (repeat).")
+        list[str] | None,
+        typer.Option("--label", metavar="KEY=VALUE", help="key=value a device must have (repeat)."),
     ] = None,
     out_of_sync: Annotated[
         bool, typer.Option("--out-of-sync", help="Only devices not yet at their desired serial.")
@@ -105,16 +107,17 @@ def list_devices(
     if not devices:
         console.print("no devices match", highlight=False)
         return
-    table = Table("device", "state", "phase", "online", "serial", "labels", "last seen")
+    table = Table("device", "state", "phase", "running", "online", "serial", "labels", "last seen")
     for d in devices:
         status = d.get("status") or {}
         serial = safe(f"{d.get('reported_serial') or '-'}/{d.get('desired_serial') or '-'}")
-        if d.get("deployment_pending"):
+        if is_out_of_sync(d):
             serial = f"[yellow]{serial}[/]"
         table.add_row(
             safe(d["id"]),
             safe(d["state"]),
             phase_text(status.get("phase")),
+            bundle_list(status.get("bundles") or {}) or "-",
             "[green]yes[/]" if d.get("online") else "[dim]no[/]",
             serial,
             label_text(d.get("labels"), empty=""),
@@ -167,8 +170,10 @@ def _render_device(d: dict[str, Any]) -> None:
     facts.add_row(
         "reported",
         f"serial {safe(d.get('reported_serial') or '-')}, {phase_text(status.get('phase'))}"
-        + ("  [yellow](out of sync)[/]" if d.get("deployment_pending") else ""),
+        + ("  [yellow](out of sync)[/]" if d.get("deployment_pending") else "")
+        + ("  [yellow](held back by a rollout)[/]" if d.get("held_back") else ""),
     )
+    facts.add_row("running", bundle_list(status.get("bundles") or {}) or "-")
     if status.get("error"):
         facts.add_row("error", f"[red]{safe(status['error'])}[/]")
     if status.get("log_tail"):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from kernex_cli import output
+from kernex_cli.client import ClientError, ServerOption, TokenOption
 from kernex_cli.fleet_source import FleetSourceError, init_fleet_repo, read_worktree_files
+from kernex_cli.inventory import OFFLINE_HINT, Inventory, plan_devices
 from kernex_cli.output import safe
 from kernex_cli.plan_render import render_markdown, render_text
 from kernex_core.errors import FleetInvalidError, KernexError, ValidationIssue
@@ -41,6 +43,13 @@ def print_issues(issues: list[ValidationIssue], *, to_stderr: bool = False) -> N
     console.print(
         f"[bold red]{count} error{'s' if count != 1 else ''}[/]", highlight=False, soft_wrap=True
     )
+
+
+def fail_invalid(exc: KernexError) -> NoReturn:
+    """Exit 1 with ``exc``; an invalid fleet lists its errors (file:line:column) first."""
+    if isinstance(exc, FleetInvalidError):
+        print_issues(exc.issues, to_stderr=True)
+    output.fail_from(exc)
 
 
 def init(
@@ -129,18 +138,32 @@ def plan(
     ),
     inventory: Annotated[
         Path | None,
-        typer.Option(help="JSON file {device id: {label: value}} of enrolled devices to include."),
+        typer.Option(
+            help="JSON file {device id: {label: value}} of more devices to include (it wins "
+            "over the server's labels for a device both name)."
+        ),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline", help="Do not ask the server for its enrolled devices, even if one is set."
+        ),
+    ] = False,
     detailed_exitcode: Annotated[
         bool,
         typer.Option(
             "--detailed-exitcode", help="Exit 0 without changes, 2 with changes, 1 on error."
         ),
     ] = False,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Show what the head revision changes for each device, compared with the base.
 
-    Both revisions are read from Git objects; HEAD and its parent by default.
+    Both revisions are read from Git objects; HEAD and its parent by default. The devices
+    are those the repository lists, plus the server's enrolled devices (with their labels)
+    when a server is configured (--server/--token, KERNEX_SERVER/KERNEX_TOKEN or `kernex
+    login`), plus those of --inventory.
 
     Example: kernex plan --base origin/main --format markdown --detailed-exitcode
     """
@@ -151,7 +174,8 @@ def plan(
         head_fleet = _load_revision(fleet_repo, head_sha, "head")
         base_fleet = _load_revision(fleet_repo, base_sha, "base") if base_sha else None
         reported = _read_inventory(inventory) if inventory else {}
-        devices = _inventory(reported, base_fleet, head_fleet)
+        enrolled = Inventory() if offline else _enrolled(server, token)
+        devices = plan_devices(enrolled.devices, reported, base_fleet, head_fleet)
         head_states = head_fleet.resolve(devices)
         base_states: dict[str, DesiredState] = base_fleet.resolve(devices) if base_fleet else {}
     except FleetInvalidError as exc:
@@ -161,11 +185,20 @@ def plan(
         output.fail_from(exc)
     result = compute_plan(base_states, head_states)
     if fmt is PlanFormat.json:
-        output.print_json({"base": base_sha, "head": head_sha, **result.to_dict()})
+        output.print_json(
+            {
+                "base": base_sha,
+                "head": head_sha,
+                "inventory": enrolled.to_json(),
+                **result.to_dict(),
+            }
+        )
     elif fmt is PlanFormat.markdown:
         typer.echo(render_markdown(result, base_sha, head_sha), nl=False)
     else:
         render_text(result, base_sha, head_sha, output.console)
+        if not offline:
+            output.console.print(f"[dim]{safe(enrolled.note())}[/]", highlight=False)
     if detailed_exitcode and result.has_changes:
         raise typer.Exit(2)
 
@@ -199,21 +232,13 @@ def _read_inventory(path: Path) -> dict[str, dict[str, str]]:
     return data
 
 
-def _inventory(
-    reported: dict[str, dict[str, str]], base: Fleet | None, head: Fleet
-) -> dict[str, dict[str, str]]:
-    """Devices to plan for: the inventory given, plus every device file of either revision.
-
-    A device whose file is deleted keeps the labels its file had, as its best guess of
-    what it reports itself, so the plan shows what the deletion does to it.
-    """
-    devices = {device_id: dict(labels) for device_id, labels in reported.items()}
-    for fleet in (base, head):
-        if fleet is None:
-            continue
-        for device_id, spec in fleet.devices.items():
-            devices.setdefault(device_id, {}).update(spec.labels)
-    return devices
+def _enrolled(server: str | None, token: str | None) -> Inventory:
+    try:
+        return Inventory.configured(server, token)
+    except ClientError as exc:
+        exc.message = f"cannot read the server's devices: {exc.message}"
+        exc.hint = f"{exc.hint} {OFFLINE_HINT}" if exc.hint else OFFLINE_HINT
+        raise
 
 
 def register(app: typer.Typer) -> None:

@@ -84,6 +84,9 @@ def set_value(text: str, path: Sequence[str], value: Any, *, source: str) -> str
     return _dump(yaml, data)
 
 
+_UNSET_HINT = "Only keys the file itself sets can be unset; see its config: block."
+
+
 def unset_value(text: str, path: Sequence[str], *, source: str) -> str:
     """Return ``text`` without the key at ``path``; empty parent mappings are removed too."""
     yaml, data = _load(text, source)
@@ -91,10 +94,10 @@ def unset_value(text: str, path: Sequence[str], *, source: str) -> str:
     for key in path[:-1]:
         child = chain[-1].get(key)
         if not isinstance(child, CommentedMap):
-            raise EditError(f"{source}: {'.'.join(path)} is not set")
+            raise EditError(f"{source}: {'.'.join(path)} is not set", hint=_UNSET_HINT)
         chain.append(child)
     if path[-1] not in chain[-1]:
-        raise EditError(f"{source}: {'.'.join(path)} is not set")
+        raise EditError(f"{source}: {'.'.join(path)} is not set", hint=_UNSET_HINT)
     del chain[-1][path[-1]]
     for depth in range(len(chain) - 1, 0, -1):
         if not chain[depth]:

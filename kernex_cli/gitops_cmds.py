@@ -8,7 +8,7 @@ for each device. ``--dry-run`` prints the plan and writes nothing; ``--push`` pu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,8 +16,9 @@ import typer
 
 from kernex_cli.client import ServerOption, TokenOption
 from kernex_cli.fleet_edit import parse_scalar, set_value, unset_value
+from kernex_cli.inventory import Inventory, plan_devices
 from kernex_cli.output import EXIT_USAGE, console, fail, fail_from, print_json, safe
-from kernex_core.errors import FleetInvalidError, KernexError
+from kernex_core.errors import KernexError
 from kernex_git import Repository, read_fleet_files
 
 BUNDLE_REF_RE = re.compile(
@@ -47,6 +48,12 @@ WaitOption = Annotated[
 TimeoutOption = Annotated[
     str, typer.Option("--timeout", help="How long --wait waits, e.g. 90s, 10m, 1h.")
 ]
+NewOption = Annotated[
+    bool,
+    typer.Option(
+        "--new", help="Create devices/D.yaml for a device that has no file yet (else refused)."
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,8 @@ class EditOutcome:
     base: str
     commit: str | None
     changed: bool  # the edit changes the file (a plan may still list no device: see below)
-    plan: Any  # kernex_core.fleet.Plan over the devices the repository lists
+    plan: Any  # kernex_core.fleet.Plan over the enrolled devices and the repository's
+    inventory: Inventory = field(default_factory=Inventory)
 
 
 def apply_edit(
@@ -84,13 +92,16 @@ def apply_edit(
     *,
     dry_run: bool,
     push: bool,
+    inventory: Inventory | None = None,
 ) -> EditOutcome:
     """Validate the edited revision, plan it against HEAD, then write, commit and push.
 
-    The plan covers the devices the repository lists; enrolled devices without a file are
-    resolved by the server, so a change the plan shows no device for is still committed.
+    The plan covers the server's enrolled devices (``inventory``) and the devices the
+    repository lists; a change the plan shows no device for is still committed.
     """
     from kernex_core.fleet import compute_plan, load_fleet
+
+    inventory = inventory or Inventory()
 
     base_sha = repo.head()
     base_files = read_fleet_files(repo, base_sha)
@@ -99,13 +110,14 @@ def apply_edit(
         head_files.pop(scope.path, None)
     else:
         head_files[scope.path] = new_text.encode("utf-8")
-    base = load_fleet(base_files).resolve({})
-    head = load_fleet(head_files).resolve({})  # FleetInvalidError: nothing is written
-    plan = compute_plan(base, head)
+    base_fleet = load_fleet(base_files)
+    head_fleet = load_fleet(head_files)  # FleetInvalidError: nothing is written
+    devices = plan_devices(inventory.devices, {}, base_fleet, head_fleet)
+    plan = compute_plan(base_fleet.resolve(devices), head_fleet.resolve(devices))
     old = base_files.get(scope.path)
     changed = (None if new_text is None else new_text.encode("utf-8")) != old
     if dry_run or not changed:
-        return EditOutcome(base_sha, None, changed, plan)
+        return EditOutcome(base_sha, None, changed, plan, inventory)
     target = repo.path / scope.path
     if new_text is None:
         target.unlink(missing_ok=True)
@@ -115,7 +127,7 @@ def apply_edit(
     commit = repo.commit([scope.path], message)
     if push:
         repo.push()
-    return EditOutcome(base_sha, commit, changed, plan)
+    return EditOutcome(base_sha, commit, changed, plan, inventory)
 
 
 def _current_text(repo: Repository, scope: Scope, *, create: bool) -> str:
@@ -128,6 +140,12 @@ def _current_text(repo: Repository, scope: Scope, *, create: bool) -> str:
     if raw is None:
         if create and scope.kind == "device":
             return ""
+        if scope.kind == "device":
+            fail(
+                f"device {scope.name} has no file ({scope.path} is not in HEAD)",
+                hint="Check the name (`ls devices/`, `kernex devices list`); to give the "
+                "device its first file, pass --new.",
+            )
         fail(
             f"{scope} does not exist ({scope.path} is not in HEAD)",
             hint=f"List them with `ls {scope.kind}s/`, or add {scope.path} first.",
@@ -153,6 +171,7 @@ def _report(
                 "changed": outcome.changed,
                 "dry_run": dry_run,
                 "plan": outcome.plan.to_dict(),
+                "inventory": outcome.inventory.to_json(),
                 **(extra or {}),
             }
         )
@@ -165,12 +184,7 @@ def _report(
     else:
         console.print(f"[yellow]dry run[/]: {what} (nothing written)", highlight=False)
     render_text(outcome.plan, outcome.base, outcome.commit or "edit", console)
-    if not outcome.plan.has_changes:
-        console.print(
-            "No device listed in the repository changes; enrolled devices that match are "
-            "resolved by the server (see `kernex status`).",
-            highlight=False,
-        )
+    console.print(f"[dim]{safe(outcome.inventory.note())}[/]", highlight=False)
 
 
 @dataclass(frozen=True)
@@ -208,29 +222,35 @@ def _run_edit(
     push: bool,
     as_json: bool,
     wait: WaitSpec | None = None,
+    server: str | None = None,
+    token: str | None = None,
+    create: bool = False,
 ) -> None:
     from kernex_cli.client import ClientError
 
     client = None
     try:
         repo = Repository.open(repo_dir)
-        text = _current_text(repo, scope, create=True)
+        text = _current_text(repo, scope, create=create)
         new_text = edit(text)
-        if wait is not None:  # connect and snapshot before committing: fail early, lose nothing
-            from kernex_cli.client import connect
+        if wait is not None:  # check rights and snapshot before committing: lose nothing
+            from kernex_cli.client import connect, require_role
             from kernex_cli.converge import snapshot
 
             client = connect(wait.server, wait.token)
+            require_role(client, "operator", "--wait (it asks the server to reconcile)")
             baseline = snapshot(client)
-        outcome = apply_edit(repo, scope, new_text, message, dry_run=dry_run, push=push)
-    except FleetInvalidError as exc:
-        for issue in exc.issues:
-            console.print(f"[red]{safe(issue)}[/]", highlight=False)
-        _close(client)
-        fail_from(exc)
+            inventory = Inventory.fetch(client)
+        else:
+            inventory = _enrolled(server, token)
+        outcome = apply_edit(
+            repo, scope, new_text, message, dry_run=dry_run, push=push, inventory=inventory
+        )
     except KernexError as exc:
+        from kernex_cli.fleet_cmds import fail_invalid
+
         _close(client)
-        fail_from(exc)
+        fail_invalid(exc)
     if client is None or wait is None or outcome.commit is None:
         _report(outcome, message, as_json=as_json, dry_run=dry_run)
         return
@@ -246,6 +266,24 @@ def _run_edit(
     if as_json:
         _report(outcome, message, as_json=True, dry_run=dry_run, extra=code.to_json)
     raise typer.Exit(code.exit_code)
+
+
+def _enrolled(server: str | None, token: str | None) -> Inventory:
+    """The configured server's devices for the plan; a server that cannot be read is
+    noted and the edit goes ahead (the commit, not the plan, is what deploys)."""
+    from kernex_cli.client import ClientError
+    from kernex_cli.output import err_console
+
+    try:
+        return Inventory.configured(server, token)
+    except ClientError as exc:
+        err_console.print(
+            f"[yellow]warning[/]: the plan lists only the repository's devices: cannot read "
+            f"the server's devices: {safe(exc.message)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return Inventory()
 
 
 def _close(client: Any) -> None:
@@ -265,6 +303,7 @@ def deploy(
     timeout: TimeoutOption = "10m",
     server: ServerOption = None,
     token: TokenOption = None,
+    new: NewOption = False,
 ) -> None:
     """Set a bundle version for a group or a device, as a commit.
 
@@ -287,7 +326,9 @@ def deploy(
     try:
         _check_catalog(Repository.open(repo), name, version)
     except KernexError as exc:
-        fail_from(exc)
+        from kernex_cli.fleet_cmds import fail_invalid
+
+        fail_invalid(exc)
     _run_edit(
         repo,
         scope,
@@ -297,6 +338,9 @@ def deploy(
         push=push,
         as_json=as_json,
         wait=waiting,
+        server=server,
+        token=token,
+        create=new,
     )
 
 
@@ -370,6 +414,8 @@ def rollback(
         push=push,
         as_json=as_json,
         wait=waiting,
+        server=server,
+        token=token,
     )
 
 
@@ -397,6 +443,7 @@ def config_set(
     timeout: TimeoutOption = "10m",
     server: ServerOption = None,
     token: TokenOption = None,
+    new: NewOption = False,
 ) -> None:
     """Set a configuration key, as a commit.
 
@@ -419,6 +466,9 @@ def config_set(
         push=push,
         as_json=as_json,
         wait=WaitSpec.from_options(wait, timeout, server, token, dry_run),
+        server=server,
+        token=token,
+        create=new,
     )
 
 
@@ -451,6 +501,8 @@ def config_unset(
         push=push,
         as_json=as_json,
         wait=WaitSpec.from_options(wait, timeout, server, token, dry_run),
+        server=server,
+        token=token,
     )
 
 

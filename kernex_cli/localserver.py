@@ -1,7 +1,8 @@
 """A Kernex server as a child process on 127.0.0.1, for the demo, benchmarks and tests.
 
 It runs exactly what an operator runs (``kernex server init`` then ``kernex server run``,
-SQLite in the data directory) on a free loopback port::
+SQLite in the data directory unless ``database_url`` names another database) on a free
+loopback port::
 
     with LocalServer(data_dir, repo=fleet_dir) as server:
         server.base_url, server.admin_token
@@ -44,10 +45,12 @@ class LocalServer:
         data_dir: Path,
         *,
         repo: Path,
-        settings: Mapping[str, float] | None = None,
+        settings: Mapping[str, float | str] | None = None,
         log_level: str = "warning",
         start_timeout: float = 60.0,  # seconds for init + first /healthz
         port: int = 0,  # 0: a free one, chosen at the first start
+        database_url: str = "",  # empty: SQLite in the data directory
+        admin_token: str = "",  # set: the data directory is ready, `init` is not run
     ) -> None:
         self.data_dir = Path(data_dir)
         self.repo = Path(repo)
@@ -55,7 +58,8 @@ class LocalServer:
         self.log_level = log_level
         self.start_timeout = start_timeout
         self.port = port
-        self.admin_token = ""
+        self.database_url = database_url
+        self.admin_token = admin_token
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
 
@@ -65,10 +69,19 @@ class LocalServer:
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "KERNEX_DATA_DIR": str(self.data_dir)}
-        env.pop("KERNEX_DATABASE_URL", None)  # the local server always uses SQLite
+        env.pop("KERNEX_DATABASE_URL", None)  # SQLite unless told otherwise
+        if self.database_url:
+            env["KERNEX_DATABASE_URL"] = self.database_url
         return env
 
     def init(self) -> None:
+        if self.database_url and "database_schema" in self.settings:
+            # the schema must be known before `init` migrates and makes the first token
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            schema = _toml(self.settings["database_schema"])
+            (self.data_dir / "server.toml").write_text(
+                f"repo = {_toml(str(self.repo))}\ndatabase_schema = {schema}\n"
+            )
         done = subprocess.run(
             [*KERNEX, "server", "init", "--repo", str(self.repo), "--json"],
             env=self._env(),
@@ -79,8 +92,10 @@ class LocalServer:
         if done.returncode != 0:
             raise LocalServerError(f"`kernex server init` failed: {done.stderr.strip()}")
         self.admin_token = json.loads(done.stdout)["admin_token"] or ""
-        if self.settings:
-            lines = "".join(f"{k} = {v}\n" for k, v in sorted(self.settings.items()))
+        written = {"database_schema"} if self.database_url else set()
+        rest = {k: v for k, v in self.settings.items() if k not in written}
+        if rest:
+            lines = "".join(f"{k} = {_toml(v)}\n" for k, v in sorted(rest.items()))
             with (self.data_dir / "server.toml").open("a") as fh:
                 fh.write(lines)
 
@@ -138,3 +153,9 @@ class LocalServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _toml(value: float | str) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return str(value)

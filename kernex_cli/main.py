@@ -6,9 +6,12 @@ heavy packages (server, agent) inside their commands, so ``kernex --help`` stays
 
 from __future__ import annotations
 
+import errno
 import importlib
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from kernex_core import __version__
 
@@ -28,9 +31,33 @@ COMMAND_MODULES = (
     "audit_cmds",
     "rollouts_cmds",
     "alerts_cmds",
+    "users_cmds",
 )
 
+
+class KernexGroup(TyperGroup):
+    """The root command: a file-system error no command turned into its own message still
+    ends as one ``error:`` line with a hint, never a traceback (docs/cli.md)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise
+            from kernex_cli.output import fail
+
+            where = f" {exc.filename}" if exc.filename else ""
+            fail(
+                f"cannot use{where}: {exc.strerror or exc}",
+                hint="Check the path: the folders above it must exist as directories you "
+                "may write to, and a file to read must be a file, not a directory.",
+            )
+
+
 app = typer.Typer(
+    cls=KernexGroup,
+    rich_markup_mode=None,
     name="kernex",
     help="GitOps for device fleets: desired state in Git, signed manifests, safe installs.",
     no_args_is_help=True,

@@ -35,6 +35,10 @@ UPLOAD_RETRY_SECONDS = 1.0  # wait before attempt n+1: n times this
 SIGNATURE_SUFFIX = ".sig.json"
 
 
+class RebindError(KernexError):
+    """A bundle version the catalog pins would get other bytes."""
+
+
 class SignatureFileError(KernexError):
     """A release signature file is unreadable or does not match its bundle."""
 
@@ -95,6 +99,15 @@ def inspect_archive(path: Path) -> BundleInfo:
         raise BundleError(
             f"{path} does not exist", hint="Build it: `kernex bundle build DIR`."
         ) from exc
+    except IsADirectoryError as exc:
+        raise BundleError(
+            f"{path} is a directory, not a bundle archive",
+            hint=f"Build it first (`kernex bundle build {path}`), then push the .tar.gz it writes.",
+        ) from exc
+    except OSError as exc:
+        raise BundleError(
+            f"cannot read {path}: {exc.strerror}", hint="Check the path and its permissions."
+        ) from exc
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -151,11 +164,13 @@ def upload_bundle(
     path: Path,
     info: BundleInfo,
     *,
+    force: bool = False,
     on_progress: Callable[[int], None] | None = None,
     on_restart: Callable[[Exception], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Stream ``path`` to the server's content-addressed store; the server checks the sha256.
+    """Stream ``path`` to the server's content-addressed store; the server checks the sha256,
+    and refuses (409) bytes for a version its deployed fleet pins to others unless ``force``.
 
     The upload is idempotent (the address is the digest), so one cut off by a lost
     connection or a 503 starts again from the first byte, up to ``UPLOAD_ATTEMPTS`` times;
@@ -165,6 +180,11 @@ def upload_bundle(
             answer: dict[str, Any] = client.request(
                 "PUT",
                 f"/v1/admin/bundles/{info.sha256}",
+                params={
+                    "name": info.name,
+                    "version": info.version,
+                    "force": "1" if force else None,
+                },
                 content=_chunks(path, on_progress),
                 headers={"Content-Type": "application/gzip", "Content-Length": str(info.size)},
             )
@@ -177,6 +197,23 @@ def upload_bundle(
                 on_restart(exc)
             sleep(UPLOAD_RETRY_SECONDS * attempt)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def check_not_rebound(text: str, info: BundleInfo) -> None:
+    """Refuse new bytes for a version ``bundles/<name>.yaml`` (``text``) already pins."""
+    source = f"bundles/{info.name}.yaml"
+    _yaml, data = _load(text, source)
+    versions = data.get("versions")
+    entry = versions.get(info.version) if isinstance(versions, dict) else None
+    pinned = entry.get("sha256") if isinstance(entry, dict) else None
+    if pinned is None or pinned == info.sha256:
+        return
+    raise RebindError(
+        f"{info.name} {info.version} is already published with other bytes "
+        f"(sha256 {str(pinned)[:16]}... in {source}); this archive is {info.sha256[:16]}...",
+        hint="Give the new build a new version in kernex-bundle.yaml; to replace the "
+        "published bytes anyway, pass --force.",
+    )
 
 
 def catalog_text(text: str, info: BundleInfo, signatures: Sequence[Signature]) -> str:

@@ -138,7 +138,7 @@ def list_rollouts(
         params = {"state": state} if state else {}
         rows = client.get("/v1/admin/rollouts", **params)["rollouts"]
     if as_json:
-        print_json(rows)
+        print_json({"rollouts": rows})
         return
     console.print(render_list(rows), highlight=False)
 

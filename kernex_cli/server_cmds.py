@@ -248,6 +248,14 @@ def run(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning, error.")
     ] = "info",
+    root_path: Annotated[
+        str,
+        typer.Option(
+            "--root-path",
+            help="The path prefix a proxy strips (e.g. /kernex when devices use "
+            "https://host/kernex); signed device requests are checked over it.",
+        ),
+    ] = "",
 ) -> None:
     """Serve devices and admins (reconciling the fleet repository in the background).
 
@@ -280,6 +288,7 @@ def run(
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        root_path=root_path.rstrip("/"),
         # Longer than a client's idle keep-alive (httpx: 5 s), so the client closes an idle
         # connection first; at equal timeouts a request on a connection the server is
         # closing fails with a read error, and a failed bundle download waits for a retry.

@@ -1,7 +1,8 @@
 """``kernex status [--watch] [--json]``: the fleet at a glance.
 
-Reads ``GET /v1/admin/status`` (revision, reconcile state, device counts, rollouts) and
-``GET /v1/admin/devices`` (names of the devices that are out of sync or offline).
+Reads ``GET /v1/admin/status`` (revision, reconcile and Git fetch state, device counts,
+rollouts) and ``GET /v1/admin/devices`` (names of the devices that are out of sync or
+offline).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.text import Text
 
 from kernex_cli.client import AdminClient, ServerOption, TokenOption
 from kernex_cli.output import console, print_json, safe
-from kernex_cli.views import JsonOption, admin_session, ago, phase_text, short
+from kernex_cli.views import JsonOption, admin_session, ago, out_of_sync, phase_text, short
 
 NAMES_SHOWN = 20  # devices named per list in the table view; --json has all
 
@@ -25,7 +26,7 @@ def fetch_status(client: AdminClient) -> dict[str, Any]:
     status: dict[str, Any] = client.get("/v1/admin/status")
     devices = client.get("/v1/admin/devices")["devices"]
     accepted = [d for d in devices if d.get("state") == "accepted"]
-    status["out_of_sync_devices"] = sorted(d["id"] for d in accepted if d.get("deployment_pending"))
+    status["out_of_sync_devices"] = sorted(d["id"] for d in accepted if out_of_sync(d))
     status["offline_devices"] = sorted(d["id"] for d in accepted if not d.get("online"))
     status["pending_devices"] = sorted(d["id"] for d in devices if d.get("state") == "pending")
     return status
@@ -35,6 +36,15 @@ def _names(names: list[str]) -> str:
     shown = safe(", ".join(names[:NAMES_SHOWN]), lines=False)
     more = len(names) - NAMES_SHOWN
     return shown + (f" and {more} more" if more > 0 else "") if names else "-"
+
+
+def _git_text(git: dict[str, Any]) -> str:
+    done = f"last success {ago(git.get('last_success_at'))}"
+    if git.get("running_since"):
+        done = f"running since {ago(git['running_since'])}, {done}"
+    if git.get("problem"):
+        return f"[red]{safe(git['problem'])}[/] ({done})"
+    return done
 
 
 def render_status(status: dict[str, Any], server: str) -> RenderableType:
@@ -55,6 +65,15 @@ def render_status(status: dict[str, Any], server: str) -> RenderableType:
     facts.add_row("reconcile", f"{result_text}, {ago(rev.get('last_reconcile_at'))}")
     if rev.get("last_error"):
         facts.add_row("last error", f"[red]{safe(rev['last_error'])}[/]")
+    git = status.get("git")
+    if git:
+        facts.add_row("git fetch", _git_text(git))
+    for warning in rev.get("warnings") or []:
+        facts.add_row(
+            "missing bundle",
+            f"[yellow]{safe(warning.get('bundle'))}@{safe(warning.get('version'))}[/]: "
+            f"{safe(warning.get('message'))} {safe(warning.get('hint') or '')}",
+        )
     facts.add_row(
         "devices",
         f"{safe(dev.get('total', 0))} total, [green]{safe(dev.get('online', 0))} online[/], "

@@ -76,6 +76,12 @@ PHASE_STYLE = {
 }
 
 
+def out_of_sync(device: dict[str, Any]) -> bool:
+    """Not on the deployed revision's state: its report lags the manifest it is served,
+    or a rollout holds it on another one (``held_back``: waiting for its wave, halted)."""
+    return bool(device.get("deployment_pending") or device.get("held_back"))
+
+
 def phase_text(phase: str | None) -> str:
     if not phase:
         return "[dim]-[/]"

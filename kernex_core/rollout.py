@@ -10,7 +10,12 @@ States::
     running <--pause/resume--> paused
     running --last wave healthy--> completed
     running | paused | halted --abort--> aborted
-    running | paused | halted --a newer commit changes its devices--> superseded
+    running | paused --a newer commit changes its devices--> superseded
+    halted | aborted --a newer commit changes the version of a bundle it released--> superseded
+
+A halted or aborted rollout holds its devices through newer commits that leave its
+bundle versions as they are (``ends_hold``): an unrelated config commit does not release
+a bad version to the group again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kernex_core.fleet.model import DesiredState
@@ -35,6 +40,7 @@ ACTIVE = (RUNNING, PAUSED)  # the engine watches these
 # These hold their devices: the devices not (or no longer) on the new state stay where they
 # are until a newer commit changes them.
 HOLDING = (RUNNING, PAUSED, HALTED, ABORTED)
+STOPPED = (HALTED, ABORTED)  # a newer commit supersedes these only by changing the release
 FAILED_PHASES = frozenset({"failed", "rolled_back"})
 FLEET_DEFAULT = ""  # the group key of the fleet's default rollout (kernex.yaml)
 
@@ -192,6 +198,37 @@ def tally(members: Iterable[MemberReport], wave_count: int) -> Tally:
         else:
             w.offline += 1
     return out
+
+
+def freeze(t: Tally) -> dict[str, Any]:
+    """The counts a rollout ended with, to keep (``Rollout.final``)."""
+    return {"waves": [w.to_dict() for w in t.waves]}
+
+
+def thaw(final: Mapping[str, Any]) -> Tally:
+    names = [f.name for f in fields(WaveTally)]
+    return Tally([WaveTally(**{n: w[n] for n in names}) for w in final["waves"]])
+
+
+def released(target: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, str | None]:
+    """The bundle versions a member's new state brings (name -> version; None: removed),
+    from two ``Manifest.to_dict()`` forms."""
+    new = {b["name"]: b["version"] for b in target.get("bundles", [])}
+    old = {b["name"]: b["version"] for b in previous.get("bundles", [])}
+    out: dict[str, str | None] = {n: v for n, v in new.items() if old.get(n) != v}
+    out.update({n: None for n in old if n not in new})
+    return out
+
+
+def ends_hold(release: Mapping[str, str | None], desired: DesiredState | None) -> bool:
+    """Whether a newer desired state of a stopped rollout's member changes a version the
+    rollout released (a config-only release ends with any change)."""
+    if desired is None:
+        return False
+    if not release:
+        return True
+    versions = {name: b.version for name, b in desired.bundles.items()}
+    return any(versions.get(name) != version for name, version in release.items())
 
 
 def wave_ready(t: Tally, wave: int) -> bool:

@@ -6,7 +6,7 @@ limits on fetches, and ``redact_url`` / ``redact_text`` so credentials in reposi
 never reach a message, log or response. Imports only ``kernex_core``.
 """
 
-from kernex_git.command import GitEnv, NetworkLimits, run_git
+from kernex_git.command import GitEnv, NetworkLimits, run_git, stop_all
 from kernex_git.errors import (
     GitCommandError,
     GitError,
@@ -37,4 +37,5 @@ __all__ = [
     "redact_text",
     "redact_url",
     "run_git",
+    "stop_all",
 ]

@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ LOCAL_ENV_VARS = (
     "GIT_COMMON_DIR",
 )
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+_RUNNING: set[subprocess.Popen[bytes]] = set()  # git commands running now (see stop_all)
+_RUNNING_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ def run_git(
         )
     except FileNotFoundError as exc:
         raise GitNotInstalledError("git is not installed") from exc
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -144,6 +149,9 @@ def run_git(
             hint="Check the network path to the repository; a stalled transfer is retried "
             "on the next poll.",
         ) from None
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
     done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     if check and done.returncode != 0:
         stderr = stderr_text(done.stderr)
@@ -153,6 +161,16 @@ def run_git(
             stderr=stderr,
         )
     return done
+
+
+def stop_all() -> int:
+    """Kill every git command running now, with its helpers (a server shutting down does
+    not leave a fetch hanging on a silent remote); the callers see a failed command."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        _signal_group(proc)
+    return len(running)
 
 
 def stderr_text(raw: bytes) -> str:
@@ -178,6 +196,11 @@ def _verb(args: Sequence[str]) -> str:
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     """Kill git and every helper it started (remote-https, ssh), then reap it."""
+    _signal_group(proc)
+    proc.communicate()
+
+
+def _signal_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         if proc.pid == os.getpgid(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -185,4 +208,3 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
     except ProcessLookupError:
         pass
-    proc.communicate()

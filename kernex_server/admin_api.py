@@ -1,4 +1,7 @@
-"""The admin endpoints, under ``/v1/admin``.
+"""The admin endpoints, under ``/v1/admin``: whoami, fleet status, the audit log,
+reconcile and revisions here; devices in ``devices_api``, tokens in ``tokens_api``,
+bundles in ``bundles_api``, labels in ``labels_api``, rollouts in ``rollouts_api``,
+alerts in ``alerts_api``.
 
 Every endpoint declares the least role it needs (``@requires``); callers send
 ``Authorization: Bearer <token>``. Every mutating endpoint is ``@audited``: its outcome
@@ -9,172 +12,86 @@ docs/server.md for the list.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, cast
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from kernex_core.formats import DURATION_EXAMPLES, SHA256_RE
-from kernex_core.protocol import EnrollmentState
-from kernex_core.timefmt import format_time
+from kernex_core.formats import DURATION_EXAMPLES
+from kernex_server import wire
+from kernex_server.api import ADMIN, Answer, Param, operation, route
 from kernex_server.audit import parse_when
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
+from kernex_server.bundle_pins import missing_bundles
 from kernex_server.context import ServerContext, context_of
-from kernex_server.errors import BundleStoreError
+from kernex_server.devices_api import device_rows, is_out_of_sync
+from kernex_server.git_fetch import git_status
 from kernex_server.http import (
-    MAX_ROW_ID,
     ApiError,
     json_response,
-    parse_json,
-    path_id,
-    read_body,
+    wire_time,
 )
-from kernex_server.store import AuditQuery, DeviceRecord, TokenNameTakenError
+from kernex_server.store import AuditQuery
 
-ROLES = ("viewer", "operator", "admin")
 AUDIT_LIMIT_DEFAULT = 100
 AUDIT_LIMIT_MAX = 1000
 
 
-PREFIX = "/v1/admin"
+PREFIX = ADMIN
+
+AUDIT_FILTERS = [
+    Param("since", str, f"RFC 3339 time or a duration back from now ({DURATION_EXAMPLES})"),
+    Param("until", str, "RFC 3339 time or a duration back from now"),
+    Param("actor", str, "token name, device:<id>, reconciler, webhook:<host>"),
+    Param("target", str, "device id, token name, commit, sha256 ..."),
+    Param("action", str, "e.g. token.create, device.accept, reconcile, webhook, auth"),
+    Param(
+        "limit",
+        Annotated[int, {"minimum": 1, "maximum": AUDIT_LIMIT_MAX, "default": 100}],
+        "max rows",
+    ),
+]
 
 
-def _time(value: float | None) -> str | None:
-    return format_time(value) if value is not None else None
-
-
-def _status_out(status: dict[str, Any] | None) -> dict[str, Any] | None:
-    if status is None:
-        return None
-    return {**status, "received_at": _time(status["received_at"])}
-
-
-def device_json(
-    kx: ServerContext,
-    device: DeviceRecord,
-    desired_serial: int | None,
-    desired_revision: str | None,
-    status: dict[str, Any] | None,
-) -> dict[str, Any]:
-    last_seen = max(device.last_seen or 0.0, kx.device_auth.pending_heartbeat(device.id) or 0.0)
-    online = bool(last_seen) and kx.clock() - last_seen <= kx.reconciler.offline_after()
-    reported = status["serial"] if status else None
-    return {
-        "id": device.id,
-        "state": device.state,
-        "fingerprint": device.fingerprint,
-        "algorithm": device.algorithm,
-        "labels": dict(device.labels),
-        "proposed_labels": device.proposed_labels,
-        "admitted_by": device.admitted_by,
-        "agent_version": device.agent_version,
-        "enrolled_at": _time(device.enrolled_at),
-        "last_seen": _time(last_seen) if last_seen else None,
-        "online": online,
-        "desired_serial": desired_serial,
-        "desired_revision": desired_revision,
-        "reported_serial": reported,
-        "deployment_pending": desired_serial is not None and reported != desired_serial,
-        "status": _status_out(status),
-    }
-
-
+@operation("GET", "The calling token", ok=wire.Identity)
 @requires(Role.VIEWER)
 async def whoami(request: Request) -> Response:
     identity = request.state.identity
-    return json_response({"name": identity.name, "role": identity.role})
+    answer: wire.Identity = {"name": identity.name, "role": identity.role}
+    return json_response(answer)
 
 
-def _bool_param(request: Request, name: str) -> bool | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    if raw.lower() in {"true", "1", "yes"}:
-        return True
-    if raw.lower() in {"false", "0", "no"}:
-        return False
-    raise ApiError(400, f"{name} must be true or false, not {raw!r}")
-
-
-def device_filter(request: Request) -> Callable[[dict[str, Any]], bool]:
-    """The ``?state=&phase=&online=&label=k=v&out_of_sync=`` filters as a predicate."""
-    state = request.query_params.get("state") or None
-    phase = request.query_params.get("phase") or None
-    online = _bool_param(request, "online")
-    out_of_sync = _bool_param(request, "out_of_sync")
-    labels: list[tuple[str, str]] = []  # every one must match
-    for item in request.query_params.getlist("label"):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ApiError(400, f"label filter {item!r} is not key=value")
-        labels.append((key, value))
-
-    def keep(d: dict[str, Any]) -> bool:
-        if state is not None and d["state"] != state:
-            return False
-        if phase is not None and (d["status"] or {}).get("phase") != phase:
-            return False
-        if online is not None and d["online"] != online:
-            return False
-        if out_of_sync is not None and _out_of_sync(d) != out_of_sync:
-            return False
-        return all(d["labels"].get(k) == v for k, v in labels)
-
-    return keep
-
-
-def _out_of_sync(d: dict[str, Any]) -> bool:
-    return d["state"] == "accepted" and bool(d["deployment_pending"])
-
-
-async def _device_rows(kx: ServerContext) -> list[dict[str, Any]]:
-    await kx.flush_statuses()
-    rows = await anyio.to_thread.run_sync(kx.store.device_overview)
-    return [
-        device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
-        for r in rows
-    ]
-
-
-@requires(Role.VIEWER)
-async def list_devices(request: Request) -> Response:
-    kx = context_of(request)
-    keep = device_filter(request)
-    return json_response({"devices": [d for d in await _device_rows(kx) if keep(d)]})
-
-
+@operation("GET", "Fleet status and stats", ok=wire.FleetStatus)
 @requires(Role.VIEWER)
 async def fleet_status(request: Request) -> Response:
     kx = context_of(request)
-    devices = await _device_rows(kx)
+    devices = await device_rows(kx)
     newest, deployed = await anyio.to_thread.run_sync(kx.store.latest_revisions)
     bundles = await anyio.to_thread.run_sync(kx.store.count_blobs)
     accepted = [d for d in devices if d["state"] == "accepted"]
     online = sum(1 for d in accepted if d["online"])
     phases = Counter((d["status"] or {}).get("phase") for d in accepted)
     rollouts = await anyio.to_thread.run_sync(kx.rollout_counts)
-    return json_response(
-        {
-            "revision": _revision_status(kx, newest, deployed),
-            "devices": {
-                "total": len(devices),
-                "online": online,
-                "offline": len(accepted) - online,
-                "pending": sum(1 for d in devices if d["state"] == "pending"),
-                "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
-                "out_of_sync": sum(1 for d in accepted if _out_of_sync(d)),
-            },
-            "rollouts": {
-                "active": rollouts["running"] + rollouts["paused"],
-                "halted": rollouts["halted"],
-            },
-            "bundles": bundles,
-        }
-    )
+    answer: wire.FleetStatus = {
+        "revision": _revision_status(kx, newest, deployed),
+        "devices": {
+            "total": len(devices),
+            "online": online,
+            "offline": len(accepted) - online,
+            "pending": sum(1 for d in devices if d["state"] == "pending"),
+            "by_phase": {p: phases[p] for p in sorted(p for p in phases if p is not None)},
+            "out_of_sync": sum(1 for d in accepted if is_out_of_sync(d)),
+        },
+        "rollouts": {
+            "active": rollouts["running"] + rollouts["paused"],
+            "halted": rollouts["halted"],
+        },
+        "bundles": bundles,
+        "git": cast(wire.GitFetch, git_status(kx)),
+    }
+    return json_response(answer)
 
 
 _RESULT_OF_STATE = {"deployed": "ok", "invalid": "invalid", "unsigned": "unsigned"}
@@ -182,7 +99,7 @@ _RESULT_OF_STATE = {"deployed": "ok", "invalid": "invalid", "unsigned": "unsigne
 
 def _revision_status(
     kx: ServerContext, newest: dict[str, Any] | None, deployed: dict[str, Any] | None
-) -> dict[str, Any]:
+) -> wire.RevisionStatus:
     last_result: str | None = _RESULT_OF_STATE.get(newest["state"]) if newest else None
     errors = list(newest["errors"]) if newest and newest["state"] != "deployed" else []
     last_error = None
@@ -193,291 +110,58 @@ def _revision_status(
             last_error = f"{last_error} (and {len(errors) - 1} more)"
     if kx.last_reconcile_error is not None:
         last_result, last_error = "error", kx.last_reconcile_error
+    elif (git := git_status(kx)["problem"]) is not None:
+        last_result, last_error = "error", git  # e.g. a fetch hanging on a silent remote
     last_at = kx.last_reconcile_at or (newest["created_at"] if newest else None)
     return {
         "current": newest["commit"] if newest else None,
         "deployed": deployed["commit"] if deployed else None,
-        "last_reconcile_at": _time(last_at),
+        "last_reconcile_at": wire_time(last_at),
         "last_result": last_result,
         "last_error": last_error,
         "errors": errors,
         "forced": bool(deployed and deployed["forced"]),
+        "warnings": missing_bundles(
+            kx.reconciler.fleet, kx.blobs.has, bundle_base_url=kx.settings.bundle_base_url
+        ),
     }
 
 
-@requires(Role.VIEWER)
-async def show_device(request: Request) -> Response:
-    kx = context_of(request)
-    device_id = request.path_params["device_id"]
-
-    def load() -> dict[str, Any] | None:
-        rows = [r for r in kx.store.device_overview() if r["device"].id == device_id]
-        if not rows:
-            return None
-        r = rows[0]
-        out = device_json(kx, r["device"], r["desired_serial"], r["desired_revision"], r["status"])
-        out["deployments"] = [
-            {**d, "created_at": _time(d["created_at"])} for d in kx.store.deployments(device_id)
-        ]
-        out["status_history"] = [_status_out(s) for s in kx.store.status_history(device_id)]
-        return out
-
-    await kx.flush_statuses()
-    found = await anyio.to_thread.run_sync(load)
-    if found is None:
-        raise ApiError(404, f"no device {device_id}")
-    return json_response(found)
-
-
-async def _transition(request: Request, target: EnrollmentState, allowed: set[str]) -> Response:
-    kx = context_of(request)
-    device_id = request.path_params["device_id"]
-    device = await anyio.to_thread.run_sync(kx.store.get_device, device_id)
-    if device is None:
-        raise ApiError(404, f"no device {device_id}")
-    if device.state != target.value and device.state not in allowed:
-        raise ApiError(
-            409,
-            f"device {device_id} is {device.state}; it cannot become {target.value}",
-            hint="A revoked device stays revoked; enroll the hardware under a new id.",
-        )
-    by = f"admin:{request.state.identity.name}"
-    request.state.audit_detail = {"from": device.state, "to": target.value}
-    updated = await anyio.to_thread.run_sync(
-        lambda: kx.store.set_device_state(device_id, target, by=by, now=kx.clock())
-    )
-    kx.device_auth.forget(device_id)
-    kx.census.set_state(device_id, target.value)
-    if target is EnrollmentState.ACCEPTED:
-        await kx.issue_for(device_id)
-    else:
-        kx.cache.drop(device_id)
-    if updated is None:
-        raise ApiError(404, f"no device {device_id}")
-    return json_response({"id": device_id, "state": updated.state})
-
-
-@requires(Role.ADMIN)
-@audited("device.accept")
-async def accept_device(request: Request) -> Response:
-    return await _transition(request, EnrollmentState.ACCEPTED, {"pending", "rejected"})
-
-
-@requires(Role.ADMIN)
-@audited("device.reject")
-async def reject_device(request: Request) -> Response:
-    return await _transition(request, EnrollmentState.REJECTED, {"pending"})
-
-
-@requires(Role.ADMIN)
-@audited("device.revoke")
-async def revoke_device(request: Request) -> Response:
-    return await _transition(request, EnrollmentState.REVOKED, {"pending", "accepted", "rejected"})
-
-
-def _enroll_token_out(token: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **token,
-        "created_at": _time(token["created_at"]),
-        "expires_at": _time(token["expires_at"]),
-        "revoked_at": _time(token["revoked_at"]),
-    }
-
-
-def _positive_int(value: object) -> bool:
-    """A JSON whole number above 0 (``true`` is an int in Python, not here), and one the
-    database holds."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ROW_ID
-
-
-@requires(Role.ADMIN)
-@audited("enrollment_token.create")
-async def create_enrollment_token(request: Request) -> Response:
-    kx = context_of(request)
-    data = parse_json(await read_body(request, kx.settings.max_body_bytes) or b"{}")
-    if not isinstance(data, dict):
-        raise ApiError(400, "body must be a JSON object")
-    name = data.get("name") or "enrollment"
-    expires_in = data.get("expires_in", 24 * 3600)
-    max_uses = data.get("max_uses")
-    if not isinstance(name, str) or len(name) > 120:
-        raise ApiError(400, "'name' must be a string of at most 120 characters")
-    if expires_in is not None and not _positive_int(expires_in):
-        raise ApiError(400, "'expires_in' must be a positive number of seconds, or null")
-    if max_uses is not None and not _positive_int(max_uses):
-        raise ApiError(400, "'max_uses' must be a positive integer, or null")
-    request.state.audit_target = name
-    request.state.audit_detail = {"expires_in": expires_in, "max_uses": max_uses}
-    now = kx.clock()
-    token, row = await anyio.to_thread.run_sync(
-        lambda: kx.store.create_enrollment_token(
-            name,
-            now=now,
-            expires_at=now + expires_in if expires_in else None,
-            max_uses=max_uses,
-            created_by=request.state.identity.name,
-        )
-    )
-    request.state.audit_detail["id"] = row["id"]
-    return json_response({**_enroll_token_out(row), "token": token}, status=201)
-
-
-@requires(Role.ADMIN)
-async def list_enrollment_tokens(request: Request) -> Response:
-    kx = context_of(request)
-    rows = await anyio.to_thread.run_sync(kx.store.list_enrollment_tokens)
-    return json_response({"tokens": [_enroll_token_out(r) for r in rows]})
-
-
-@requires(Role.ADMIN)
-@audited("enrollment_token.revoke")
-async def revoke_enrollment_token(request: Request) -> Response:
-    kx = context_of(request)
-    token_id = path_id(request, "token_id", "enrollment token")
-    found = await anyio.to_thread.run_sync(
-        lambda: kx.store.revoke_enrollment_token(token_id, now=kx.clock())
-    )
-    if not found:
-        raise ApiError(404, f"no enrollment token {token_id}")
-    return Response(status_code=204)
-
-
-async def _upload(request: Request, expected: str | None) -> Response:
-    kx = context_of(request)
-    if expected is not None and not SHA256_RE.match(expected):
-        raise ApiError(400, "bundle address must be a lowercase sha256 hex digest")
-    try:
-        stored = await kx.blobs.put_stream(
-            request.stream(), expected_sha256=expected, max_bytes=kx.settings.max_bundle_bytes
-        )
-    except BundleStoreError as exc:
-        status = 413 if "limit" in exc.message else 400
-        raise ApiError(status, exc.message, hint=exc.hint) from exc
-    by = request.state.identity.name
-    await anyio.to_thread.run_sync(
-        lambda: kx.store.record_blob(stored.sha256, stored.size, now=kx.clock(), by=by)
-    )
-    request.state.audit_target = stored.sha256
-    request.state.audit_detail = {"size": stored.size, "created": stored.created}
-    return json_response(
-        {"sha256": stored.sha256, "size": stored.size, "created": stored.created},
-        status=201 if stored.created else 200,
-    )
-
-
-@requires(Role.OPERATOR)
-@audited("bundle.upload")
-async def put_bundle(request: Request) -> Response:
-    return await _upload(request, request.path_params["sha256"])
-
-
-@requires(Role.OPERATOR)
-@audited("bundle.upload")
-async def post_bundle(request: Request) -> Response:
-    return await _upload(request, None)
-
-
-@requires(Role.VIEWER)
-async def list_bundles(request: Request) -> Response:
-    kx = context_of(request)
-    rows = await anyio.to_thread.run_sync(kx.store.list_blobs)
-    return json_response({"bundles": [{**r, "uploaded_at": _time(r["uploaded_at"])} for r in rows]})
-
-
+@operation(
+    "POST",
+    "Run a reconcile pass now",
+    ok=wire.ReconcileResult,
+    answers={202: Answer("the fetch still runs after reconcile_wait", wire.ReconcileFetching)},
+    query=[Param("force", bool, "re-run even when the head commit was seen")],
+    errors=(500,),
+)
 @requires(Role.OPERATOR)
 @audited("reconcile.trigger")
 async def reconcile(request: Request) -> Response:
     kx = context_of(request)
     force = request.query_params.get("force") in {"1", "true", "yes"}
-    result = await kx.run_reconcile(force=force)
+    result = await kx.run_reconcile(force=force, wait=kx.settings.reconcile_wait)
     request.state.audit_target = result.commit or ""
     request.state.audit_detail = {"force": force, "state": result.state}
+    if result.fetching:  # the fetch goes on; the reconcile loop deploys what it brings
+        kx.wake_reconciler()
+        body = {**result.to_dict(), "git": git_status(kx)}
+        body["hint"] = "The fetch still runs in the background; see `kernex status`."
+        return json_response(body, status=202)
     return json_response(result.to_dict())
 
 
+@operation("GET", "Commits seen, newest first", ok=wire.RevisionList)
 @requires(Role.VIEWER)
 async def list_revisions(request: Request) -> Response:
     kx = context_of(request)
     rows = await anyio.to_thread.run_sync(kx.store.revisions)
-    return json_response({"revisions": [{**r, "created_at": _time(r["created_at"])} for r in rows]})
-
-
-def _api_token_out(token: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **token,
-        "created_at": _time(token["created_at"]),
-        "expires_at": _time(token["expires_at"]),
-        "last_used_at": _time(token["last_used_at"]),
-        "revoked_at": _time(token["revoked_at"]),
-    }
-
-
-@requires(Role.ADMIN)
-async def list_tokens(request: Request) -> Response:
-    kx = context_of(request)
-    rows = await anyio.to_thread.run_sync(kx.store.list_api_tokens)
-    return json_response({"tokens": [_api_token_out(r) for r in rows]})
-
-
-@requires(Role.ADMIN)
-@audited("token.create")
-async def create_token(request: Request) -> Response:
-    kx = context_of(request)
-    data = parse_json(await read_body(request, kx.settings.max_body_bytes) or b"{}")
-    if not isinstance(data, dict):
-        raise ApiError(400, "body must be a JSON object")
-    name, role, expires_in = data.get("name"), data.get("role"), data.get("expires_in")
-    if not isinstance(name, str) or not 0 < len(name) <= 120 or not name.isprintable():
-        raise ApiError(400, "'name' must be a string of 1 to 120 printable characters")
-    request.state.audit_target = name
-    if role not in ROLES:
-        raise ApiError(400, f"'role' must be one of {', '.join(ROLES)}")
-    if expires_in is not None and not _positive_int(expires_in):
-        raise ApiError(400, "'expires_in' must be a positive number of seconds, or null")
-    request.state.audit_detail = {"role": role, "expires_in": expires_in}
-    now = kx.clock()
-    creator = request.state.identity.name
-    try:
-        token, row = await anyio.to_thread.run_sync(
-            lambda: kx.store.create_api_token_row(
-                name,
-                role,
-                now=now,
-                expires_at=now + expires_in if expires_in else None,
-                created_by=creator,
-            )
-        )
-    except TokenNameTakenError as exc:
-        raise ApiError(
-            409,
-            f"a token named {name!r} exists already",
-            hint="Pick another name, or revoke the old token first (names stay taken).",
-        ) from exc
-    request.state.audit_detail["id"] = row["id"]
-    return json_response({**_api_token_out(row), "token": token}, status=201)
-
-
-@requires(Role.ADMIN)
-@audited("token.revoke")
-async def revoke_token(request: Request) -> Response:
-    kx = context_of(request)
-    token_id = path_id(request, "token_id", "token")
-    if token_id == request.state.identity.id:
-        raise ApiError(
-            409,
-            "a token may not revoke itself",
-            hint="Revoke it with another admin token, so an admin token always remains.",
-        )
-    row = await anyio.to_thread.run_sync(
-        lambda: kx.store.revoke_api_token(token_id, now=kx.clock())
+    return json_response(
+        {"revisions": [{**r, "created_at": wire_time(r["created_at"])} for r in rows]}
     )
-    if row is None:
-        raise ApiError(404, f"no token {token_id}")
-    request.state.audit_target = row["name"]
-    request.state.audit_detail = {"id": token_id}
-    return json_response(_api_token_out(row))
 
 
+@operation("GET", "Audit log, newest first", ok=wire.AuditList, query=AUDIT_FILTERS, errors=(400,))
 @requires(Role.VIEWER)
 async def audit_log(request: Request) -> Response:
     kx = context_of(request)
@@ -509,29 +193,13 @@ async def audit_log(request: Request) -> Response:
         limit=int(raw_limit),
     )
     rows = await anyio.to_thread.run_sync(lambda: kx.store.audit_entries(query))
-    return json_response({"entries": [{**r, "at": _time(r["at"])} for r in rows]})
+    return json_response({"entries": [{**r, "at": wire_time(r["at"])} for r in rows]})
 
 
 routes = [
-    Route(f"{PREFIX}/whoami", whoami, methods=["GET"]),
-    Route(f"{PREFIX}/status", fleet_status, methods=["GET"]),
-    Route(f"{PREFIX}/tokens", list_tokens, methods=["GET"]),
-    Route(f"{PREFIX}/tokens", create_token, methods=["POST"]),
-    Route(f"{PREFIX}/tokens/{{token_id:int}}", revoke_token, methods=["DELETE"]),
-    Route(f"{PREFIX}/audit", audit_log, methods=["GET"]),
-    Route(f"{PREFIX}/devices", list_devices, methods=["GET"]),
-    Route(f"{PREFIX}/devices/{{device_id}}", show_device, methods=["GET"]),
-    Route(f"{PREFIX}/devices/{{device_id}}/accept", accept_device, methods=["POST"]),
-    Route(f"{PREFIX}/devices/{{device_id}}/reject", reject_device, methods=["POST"]),
-    Route(f"{PREFIX}/devices/{{device_id}}/revoke", revoke_device, methods=["POST"]),
-    Route(f"{PREFIX}/enrollment-tokens", list_enrollment_tokens, methods=["GET"]),
-    Route(f"{PREFIX}/enrollment-tokens", create_enrollment_token, methods=["POST"]),
-    Route(
-        f"{PREFIX}/enrollment-tokens/{{token_id:int}}", revoke_enrollment_token, methods=["DELETE"]
-    ),
-    Route(f"{PREFIX}/bundles", list_bundles, methods=["GET"]),
-    Route(f"{PREFIX}/bundles", post_bundle, methods=["POST"]),
-    Route(f"{PREFIX}/bundles/{{sha256}}", put_bundle, methods=["PUT"]),
-    Route(f"{PREFIX}/reconcile", reconcile, methods=["POST"]),
-    Route(f"{PREFIX}/revisions", list_revisions, methods=["GET"]),
+    route(f"{PREFIX}/whoami", whoami),
+    route(f"{PREFIX}/status", fleet_status),
+    route(f"{PREFIX}/audit", audit_log),
+    route(f"{PREFIX}/reconcile", reconcile),
+    route(f"{PREFIX}/revisions", list_revisions),
 ]

@@ -54,6 +54,7 @@ log = logging.getLogger("kernex.server.alerts")
 
 STATUS_CURSOR = "alerts.status_cursor"
 REVISION_CURSOR = "alerts.revision_cursor"
+HALT_CURSOR = "alerts.halt_cursor"  # ms: halts before the first pass are history
 OFFLINE_EPISODE = "alerts.offline_episode"  # > 0 while the fleet is offline: that episode
 KEEP_SETTLED = 30 * 86400.0  # seconds delivered and failed rows stay in the outbox
 SEND_TIMEOUT = 10.0
@@ -111,7 +112,7 @@ class Alerter:
         receivers = list(self.receivers.values())
         try:
             with self.sessions.begin() as s:
-                self._halts(s, receivers)
+                self._halts(s, receivers, now)
                 self._refused(s, receivers, now)
                 self._device_failures(s, receivers, now)
                 self._fleet_offline(s, receivers, now)
@@ -122,8 +123,10 @@ class Alerter:
         except IntegrityError:  # another server stored the same alert first: next pass
             log.info("an alert was stored concurrently; finding again next pass")
 
-    def _halts(self, s: Session, receivers: list[AlertReceiver]) -> None:
-        for row in s.scalars(select(Rollout).where(Rollout.state == HALTED)).all():
+    def _halts(self, s: Session, receivers: list[AlertReceiver], now: float) -> None:
+        since = _cursor(s, HALT_CURSOR, int(now * 1000)) / 1000
+        halted = select(Rollout).where(Rollout.state == HALTED, Rollout.updated_at >= since)
+        for row in s.scalars(halted).all():
             group = row.group or "(default)"
             alert = Alert(
                 ROLLOUT_HALTED,

@@ -8,14 +8,20 @@ delivers it at once, answering with each delivery's outcome (``kernex alerts tes
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from kernex_server import wire
+from kernex_server.api import operation, route
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import ServerContext, context_of
 from kernex_server.http import ApiError, json_response, parse_json, read_body
+
+if TYPE_CHECKING:
+    from kernex_server.alerts import Alerter
 
 PREFIX = "/v1/admin/alerts"
 NO_RECEIVERS_HINT = (
@@ -24,12 +30,13 @@ NO_RECEIVERS_HINT = (
 )
 
 
-def _alerter(kx: ServerContext):  # type: ignore[no-untyped-def]
+def _alerter(kx: ServerContext) -> Alerter:
     if kx.alerter is None or not kx.alerter.receivers:
         raise ApiError(409, "no alert receivers are configured", hint=NO_RECEIVERS_HINT)
     return kx.alerter
 
 
+@operation("GET", "Alert receivers (origins only) and the outbox", ok=wire.AlertOverview)
 @requires(Role.VIEWER)
 async def show(request: Request) -> Response:
     kx = context_of(request)
@@ -38,6 +45,14 @@ async def show(request: Request) -> Response:
     return json_response(await kx.alerter.overview())
 
 
+@operation(
+    "POST",
+    "Store a sample alert for every receiver, or the one named, and deliver it now",
+    ok=wire.AlertTestResult,
+    body=wire.AlertTest,
+    body_required=False,
+    errors=(404, 409),
+)
 @requires(Role.ADMIN)
 @audited("alerts.test")
 async def send_test(request: Request) -> Response:
@@ -63,6 +78,6 @@ async def send_test(request: Request) -> Response:
 
 
 routes = [
-    Route(PREFIX, show, methods=["GET"]),
-    Route(f"{PREFIX}/test", send_test, methods=["POST"]),
+    route(PREFIX, show),
+    route(f"{PREFIX}/test", send_test),
 ]

@@ -1,13 +1,16 @@
 """The server application: ``create_app(settings, ...)`` builds a Starlette app.
 
 The lifespan migrates the database, fills the manifest cache from it, runs a first
-reconcile, and then keeps three background loops: reconcile every ``poll_interval`` or at
-once when a webhook wakes it (re-signing manifests close to expiry), and batch writes of
-device status reports and of device heartbeats (both flushed again at shutdown).
+reconcile (waiting at most ``STARTUP_FETCH_WAIT`` for the first Git fetch, which otherwise
+goes on in the background: serving never waits on Git), and then keeps three background
+loops: reconcile every ``poll_interval`` or at once when a webhook wakes it (re-signing
+manifests close to expiry), and batch writes of device status reports and of device
+heartbeats (both flushed again at shutdown).
 Blocking work (Git, database, signing many manifests) runs in worker threads.
 
 The request handlers live in the route modules (``device_api``, ``admin_api``,
-``rollouts_api``, ``webhooks``, ``ops``, ``openapi``); they reach the app's state through
+``devices_api``, ``tokens_api``, ``bundles_api``, ``rollouts_api``, ``webhooks``, ``ops``,
+``openapi``, ...); they reach the app's state through
 ``kernex_server.context`` and never import this module.
 """
 
@@ -25,27 +28,33 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from kernex_core import fleet, keys
 from kernex_core.errors import KernexError
-from kernex_git import GitEnv
+from kernex_git import GitEnv, NetworkLimits, stop_all
 from kernex_server import (
     admin_api,
     alerts_api,
     bundle_gc,
+    bundles_api,
     device_api,
+    devices_api,
     info_api,
+    keys_api,
     labels_api,
     openapi,
     ops,
     rollouts_api,
+    tokens_api,
+    users_api,
     webhooks,
 )
 from kernex_server.alerts import Alerter, alert_loop
+from kernex_server.api import route
 from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
+from kernex_server.changes import ChangeListener, ChangeRecorder, new_origin
 from kernex_server.context import ServerContext, context_of
 from kernex_server.cors import AdminCORSMiddleware, check_origins
 from kernex_server.database import (
@@ -57,8 +66,10 @@ from kernex_server.database import (
 )
 from kernex_server.enrollment import Enroller
 from kernex_server.errors import ServerSetupError
+from kernex_server.git_fetch import Fetcher
 from kernex_server.git_source import FleetSource, GitFleetSource
 from kernex_server.http import ApiError, error_response
+from kernex_server.keyring import Keyring
 from kernex_server.manifests import ManifestCache, ManifestIssuer
 from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
@@ -75,8 +86,11 @@ from kernex_server.retention import Pruner, RetentionPolicy
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
+from kernex_server.ui import pages as ui_pages
 
 log = logging.getLogger("kernex.server")
+STARTUP_FETCH_WAIT = 0.25  # seconds start-up waits for the first fetch before serving
+LISTEN_TIMEOUT = 5.0  # seconds start-up waits for the change listener's LISTEN
 
 
 def load_manifest_key(settings: Settings) -> keys.PrivateKey:
@@ -97,7 +111,16 @@ def default_source(settings: Settings) -> FleetSource | None:
         settings.branch,
         clone_dir=settings.clone_dir,
         allowed_signers=settings.signers_path(),
-        env=GitEnv.server(settings.git_config_path),
+        env=GitEnv.server(settings.git_config_path, limits=network_limits(settings)),
+    )
+
+
+def network_limits(settings: Settings) -> NetworkLimits:
+    return NetworkLimits(
+        timeout=settings.git_timeout,
+        connect_timeout=settings.git_connect_timeout,
+        low_speed_limit=settings.git_low_speed_limit,
+        low_speed_time=settings.git_low_speed_time,
     )
 
 
@@ -122,6 +145,7 @@ def create_app(
     if loader is None and src is not None:
         loader = fleet.load_fleet
     issuer = ManifestIssuer(key, bundle_base_url=settings.bundle_base_url)
+    keyring = Keyring(settings.data_dir / "keys", issuer)  # announcements, a rotation
     metrics = Metrics()
     reconciler = Reconciler(
         settings, sessions, issuer, src, loader, postgres=is_postgres(engine), clock=clock
@@ -149,7 +173,7 @@ def create_app(
             sessions, limiter=RateLimiter(settings.enroll_rate, settings.enroll_burst)
         ),
         reconciler=reconciler,
-        manifest_public_key=key.public_key(),
+        manifest_public_key=keyring.signing.public_key(),
         clock=clock,
         auditor=Auditor(store, clock=clock),
         metrics=metrics,
@@ -160,11 +184,24 @@ def create_app(
         kx.census, kx.device_auth.last_seen.get, lambda: kx.reconciler.offline_after(), clock
     )
     kx.rollout_metrics = RolloutMetrics(metrics.registry)
+    kx.keyring = keyring
     kx.bundle_gc = bundle_gc.BundleCollector(
         sessions, kx.blobs, reconciler, grace_days=settings.bundle_gc_grace_days, clock=clock
     )
     metrics.watch_store(lambda: kx.blobs.total_bytes)
+    kx.fetcher = Fetcher(src.sync if src else None, clock=clock, registry=metrics.registry)
     reconciler.rollouts.online = lambda device_id: _online(kx, device_id)
+    listener: ChangeListener | None = None
+    if is_postgres(engine):  # other server processes may share the database
+        origin = new_origin()
+        ChangeRecorder(sessions, origin)
+        listener = ChangeListener(
+            engine,
+            settings.database_schema,
+            origin,
+            kx.apply_change,
+            check_interval=settings.change_check_interval,
+        )
     kx.alerter = alerter = Alerter(
         settings,
         sessions,
@@ -178,15 +215,20 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_migrations:
             await anyio.to_thread.run_sync(lambda: migrate(engine, schema=settings.database_schema))
-        # after a restore, serials resume above anything a device could have seen
-        await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
-        await kx.reload_cache()
-        await kx.load_census()
-        await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
-        await _remove_stale_uploads(kx)
-        await _reconcile_once(kx)
-        await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
         async with anyio.create_task_group() as tg:
+            if listener is not None:  # first hear others' changes, then load what is there
+                tg.start_soon(listener.run)
+                with anyio.move_on_after(LISTEN_TIMEOUT):
+                    await listener.connected.wait()
+            # after a restore, serials resume above anything a device could have seen
+            await anyio.to_thread.run_sync(kx.reconciler.lift_serials)
+            await kx.reload_cache()
+            await kx.load_census()
+            await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
+            await _remove_stale_uploads(kx)
+            # Serving never waits on Git: a slow first fetch goes on in the background.
+            await kx.reconcile_once(wait=STARTUP_FETCH_WAIT)
+            await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
             tg.start_soon(_status_loop, kx)  # always: a status report waits for its commit
             tg.start_soon(_database_probe, kx)
             if background:
@@ -202,6 +244,7 @@ def create_app(
                 yield
             finally:
                 tg.cancel_scope.cancel()
+        stop_all()  # a fetch hanging on a silent remote ends with the server
         await kx.flush_statuses()
         await kx.flush_heartbeats()
         engine.dispose()
@@ -214,14 +257,20 @@ def create_app(
     app = Starlette(
         routes=[
             *ops.routes,
-            Route(openapi.PATH, openapi.endpoint, methods=["GET"]),
+            route(openapi.PATH, openapi.openapi_document),
             *device_api.routes,
             *info_api.routes,
             *bundle_gc.routes,
             *admin_api.routes,
+            *keys_api.routes,
+            *devices_api.routes,
+            *tokens_api.routes,
+            *bundles_api.routes,
             *alerts_api.routes,
             *labels_api.routes,
             *rollouts_api.routes,
+            *users_api.routes,
+            *ui_pages.routes,
             *webhooks.routes,
         ],
         middleware=middleware,
@@ -245,8 +294,9 @@ async def _reconcile_once(kx: ServerContext) -> None:
 async def _reconcile_loop(kx: ServerContext) -> None:
     while True:
         kx._wake = wake = anyio.Event()
-        with anyio.move_on_after(kx.settings.poll_interval):
-            await wake.wait()
+        if kx.fetcher is None or kx.fetcher.running_since is None:  # else join the fetch
+            with anyio.move_on_after(kx.settings.poll_interval):
+                await wake.wait()
         await _reconcile_once(kx)
 
 

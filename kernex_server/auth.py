@@ -38,7 +38,8 @@ from kernex_core.protocol import EnrollmentState
 from kernex_server.audit import client_address
 from kernex_server.outage import is_outage
 from kernex_server.ratelimit import RateLimiter
-from kernex_server.store import Store, TokenIdentity
+from kernex_server.store import Store
+from kernex_server.tokens import TokenIdentity
 
 KEY_CACHE_SECONDS = 60.0
 KEY_RETRY_SECONDS = 5.0  # while the database is down, a cached key is re-read this often
@@ -157,11 +158,15 @@ def webhook_endpoint(endpoint: Endpoint) -> Endpoint:
 
 
 def auth_kind(endpoint: Any) -> str | None:
-    """How a route's caller is authenticated: ``role:<name>``, ``device``, ``webhook``,
-    ``public``; None when the endpoint declares nothing (a bug the route walk catches)."""
+    """How a route's caller is authenticated: ``role:<name>``, ``session:<name>`` (a
+    dashboard user, kernex_server.ui), ``device``, ``webhook``, ``public``; None when
+    the endpoint declares nothing (a bug the route walk catches)."""
     role = getattr(endpoint, "required_role", None)
     if isinstance(role, Role):
         return f"role:{role.name.lower()}"
+    ui_role = getattr(endpoint, "ui_role", None)
+    if isinstance(ui_role, Role):
+        return f"session:{ui_role.name.lower()}"
     if getattr(endpoint, "device_auth", False):
         return "device"
     if getattr(endpoint, "webhook_auth", False):
@@ -216,6 +221,16 @@ class AuthenticatedDevice:
     state: str
 
 
+def signed_path(request: Request) -> str:
+    """The ``@path`` a device signed: the request target's path as sent, percent-encoding
+    untouched (RFC 9421 section 2.2.6), with the root path a proxy stripped (uvicorn's
+    ``--root-path``, ``kernex server run --root-path``) in front."""
+    raw = request.scope.get("raw_path")
+    if not raw:
+        return request.url.path
+    return bytes(raw).decode("latin-1")
+
+
 class DeviceAuth:
     def __init__(
         self,
@@ -245,6 +260,9 @@ class DeviceAuth:
 
     def forget(self, device_id: str) -> None:
         self._keys.pop(device_id, None)
+
+    def forget_all(self) -> None:
+        self._keys.clear()
 
     async def _key(self, device_id: str) -> DeviceKey | None:
         now = self.clock()
@@ -285,7 +303,7 @@ class DeviceAuth:
         try:
             httpsig.verify_request(
                 request.method,
-                request.url.path,
+                signed_path(request),
                 headers,
                 body,
                 lambda kid: entry.key if entry is not None and kid == entry.device_id else None,

@@ -129,6 +129,8 @@ def create_backup(
 
 def _config_files(settings: Settings) -> dict[str, Path]:
     files = {SETTINGS_FILE: settings.settings_path, MANIFEST_KEY_FILE: settings.manifest_key_path}
+    for name in ("keys/manifest.next.key", "keys/rotation.json", "keys/release-keys.json"):
+        files[name] = settings.data_dir / name  # a key rotation in progress, release keys
     signers = settings.signers_path()
     if signers is not None and signers.is_file():
         files[settings.allowed_signers_file] = signers

@@ -29,10 +29,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core.envelope import Envelope
 from kernex_core.errors import KernexError
+from kernex_server import wire
+from kernex_server.api import Param, operation, route
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.bundles import BlobStore
@@ -153,6 +154,14 @@ class BundleCollector:
             return GcResult(dry_run, removed, kept, self.blobs.total_bytes, unreadable)
 
 
+@operation(
+    "POST",
+    "Remove stored bundles nothing retained names, past the grace period "
+    "(?dry_run=1 lists them only)",
+    ok=wire.BundleGc,
+    query=[Param("dry_run", bool, "1: only list what would be removed")],
+    errors=(503,),
+)
 @requires(Role.ADMIN)
 @audited("bundle.gc")
 async def gc_endpoint(request: Request) -> Response:
@@ -170,4 +179,4 @@ async def gc_endpoint(request: Request) -> Response:
     return json_response(result.to_dict())
 
 
-routes = [Route("/v1/admin/bundles/gc", gc_endpoint, methods=["POST"])]
+routes = [route("/v1/admin/bundles/gc", gc_endpoint)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,7 +22,9 @@ from kernex_core.errors import KernexError
 from kernex_git import redact_text
 from kernex_server.audit import ERROR, OK, Auditor
 from kernex_server.auth import AdminAuth, DeviceAuth
+from kernex_server.bundle_pins import missing_bundles
 from kernex_server.bundles import BlobStore
+from kernex_server.changes import Change, served_manifests
 from kernex_server.enrollment import Enroller
 from kernex_server.manifests import ManifestCache, ServedManifest
 from kernex_server.metrics import DeviceCensus, Metrics, RolloutMetrics
@@ -39,10 +41,13 @@ from kernex_server.serials import lift_device
 from kernex_server.settings import Settings
 from kernex_server.status import StatusRecorder
 from kernex_server.store import Store
+from kernex_server.wire import BundleWarning
 
 if TYPE_CHECKING:
     from kernex_server.alerts import Alerter
     from kernex_server.bundle_gc import BundleCollector
+    from kernex_server.git_fetch import Fetcher
+    from kernex_server.keyring import Keyring
 
 log = logging.getLogger("kernex.server")
 MAX_SERIAL = 2**53  # a reported serial at or above this is not followed (JSON-safe integers)
@@ -80,8 +85,10 @@ class ServerContext:
     rollout_metrics: RolloutMetrics | None = None
     _rollout_wake: anyio.Event | None = None  # set by a rollout device's report
     bundle_gc: BundleCollector | None = None  # set by create_app
+    keyring: Keyring | None = None  # set by create_app
     alerter: Alerter | None = None  # set by create_app
     database: DatabaseHealth = field(default_factory=DatabaseHealth)  # outages, logged once
+    fetcher: Fetcher | None = None  # set by create_app: Git fetches in the background
 
     # -- staged rollouts (kernex_server.rollouts) ------------------------------------------
 
@@ -167,21 +174,55 @@ class ServerContext:
             self.cache.publish([served])
         return served
 
-    async def run_reconcile(self, *, force: bool = False) -> ReconcileResult:
+    async def run_reconcile(
+        self, *, force: bool = False, wait: float | None = None
+    ) -> ReconcileResult:
+        """Fetch (waiting at most ``wait`` seconds; the fetch goes on in the background),
+        then reconcile what the source holds. A failed fetch is raised after the pass."""
         started = time.perf_counter()
+        fetcher = self.fetcher if self.reconciler.source is not None else None
+        fetching, fetch_error = False, None
+        if fetcher is not None:
+            try:
+                fetching = not await fetcher.fetch(wait)
+            except Exception as exc:
+                fetch_error = exc
         try:
-            result = await anyio.to_thread.run_sync(lambda: self.reconciler.reconcile(force=force))
+            result = await anyio.to_thread.run_sync(
+                lambda: self.reconciler.reconcile(force=force, fetch=fetcher is None)
+            )
         except Exception as exc:
-            self._observe("error", started)
-            message = exc.message if isinstance(exc, KernexError) else str(exc)
-            self.last_reconcile_error = redact_text(message)  # shown in /readyz and status
-            raise
+            if not (fetching and isinstance(exc, KernexError)):
+                self._reconcile_failed(fetch_error or exc, started)
+                raise (fetch_error or exc) from None
+            result = ReconcileResult(None, "fetching")  # nothing was fetched before
+        result = replace(result, fetching=fetching)
+        if result.state == DEPLOYED:  # deployed, but never silently without its bundles
+            result = replace(result, warnings=tuple(self.missing_bundles()))
+        if fetch_error is not None:
+            await self._apply(result)  # what the mirror held is served; the fetch failed
+            self._reconcile_failed(fetch_error, started)
+            raise fetch_error
         self._observe(result.state, started)
-        self.last_reconcile_error = None
-        if result.state != "no_source":
-            self.last_fetch_at = self.clock()
         await self._apply(result)
+        self.last_reconcile_error = None
+        if result.state != "no_source" and not fetching:
+            self.last_fetch_at = self.clock()
         return result
+
+    def missing_bundles(self) -> list[BundleWarning]:
+        """Bundles the deployed revision uses that the bundle store lacks (logged)."""
+        missing = missing_bundles(
+            self.reconciler.fleet, self.blobs.has, bundle_base_url=self.settings.bundle_base_url
+        )
+        for warning in missing:
+            log.warning("%s", warning["message"])
+        return missing
+
+    def _reconcile_failed(self, exc: BaseException, started: float) -> None:
+        self._observe("error", started)
+        message = exc.message if isinstance(exc, KernexError) else str(exc)
+        self.last_reconcile_error = redact_text(message)  # shown in /readyz and status
 
     def _observe(self, state: str, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -212,6 +253,7 @@ class ServerContext:
                 "errors": [dict(e) for e in result.errors[:20]],
                 "error_count": len(result.errors),
                 "forced": result.forced,
+                "warnings": [dict(w) for w in result.warnings[:20]],
             },
         )
         for device_id in result.admitted:
@@ -222,10 +264,10 @@ class ServerContext:
                 detail={"by": "fingerprint", "commit": commit},
             )
 
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self, wait: float | None = None) -> None:
         """One pass of the background loop: reconcile, re-sign; never raises."""
         try:
-            result = await self.run_reconcile()
+            result = await self.run_reconcile(wait=wait)
             if result.state == "skipped":
                 await self.reload_cache()
             resigned = await anyio.to_thread.run_sync(self.reconciler.resign_expiring)
@@ -256,11 +298,45 @@ class ServerContext:
 
     async def reload_cache(self) -> None:
         """Publish what the database holds (at start; when another server reconciles)."""
+        devices = set(self.cache.served_devices())
         rows = await anyio.to_thread.run_sync(self.store.all_manifests)
+        self._refresh(rows, devices)
+
+    def _refresh(self, rows: list[Any], devices: set[str]) -> None:
+        """Publish ``rows`` where they are newer than the cache (a higher serial, or the
+        same one signed for longer); of ``devices``, drop those without a row (revoked,
+        rejected or deleted)."""
         fresh = [served_from_row(r) for r in rows]
         self.cache.publish(
-            s for s in fresh if (c := self.cache.get(s.device_id)) is None or c.etag != s.etag
+            s
+            for s in fresh
+            if (c := self.cache.get(s.device_id)) is None
+            or (s.serial, s.expires_at) > (c.serial, c.expires_at)
         )
+        for device_id in devices - {s.device_id for s in fresh}:
+            self.cache.drop(device_id)
+
+    async def apply_change(self, change: Change) -> None:
+        """Another server process sharing the database committed ``change``: serve the
+        same here (kernex_server.changes)."""
+        if change.deployed:
+            followed = await anyio.to_thread.run_sync(self.reconciler.follow_deployed)
+            if not followed and self.fetcher is not None:
+                self.fetcher.start()  # in the background; the reconcile loop loads it next
+        if change.devices is None:
+            self.device_auth.forget_all()
+            await self.reload_cache()
+            await self.load_census()
+        elif change.devices:
+            devices = set(change.devices)
+            for device_id in devices:
+                self.device_auth.forget(device_id)
+            rows = await anyio.to_thread.run_sync(
+                lambda: served_manifests(self.store.sessions, devices)
+            )
+            self._refresh(rows, devices)
+        if change.rollouts and self._rollout_wake is not None:
+            self._rollout_wake.set()
 
     async def flush_statuses(self) -> None:
         """Commit every status report accepted so far (admin reads call this first)."""

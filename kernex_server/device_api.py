@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
 
 from kernex_core import httpsig, keys
 from kernex_core.errors import KeyFormatError, RequestSignatureError
@@ -25,8 +25,10 @@ from kernex_core.protocol import (
     EnrollResponse,
     StatusReport,
 )
+from kernex_server import wire
+from kernex_server.api import BYTES, Answer, Param, operation, route
 from kernex_server.audit import DENIED, OK, client_address
-from kernex_server.auth import AuthError, device_endpoint, rate_limited
+from kernex_server.auth import AuthError, device_endpoint, rate_limited, signed_path
 from kernex_server.context import ServerContext, context_of
 from kernex_server.errors import EnrollmentError
 from kernex_server.http import ApiError, json_response, parse_json, read_body
@@ -54,6 +56,16 @@ def _enrollment_problem(enroll_request: EnrollRequest) -> str | None:
     return None
 
 
+@operation(
+    "POST",
+    "Enroll a device key (signed by that key)",
+    ok=EnrollResponse,
+    status=201,
+    ok_text="enrolled",
+    answers={200: Answer("already enrolled", EnrollResponse)},
+    body=EnrollRequest,
+    errors=(409,),
+)
 @device_endpoint
 async def enroll(request: Request) -> Response:
     kx = context_of(request)
@@ -91,7 +103,7 @@ async def enroll(request: Request) -> Response:
     try:
         httpsig.verify_request(
             request.method,
-            request.url.path,
+            signed_path(request),
             request.headers,
             body,
             lambda kid: public_key if kid == device_id else None,
@@ -177,6 +189,15 @@ async def _own_device(request: Request) -> tuple[ServerContext, str, bytes]:
     return kx, device_id, body
 
 
+@operation(
+    "GET",
+    "The device's signed manifest; long poll with ?wait= and If-None-Match",
+    ok=wire.Envelope,
+    ok_text="DSSE envelope",
+    answers={304: Answer("unchanged")},
+    query=[Param("wait", Annotated[int, {"minimum": 0}], "seconds to wait for a change")],
+    errors=(400, 404),
+)
 @device_endpoint
 async def manifest(request: Request) -> Response:
     kx, device_id, _ = await _own_device(request)
@@ -203,6 +224,14 @@ async def manifest(request: Request) -> Response:
     return Response(served.envelope, media_type="application/json", headers=headers)
 
 
+@operation(
+    "POST",
+    "Report the device's status",
+    status=204,
+    ok_text="recorded",
+    body=StatusReport,
+    errors=(422,),
+)
 @device_endpoint
 async def status(request: Request) -> Response:
     kx, device_id, body = await _own_device(request)
@@ -223,6 +252,15 @@ async def status(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@operation(
+    "GET",
+    "Download bundle bytes (HTTP Range supported)",
+    ok=bytes,
+    ok_text="bytes",
+    media=BYTES,
+    answers={206: Answer("partial bytes", bytes, BYTES), 416: Answer("range not satisfiable")},
+    errors=(400, 404),
+)
 @device_endpoint
 async def bundle(request: Request) -> Response:
     kx = context_of(request)
@@ -244,8 +282,8 @@ async def bundle(request: Request) -> Response:
 
 
 routes = [
-    Route(ENROLL_PATH, enroll, methods=["POST"]),
-    Route(MANIFEST_PATH, manifest, methods=["GET"]),
-    Route(STATUS_PATH, status, methods=["POST"]),
-    Route(BUNDLE_PATH, bundle, methods=["GET"]),
+    route(ENROLL_PATH, enroll),
+    route(MANIFEST_PATH, manifest),
+    route(STATUS_PATH, status),
+    route(BUNDLE_PATH, bundle),
 ]

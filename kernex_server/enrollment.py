@@ -27,7 +27,8 @@ from kernex_core.protocol import EnrollmentState, EnrollRequest
 from kernex_server.errors import EnrollmentError
 from kernex_server.models import Device, EnrollmentToken
 from kernex_server.ratelimit import RateLimiter
-from kernex_server.store import DeviceRecord, hash_token
+from kernex_server.store import DeviceRecord
+from kernex_server.tokens import hash_token
 
 
 @dataclass(frozen=True)

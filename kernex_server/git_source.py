@@ -1,10 +1,11 @@
 """Where the reconciler's commits come from: the fleet repository, through ``kernex_git``.
 
 A local path is read in place; a URL is fetched into a bare mirror in the data directory
-on every poll. Files are read from Git objects, never from a working tree. Git runs in
-the locked-down server environment (``GitEnv.server``: no system or user config, only
-``<data_dir>/gitconfig``; no prompts; network limits), and every failure is a
-``kernex_git.GitError`` whose text has credentials redacted.
+on every poll, in the background (``kernex_server.git_fetch``); the reconciler reads the
+mirror and never waits on the network. Files are read from Git objects, never from a
+working tree. Git runs in the locked-down server environment (``GitEnv.server``: no
+system or user config, only ``<data_dir>/gitconfig``; no prompts; network limits), and
+every failure is a ``kernex_git.GitError`` whose text has credentials redacted.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class GitFleetSource:
             )
 
     def head(self) -> str:
+        if self.remote and not (self.path / "HEAD").is_file():
+            raise GitError(
+                "the fleet repository has not been fetched yet",
+                hint="The first fetch runs in the background; see `kernex status`.",
+            )
         return self.repo.resolve(f"refs/heads/{self.branch}")
 
     def read(self, commit: str) -> Mapping[str, bytes]:

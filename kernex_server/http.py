@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from kernex_core.timefmt import format_time
 from kernex_server.auth import error_body
 
 
@@ -20,6 +21,11 @@ class ApiError(Exception):
         self.message = message
         self.hint = hint
         self.extra = extra
+
+
+def wire_time(value: float | None) -> str | None:
+    """Unix seconds to the RFC 3339 UTC text of the API; None stays None."""
+    return format_time(value) if value is not None else None
 
 
 MAX_ROW_ID = 2**31 - 1  # integer primary keys are 32-bit on PostgreSQL

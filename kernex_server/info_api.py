@@ -7,14 +7,22 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core import __version__, serverinfo
+from kernex_server import wire
+from kernex_server.api import Param, operation, route
 from kernex_server.auth import public_endpoint
 from kernex_server.context import context_of
 from kernex_server.http import ApiError, json_response
 
 
+@operation(
+    "GET",
+    "The server's URL, version and manifest key; with ?challenge= a proof signed by it",
+    ok=wire.ServerInfo,
+    query=[Param("challenge", str, "16-128 random URL-safe characters to sign")],
+    errors=(400,),
+)
 @public_endpoint
 async def server_info(request: Request) -> Response:
     kx = context_of(request)
@@ -34,4 +42,4 @@ async def server_info(request: Request) -> Response:
     return response
 
 
-routes = [Route(serverinfo.SERVER_INFO_PATH, server_info, methods=["GET"])]
+routes = [route(serverinfo.SERVER_INFO_PATH, server_info)]

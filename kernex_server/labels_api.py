@@ -10,8 +10,9 @@ from __future__ import annotations
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from kernex_server import wire
+from kernex_server.api import operation, route
 from kernex_server.audited import audited
 from kernex_server.auth import Role, requires
 from kernex_server.context import context_of
@@ -43,12 +44,24 @@ async def _settle(request: Request, *, accept: bool) -> Response:
     return json_response({"id": device_id, "labels": labels, "proposed_labels": None})
 
 
+@operation(
+    "POST",
+    "Make the labels a device proposed its labels (409 when it proposed none)",
+    ok=wire.DeviceLabels,
+    errors=(404, 409),
+)
 @requires(Role.ADMIN)
 @audited("device.labels.accept")
 async def accept_labels(request: Request) -> Response:
     return await _settle(request, accept=True)
 
 
+@operation(
+    "POST",
+    "Drop the labels a device proposed (409 when it proposed none)",
+    ok=wire.DeviceLabels,
+    errors=(404, 409),
+)
 @requires(Role.ADMIN)
 @audited("device.labels.reject")
 async def reject_labels(request: Request) -> Response:
@@ -56,6 +69,6 @@ async def reject_labels(request: Request) -> Response:
 
 
 routes = [
-    Route(f"{PREFIX}/accept", accept_labels, methods=["POST"]),
-    Route(f"{PREFIX}/reject", reject_labels, methods=["POST"]),
+    route(f"{PREFIX}/accept", accept_labels),
+    route(f"{PREFIX}/reject", reject_labels),
 ]

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 
 from kernex_core import keys
 from kernex_core.envelope import Envelope
-from kernex_core.fleet import DesiredState
+from kernex_core.errors import KernexError
+from kernex_core.fleet import DesiredState, Fleet
 from kernex_core.manifest import BundleEntry, Manifest, sign_manifest
 from kernex_core.protocol import BUNDLE_PATH
 
@@ -45,6 +47,10 @@ class ManifestIssuer:
     def __init__(self, key: keys.PrivateKey, *, bundle_base_url: str = "") -> None:
         self.key = key
         self.bundle_base_url = bundle_base_url
+        # what every manifest announces (kernex_server.keyring): the manifest keys to
+        # trust from now on, and the newest release-key set (a DSSE envelope)
+        self.announce: tuple[tuple[str, str], ...] = ()
+        self.release_keys: dict[str, Any] | None = None
 
     def bundle_url(self, sha256: str, catalog_url: str | None = None) -> str:
         """The catalog's own URL for a version wins, then ``bundle_base_url``, then the
@@ -87,12 +93,37 @@ class ManifestIssuer:
         )
 
     def sign(self, manifest: Manifest) -> bytes:
-        return sign_manifest(manifest, self.key).to_json()
+        announced = replace(manifest, manifest_keys=self.announce, release_keys=self.release_keys)
+        return sign_manifest(announced, self.key).to_json()
 
     def resign(self, manifest: Manifest, *, now: float, ttl: int) -> tuple[Manifest, bytes]:
         """Same content and serial, fresh validity: the agent treats it as a refresh."""
         fresh = replace(manifest, issued_at=int(now), expires_at=int(now) + ttl)
         return fresh, self.sign(fresh)
+
+
+class DesiredDigests:
+    """The desired digest a revision gives each device, cached per revision and labels (to
+    tell devices that are served something else: ``held_back``)."""
+
+    def __init__(self, issuer: ManifestIssuer) -> None:
+        self.issuer = issuer
+        self._cache: dict[str, tuple[tuple[Any, ...], str]] = {}  # device -> (key, digest)
+
+    def get(
+        self, fleet: Fleet, commit: str, device_id: str, labels: Mapping[str, str]
+    ) -> str | None:
+        key = (commit, tuple(sorted(labels.items())))
+        cached = self._cache.get(device_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            desired = fleet.resolve_device(device_id, dict(labels))
+        except KernexError:
+            return None  # the server logs this when it issues the device's manifest
+        draft = self.issuer.build(device_id, desired, serial=0, revision=commit, now=0, ttl=0)
+        self._cache[device_id] = (key, draft.desired_digest())
+        return self._cache[device_id][1]
 
 
 class ManifestCache:
@@ -110,6 +141,9 @@ class ManifestCache:
 
     def get(self, device_id: str) -> ServedManifest | None:
         return self._items.get(device_id)
+
+    def served_devices(self) -> list[str]:
+        return list(self._items)
 
     def publish(self, manifests: Iterable[ServedManifest]) -> None:
         for served in manifests:

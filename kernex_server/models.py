@@ -77,6 +77,8 @@ class Deployment(Base):
     desired_digest: Mapped[str] = mapped_column(String(64))
     bundles: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # name -> version
     created_at: Mapped[float] = mapped_column(Float)
+    # the rollout that served it (its waves and rollbacks may carry an older revision)
+    rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class _ReportColumns:
@@ -206,6 +208,9 @@ class Rollout(Base):
     failure_allowance: Mapped[int] = mapped_column(Integer, default=0)  # accepted by resume
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it halted or ended
     superseded_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The wave counts it ended with (completed, or released by a newer commit); its
+    # devices move on afterwards, so live counts would no longer describe it.
+    final: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -259,3 +264,22 @@ class AlertOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class User(Base):
+    """A person who signs in to the dashboard (kernex_server.accounts): an argon2 password
+    hash, a role like a token's, and the failed-login count that locks the account."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    password_changed_at: Mapped[float] = mapped_column(Float)  # older sessions end
+    disabled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)  # since the last success
+    locked_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_login_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -11,26 +11,37 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core.errors import KernexError
+from kernex_server import wire
+from kernex_server.api import Answer, operation, route
 from kernex_server.auth import AuthError, public_endpoint
-from kernex_server.context import ServerContext, context_of
+from kernex_server.context import context_of
 from kernex_server.database import check_connection
+from kernex_server.git_fetch import git_check
 from kernex_server.http import json_response
 from kernex_server.metrics import CONTENT_TYPE
 from kernex_server.settings import Settings
 
 
+@operation("GET", "Liveness: the process answers", ok=wire.Health)
 @public_endpoint
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+@operation(
+    "GET",
+    "Readiness: database, Git source, deployed revision, data directory",
+    ok=wire.Ready,
+    ok_text="ready",
+    answers={503: Answer("not ready; names what failed", wire.Ready)},
+)
 @public_endpoint
 async def readyz(request: Request) -> Response:
-    """Ready when the database answers, the Git source was read within
-    ``ready_poll_intervals`` poll intervals, a revision is deployed, and the data
+    """Ready when the database answers, the Git source was fetched within
+    ``ready_poll_intervals`` poll intervals and no fetch runs longer than
+    ``poll_interval`` (``git_fetch.git_check``), a revision is deployed, and the data
     directory is writable with ``min_free_bytes`` free. 503 names what failed."""
     kx = context_of(request)
     checks: dict[str, Any] = {}
@@ -39,7 +50,7 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except KernexError as exc:
         checks["database"] = exc.message
-    checks["git"] = _git_check(kx)
+    checks["git"] = git_check(kx)
     checks["fleet"] = (
         "ok" if kx.reconciler.fleet is not None or kx.reconciler.source is None else "no revision"
     )
@@ -47,19 +58,6 @@ async def readyz(request: Request) -> Response:
     failing = sorted(k for k, v in checks.items() if v != "ok")
     body = {"ready": not failing, "checks": checks, "failing": failing}
     return json_response(body, status=503 if failing else 200)
-
-
-def _git_check(kx: ServerContext) -> str:
-    if kx.reconciler.source is None:
-        return "ok"
-    limit = kx.settings.poll_interval * kx.settings.ready_poll_intervals
-    if kx.last_fetch_at is None:
-        return kx.last_reconcile_error or "not fetched yet"
-    age = kx.clock() - kx.last_fetch_at
-    if age > limit:
-        reason = f": {kx.last_reconcile_error}" if kx.last_reconcile_error else ""
-        return f"not fetched for {int(age)} s{reason}"
-    return "ok"
 
 
 def _disk_check(settings: Settings) -> str:
@@ -76,6 +74,14 @@ def _disk_check(settings: Settings) -> str:
     return "ok"
 
 
+@operation(
+    "GET",
+    "Prometheus metrics (bearer metrics_token when that setting is set)",
+    ok=str,
+    ok_text="Prometheus text format 0.0.4",
+    media="text/plain",
+    errors=(401,),
+)
 @public_endpoint
 async def metrics_endpoint(request: Request) -> Response:
     kx = context_of(request)
@@ -88,7 +94,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    route("/healthz", healthz),
+    route("/readyz", readyz),
+    route("/metrics", metrics_endpoint),
 ]

@@ -25,15 +25,15 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from kernex_core.errors import FleetInvalidError, KernexError
-from kernex_core.fleet import DesiredState, Fleet
+from kernex_core.fleet import Fleet
 from kernex_core.manifest import Manifest
 from kernex_core.protocol import EnrollmentState
 from kernex_server import signers
 from kernex_server.git_source import FleetSource
-from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
+from kernex_server.manifests import DesiredDigests, ManifestIssuer, ServedManifest
 from kernex_server.models import Deployment, Device, DeviceManifest, Revision
 from kernex_server.rollouts import RolloutEngine
-from kernex_server.serials import lift_to_floor, read_floor
+from kernex_server.serials import deployed_commit, lift_to_floor, read_floor, resign_before
 from kernex_server.settings import Settings
 
 log = logging.getLogger("kernex.server.reconciler")
@@ -43,6 +43,9 @@ log = logging.getLogger("kernex.server.reconciler")
 # deployments in one database (a schema each) never wait for each other.
 ADVISORY_LOCK_SQL = (
     "SELECT pg_try_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
+)
+WAIT_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('kernex-reconcile:' || current_schema(), 0))"
 )
 
 T = TypeVar("T")
@@ -55,20 +58,24 @@ UNSIGNED = "unsigned"
 @dataclass(frozen=True)
 class ReconcileResult:
     commit: str | None
-    state: str  # deployed | invalid | unsigned | unchanged | skipped | no_source
+    state: str  # deployed | invalid | unsigned | unchanged | skipped | no_source | fetching
     changed: tuple[ServedManifest, ...] = ()
     admitted: tuple[str, ...] = ()  # pending devices admitted by a declared key fingerprint
     errors: tuple[Mapping[str, Any], ...] = ()
     forced: bool = False
+    fetching: bool = False  # a fetch still runs: this pass read what was fetched before
+    warnings: tuple[Mapping[str, Any], ...] = ()  # e.g. bundles missing from the store
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "fetching": self.fetching,
             "commit": self.commit,
             "state": self.state,
             "devices_changed": len(self.changed),
             "admitted": list(self.admitted),
             "errors": [dict(e) for e in self.errors],
             "forced": self.forced,
+            "warnings": [dict(w) for w in self.warnings],
         }
 
 
@@ -105,6 +112,7 @@ class Reconciler:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self.serial_floor = 0  # no serial below it is issued (set by a restore)
+        self._git_digests = DesiredDigests(issuer)
         self.rollouts = RolloutEngine(self._write, ttl=self.manifest_ttl, online=lambda _d: True)
 
     @property
@@ -121,14 +129,26 @@ class Reconciler:
         value = self.fleet.settings.offline_after if self.fleet else None
         return value if value is not None else self.settings.offline_after
 
+    def git_digest(self, device_id: str, labels: Mapping[str, str]) -> str | None:
+        """The desired digest the deployed revision gives this device (None: none yet)."""
+        loaded = self._loaded
+        return (
+            self._git_digests.get(loaded.fleet, loaded.commit, device_id, labels)
+            if loaded
+            else None
+        )
+
     # -- one pass ----------------------------------------------------------------------
 
-    def reconcile(self, *, force: bool = False) -> ReconcileResult:
+    def reconcile(self, *, force: bool = False, fetch: bool = True) -> ReconcileResult:
+        """One pass; ``fetch=False`` reads what the source holds locally (the server
+        fetches in the background, ``kernex_server.git_fetch``, never under the lock)."""
         source, load_fleet = self.source, self.load_fleet
         if source is None or load_fleet is None:
             return ReconcileResult(None, "no_source")
-        with self._lock:
+        if fetch:
             source.sync()
+        with self._lock:
             head = source.head()
             now = self.clock()
             with self.sessions.begin() as s:
@@ -141,8 +161,9 @@ class Reconciler:
                     .order_by(Revision.id.desc())
                     .limit(1)
                 )
-                if self._loaded is None and good is not None:
-                    self._load_known_good(good.commit)
+                loaded = self._loaded
+                if good is not None and (loaded is None or loaded.commit != good.commit):
+                    self._load_known_good(good.commit)  # first pass, or another server deployed
                 if last is not None and last.commit == head and not force:
                     return ReconcileResult(head, "unchanged")
                 return self._pass(s, source, load_fleet, head, good, now)
@@ -187,14 +208,18 @@ class Reconciler:
         )
         if forced:
             log.warning("commit %s does not descend from %s (force-push)", head, previous)
+        # Recorded first: the database refuses a serial from an older revision than the
+        # deployed one (migration 0009), and these serials are of this one.
+        row = self._record(s, head, DEPLOYED, [], previous, now, forced=forced)
+        s.flush()
         try:
             changed, admitted = self._apply(s, fleet, head, now)
         except FleetInvalidError as exc:  # conflicts found while resolving devices
             conflicts: tuple[Mapping[str, Any], ...] = tuple(i.to_dict() for i in exc.issues)
             log.warning("commit %s does not resolve (%d errors)", head, len(conflicts))
-            self._record(s, head, INVALID, list(conflicts), previous, now)
+            row.state, row.errors, row.forced = INVALID, list(conflicts), False
             return ReconcileResult(head, INVALID, errors=conflicts)
-        self._record(s, head, DEPLOYED, [], previous, now, forced=forced, changed=len(changed))
+        row.devices_changed = len(changed)
         self._loaded = _Loaded(fleet, head)
         log.info("deployed %s: %d device(s) changed", head, len(changed))
         return ReconcileResult(head, DEPLOYED, tuple(changed), tuple(admitted), forced=forced)
@@ -222,6 +247,19 @@ class Reconciler:
         got = s.scalar(text(ADVISORY_LOCK_SQL))
         return bool(got)
 
+    def follow_deployed(self) -> bool:
+        """Load the fleet of the revision the database says is deployed, when another
+        server sharing the database deployed it (enrollments resolve against it); False
+        when this process's copy of the repository does not hold it yet (fetch, retry)."""
+        with self._lock, self.sessions() as s:
+            return self._follow(deployed_commit(s))
+
+    def _follow(self, commit: str | None) -> bool:
+        """Read from the local mirror only: Git's network never runs under the lock."""
+        if commit is not None and (self._loaded is None or self._loaded.commit != commit):
+            self._load_known_good(commit)
+        return commit is None or (self._loaded is not None and self._loaded.commit == commit)
+
     def _load_known_good(self, commit: str) -> None:
         if self.source is None or self.load_fleet is None:
             return
@@ -240,20 +278,19 @@ class Reconciler:
         now: float,
         *,
         forced: bool = False,
-        changed: int = 0,
-    ) -> None:
-        s.add(
-            Revision(
-                commit=commit,
-                branch=self.settings.branch,
-                state=state,
-                errors=errors,
-                forced=forced,
-                previous=previous,
-                devices_changed=changed,
-                created_at=now,
-            )
+    ) -> Revision:
+        row = Revision(
+            commit=commit,
+            branch=self.settings.branch,
+            state=state,
+            errors=errors,
+            forced=forced,
+            previous=previous,
+            devices_changed=0,
+            created_at=now,
         )
+        s.add(row)
+        return row
 
     def _apply(
         self, s: Session, fleet: Fleet, commit: str, now: float
@@ -305,22 +342,6 @@ class Reconciler:
         )
         return staged.served, [d.id for d in admit]
 
-    def _issue(
-        self,
-        s: Session,
-        device_id: str,
-        desired: DesiredState,
-        commit: str,
-        now: float,
-        ttl: int,
-        existing: DeviceManifest | None,
-    ) -> ServedManifest | None:
-        draft = self.issuer.build(device_id, desired, serial=0, revision=commit, now=now, ttl=ttl)
-        digest = draft.desired_digest()
-        if existing is not None and existing.desired_digest == digest:
-            return None
-        return self._write(s, draft, digest, existing, now)
-
     def _write(
         self,
         s: Session,
@@ -351,6 +372,7 @@ class Reconciler:
                 desired_digest=digest,
                 bundles={b.name: b.version for b in manifest.bundles},
                 created_at=now,
+                rollout_id=int(manifest.rollout_id) if manifest.rollout_id else None,
             )
         )
         return ServedManifest(device_id, serial, envelope, manifest.expires_at)
@@ -360,11 +382,14 @@ class Reconciler:
     def issue_for(self, device_id: str) -> ServedManifest | None:
         """Resolve one (just accepted or enrolled) device against the deployed revision."""
         with self._lock:
-            loaded = self._loaded
-            if loaded is None:
-                return None
             now = self.clock()
             with self.sessions.begin() as s:
+                if self.postgres:  # wait out a reconcile another server has under way
+                    s.execute(text(WAIT_LOCK_SQL))
+                    self._follow(deployed_commit(s))
+                loaded = self._loaded
+                if loaded is None or (self.postgres and loaded.commit != deployed_commit(s)):
+                    return None  # never issue from an older revision than the deployed one
                 device = s.get(Device, device_id)
                 if device is None or device.state != EnrollmentState.ACCEPTED.value:
                     return None
@@ -376,20 +401,15 @@ class Reconciler:
                 except KernexError as exc:
                     log.error("cannot resolve device %s: %s", device_id, exc)
                     return None
-                served = self._issue(
-                    s,
-                    device_id,
-                    desired,
-                    loaded.commit,
-                    now,
-                    self.manifest_ttl(),
-                    s.get(DeviceManifest, device_id),
+                existing = s.get(DeviceManifest, device_id)
+                ttl = self.manifest_ttl()
+                draft = self.issuer.build(
+                    device_id, desired, serial=0, revision=loaded.commit, now=now, ttl=ttl
                 )
-                if served is None:
-                    row = s.get(DeviceManifest, device_id)
-                    if row is not None:
-                        served = served_from_row(row)
-                return served
+                digest = draft.desired_digest()
+                if existing is not None and existing.desired_digest == digest:
+                    return served_from_row(existing)  # nothing changed for it
+                return self._write(s, draft, digest, existing, now)
 
     def locked(self, act: Callable[[Session, float], T]) -> T | None:
         """Run ``act`` in one transaction under the reconcile lock (this process's, and the
@@ -419,26 +439,11 @@ class Reconciler:
     def resign_expiring(self) -> list[ServedManifest]:
         """Re-sign manifests close to expiry: same serial and content, new validity."""
         ttl = self.manifest_ttl()
-        with self._lock:
-            now = self.clock()
-            threshold = now + ttl * self.settings.resign_when_left
-            out = []
-            with self.sessions.begin() as s:
-                if not self._try_lock(s):
-                    return []
-                rows = s.scalars(
-                    select(DeviceManifest).where(DeviceManifest.expires_at < threshold)
-                )
-                for row in rows:
-                    old = stored_manifest(row.envelope)
-                    fresh, envelope = self.issuer.resign(old, now=now, ttl=ttl)
-                    row.envelope = envelope.decode("utf-8")
-                    row.issued_at = fresh.issued_at
-                    row.expires_at = fresh.expires_at
-                    out.append(ServedManifest(row.device_id, row.serial, envelope, row.expires_at))
-            if out:
-                log.info("re-signed %d manifest(s) close to expiry", len(out))
-            return out
+        left = ttl * self.settings.resign_when_left
+        out = self.locked(lambda s, now: resign_before(s, self.issuer, now + left, now, ttl))
+        if out:
+            log.info("re-signed %d manifest(s) close to expiry", len(out))
+        return out or []
 
 
 def served_from_row(row: DeviceManifest) -> ServedManifest:

@@ -13,7 +13,7 @@ database work, always inside the reconciler's lock (see docs/rollouts.md).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,28 +31,27 @@ from kernex_core.rollout import (
     COMPLETED,
     HALT,
     HALTED,
-    HOLDING,
     PAUSED,
     PROMOTE,
     RUNNING,
-    STATES,
+    STOPPED,
     SUPERSEDED,
-    MemberReport,
     Tally,
     act_refusal,
     by_policy,
+    ends_hold,
+    freeze,
     halt_reason,
     is_last_wave,
     next_step,
-    progress,
-    tally,
+    released,
     waves_of,
 )
 from kernex_server.manifests import ServedManifest, stored_manifest
-from kernex_server.models import DeviceManifest, DeviceStatus, Rollout, RolloutDevice
+from kernex_server.models import DeviceManifest, Rollout, RolloutDevice
+from kernex_server.rollout_reads import _HOLDS, RolloutReads
 
 log = logging.getLogger("kernex.server.rollouts")
-_HOLDS = (Rollout.state.in_(HOLDING), Rollout.superseded_by.is_(None))  # hold devices now
 
 
 class RolloutActError(KernexError):
@@ -85,7 +84,7 @@ class Event:
     detail: dict[str, Any]
 
 
-class RolloutEngine:
+class RolloutEngine(RolloutReads):
     def __init__(
         self,
         write: ManifestWriter,
@@ -124,16 +123,34 @@ class RolloutEngine:
         superseded: list[int] = []
         held: set[str] = set()
         for row, members in self._holding(s):
-            if any(digests.get(m.device_id, m.target_digest) != m.target_digest for m in members):
+            moved = [
+                m for m in members if digests.get(m.device_id, m.target_digest) != m.target_digest
+            ]
+            if moved and not (row.state in STOPPED and not self._ends_hold(moved, desired)):
                 superseded.append(row.id)
+                row.final = freeze(self.tally_of(s, row))
                 if row.state != ABORTED:
                     row.state = SUPERSEDED
                     row.reason = f"superseded by {commit[:12]}"
                 row.superseded_by = commit
                 row.updated_at = now
                 self.events.append(Event("rollout.supersede", row.id, {"by": commit}))
-            else:
-                held.update(m.device_id for m in members)
+                continue
+            held.update(m.device_id for m in members)
+            if moved:  # stopped, its versions unchanged: it keeps holding, on newer content
+                for m in moved:
+                    if m.device_id in drafts:
+                        m.target = drafts[m.device_id][0].to_dict()
+                        m.target_digest = drafts[m.device_id][1]
+                row.updated_at = now
+                detail = {"commit": commit, "devices": len(moved)}
+                self.events.append(Event("rollout.hold", row.id, detail))
+                log.warning(
+                    "rollout %s is %s: %s leaves its devices where they are",
+                    row.id,
+                    row.state,
+                    commit[:12],
+                )
         # A held device's rollout still decides when (and whether) it moves; a device
         # without a manifest yet has nothing to stage from.
         free = [d for d in drafts if d not in held]
@@ -182,6 +199,12 @@ class RolloutEngine:
             )
         return Staged(served, started, superseded)
 
+    @staticmethod
+    def _ends_hold(moved: list[RolloutDevice], desired: Mapping[str, DesiredState]) -> bool:
+        return any(
+            ends_hold(released(m.target, m.previous), desired.get(m.device_id)) for m in moved
+        )
+
     def holds(self, s: Session, device_id: str) -> bool:
         """Whether a rollout decides this device's manifest (``issue_for`` leaves it)."""
         found = s.scalar(
@@ -196,16 +219,6 @@ class RolloutEngine:
     def _holding(self, s: Session) -> list[tuple[Rollout, list[RolloutDevice]]]:
         rows = s.scalars(select(Rollout).where(*_HOLDS).order_by(Rollout.id)).all()
         return [(row, self._members(s, row.id)) for row in rows]
-
-    @staticmethod
-    def _members(s: Session, rollout_id: int) -> list[RolloutDevice]:
-        return list(
-            s.scalars(
-                select(RolloutDevice)
-                .where(RolloutDevice.rollout_id == rollout_id)
-                .order_by(RolloutDevice.device_id)
-            )
-        )
 
     # -- serving -------------------------------------------------------------------------
 
@@ -250,9 +263,12 @@ class RolloutEngine:
         return out
 
     def _readmit(self, s: Session, row: Rollout, now: float) -> list[ServedManifest]:
+        """Serve the target to admitted members not on it (rolled back, or held on)."""
         out = []
         for member in self._members(s, row.id):
-            if member.rollback_serial is not None:
+            on = s.get(DeviceManifest, member.device_id)
+            behind = on is not None and on.desired_digest != member.target_digest
+            if member.new_serial is not None and (member.rollback_serial is not None or behind):
                 served = self._serve(s, row, member, member.target, now)
                 member.new_serial = served.serial
                 member.rollback_serial = None
@@ -260,32 +276,6 @@ class RolloutEngine:
         return out
 
     # -- evaluation ----------------------------------------------------------------------
-
-    def reports(self, s: Session, row: Rollout) -> list[MemberReport]:
-        members = self._members(s, row.id)
-        ids = [m.device_id for m in members]
-        status: dict[str, tuple[int | None, str | None]] = {}
-        for chunk in _chunks(ids, 500):
-            for device_id, serial, reported_phase in s.execute(
-                select(DeviceStatus.device_id, DeviceStatus.serial, DeviceStatus.phase).where(
-                    DeviceStatus.device_id.in_(chunk)
-                )
-            ):
-                status[device_id] = (serial, reported_phase)
-        return [
-            MemberReport(
-                m.device_id,
-                m.wave,
-                m.new_serial,
-                *status.get(m.device_id, (None, None)),
-                online=self.online(m.device_id),
-                rolled_back=m.rollback_serial is not None,
-            )
-            for m in members
-        ]
-
-    def tally_of(self, s: Session, row: Rollout) -> Tally:
-        return tally(self.reports(s, row), len(row.policy["waves"]))
 
     def evaluate(self, s: Session, now: float) -> list[ServedManifest]:
         """Halt, promote or complete every running or paused rollout as its reports say."""
@@ -314,6 +304,7 @@ class RolloutEngine:
             return self._halt(s, row, t, now)
         if step == COMPLETE:
             row.state = COMPLETED
+            row.final = freeze(t)
             row.reason = None
             row.updated_at = now
             self.events.append(Event("rollout.complete", row.id, {"devices": row.devices}))
@@ -388,59 +379,8 @@ class RolloutEngine:
         row.reason = "aborted by an operator"
         return self._roll_back(s, row, now)
 
-    # -- reading -------------------------------------------------------------------------
-
-    def counts(self, s: Session) -> dict[str, int]:
-        rows = s.execute(select(Rollout.state, func.count()).group_by(Rollout.state)).all()
-        found = {state: int(n) for state, n in rows}
-        return {state: found.get(state, 0) for state in STATES}
-
-    def describe(self, s: Session, row: Rollout, *, devices: bool = False) -> dict[str, Any]:
-        reports = self.reports(s, row)
-        t = tally(reports, len(row.policy["waves"]))
-        out: dict[str, Any] = {
-            "id": row.id,
-            "group": row.group or None,
-            "revision": row.revision,
-            "previous_revision": row.previous_revision,
-            "state": row.state,
-            "policy": dict(row.policy),
-            "wave": row.wave,
-            **progress(t, state=row.state, wave=row.wave, policy=row.policy),
-            "devices": row.devices,
-            "failure_allowance": row.failure_allowance,
-            "reason": row.reason,
-            "superseded_by": row.superseded_by,
-            "wave_started_at": row.wave_started_at,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
-        if devices:
-            out["device_list"] = [r.to_dict() for r in reports]
-        return out
-
-    def list(self, s: Session, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        stmt = select(Rollout).order_by(Rollout.id.desc()).limit(limit)
-        if state is not None:
-            stmt = stmt.where(Rollout.state == state)
-        return [self.describe(s, row) for row in s.scalars(stmt).all()]
-
-    def membership(self, s: Session) -> dict[str, tuple[int, int]]:
-        """Device -> (rollout id, wave) of the rollouts that hold devices now."""
-        rows = s.execute(
-            select(RolloutDevice.device_id, RolloutDevice.rollout_id, RolloutDevice.wave)
-            .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
-            .where(*_HOLDS)
-        ).all()
-        return {device_id: (rid, wave) for device_id, rid, wave in rows}
-
 
 def _need(row: Rollout, verb: str) -> None:
     refusal = act_refusal(row.id, row.state, verb)
     if refusal is not None:
         raise RolloutActError(refusal, hint="A newer commit to the group starts a new rollout.")
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -11,11 +11,12 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from kernex_core.rollout import STATES
 from kernex_core.timefmt import format_time
+from kernex_server import wire
 from kernex_server.admin_api import PREFIX
+from kernex_server.api import Answer, Param, operation, route
 from kernex_server.audited import audited
 from kernex_server.auth import Endpoint, Role, requires
 from kernex_server.context import context_of
@@ -23,7 +24,12 @@ from kernex_server.http import ApiError, json_response, path_id
 from kernex_server.models import Rollout
 from kernex_server.rollouts import RolloutActError
 
-ACTS = ("pause", "resume", "promote", "abort")
+ACTS = {
+    "pause": "Pause a running rollout: no wave is promoted until it resumes",
+    "resume": "Resume a paused or halted rollout (a halt's failures are accepted)",
+    "promote": "Admit the next wave now",
+    "abort": "Stop a rollout and serve its previous state to devices that moved",
+}
 
 
 def rollout_out(found: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +37,13 @@ def rollout_out(found: dict[str, Any]) -> dict[str, Any]:
     return {**found, **{k: format_time(found[k]) for k in times}}
 
 
+@operation(
+    "GET",
+    "Rollouts, newest first",
+    ok=wire.RolloutList,
+    query=[Param("state", wire.RolloutState, "only rollouts in this state")],
+    errors=(400,),
+)
 @requires(Role.VIEWER)
 async def list_rollouts(request: Request) -> Response:
     kx = context_of(request)
@@ -47,6 +60,7 @@ async def list_rollouts(request: Request) -> Response:
     return json_response({"rollouts": [rollout_out(r) for r in rows]})
 
 
+@operation("GET", "One rollout with its waves and devices", ok=wire.Rollout, errors=(404,))
 @requires(Role.VIEWER)
 async def show_rollout(request: Request) -> Response:
     kx = context_of(request)
@@ -77,14 +91,19 @@ def _act(verb: str) -> Endpoint:
 
     act.__name__ = f"{verb}_rollout"
     act.__doc__ = f"{verb.capitalize()} a rollout."
-    return requires(Role.OPERATOR)(audited(f"rollout.{verb}")(act))
+    declare = operation(
+        "POST",
+        ACTS[verb],
+        ok=wire.Rollout,
+        ok_text="the rollout after the act",
+        answers={409: Answer("the rollout's state does not allow the act", wire.Error)},
+        errors=(404,),
+    )
+    return declare(requires(Role.OPERATOR)(audited(f"rollout.{verb}")(act)))
 
 
 routes = [
-    Route(f"{PREFIX}/rollouts", list_rollouts, methods=["GET"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id:int}}", show_rollout, methods=["GET"]),
-    *(
-        Route(f"{PREFIX}/rollouts/{{rollout_id:int}}/{verb}", _act(verb), methods=["POST"])
-        for verb in ACTS
-    ),
+    route(f"{PREFIX}/rollouts", list_rollouts),
+    route(f"{PREFIX}/rollouts/{{rollout_id:int}}", show_rollout),
+    *(route(f"{PREFIX}/rollouts/{{rollout_id:int}}/{verb}", _act(verb)) for verb in ACTS),
 ]

@@ -19,7 +19,7 @@ from sqlalchemy import func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from kernex_server.manifests import ManifestIssuer, ServedManifest, stored_manifest
-from kernex_server.models import Deployment, DeviceManifest, RolloutDevice, ServerState
+from kernex_server.models import Deployment, DeviceManifest, Revision, RolloutDevice, ServerState
 
 SERIAL_FLOOR = "serial_floor"
 DEFAULT_SERIAL_JUMP = 1_000_000
@@ -28,6 +28,16 @@ DEFAULT_SERIAL_JUMP = 1_000_000
 def read_floor(s: Session) -> int:
     row = s.get(ServerState, SERIAL_FLOOR)
     return int(row.value) if row is not None else 0
+
+
+def deployed_commit(s: Session) -> str | None:
+    """The commit of the newest deployed revision."""
+    return s.scalar(
+        select(Revision.commit)
+        .where(Revision.state == "deployed")
+        .order_by(Revision.id.desc())
+        .limit(1)
+    )
 
 
 def highest_serial(s: Session) -> int:
@@ -62,7 +72,22 @@ def lift_to_floor(
     """Re-sign every manifest whose serial is below ``floor`` under the floor itself (same
     content, fresh validity), recorded as a deployment; rollouts follow the new serial."""
     rows = s.scalars(select(DeviceManifest).where(DeviceManifest.serial < floor)).all()
-    return [_lift(s, issuer, row, floor, now=now, ttl=ttl) for row in rows]
+    return [reissue(s, issuer, row, floor, now=now, ttl=ttl) for row in rows]
+
+
+def resign_before(
+    s: Session, issuer: ManifestIssuer, threshold: float, now: float, ttl: int
+) -> list[ServedManifest]:
+    """Re-sign every manifest expiring before ``threshold``: same serial and content, new
+    validity (the agent takes it as a refresh)."""
+    out = []
+    for row in s.scalars(select(DeviceManifest).where(DeviceManifest.expires_at < threshold)):
+        fresh, envelope = issuer.resign(stored_manifest(row.envelope), now=now, ttl=ttl)
+        row.envelope = envelope.decode("utf-8")
+        row.issued_at = fresh.issued_at
+        row.expires_at = fresh.expires_at
+        out.append(ServedManifest(row.device_id, row.serial, envelope, row.expires_at))
+    return out
 
 
 def lift_device(
@@ -77,12 +102,14 @@ def lift_device(
         return None
     if row.serial >= seen:
         return ServedManifest(row.device_id, row.serial, row.envelope.encode(), row.expires_at)
-    return _lift(s, issuer, row, seen + 1, now=now, ttl=ttl)
+    return reissue(s, issuer, row, seen + 1, now=now, ttl=ttl)
 
 
-def _lift(
+def reissue(
     s: Session, issuer: ManifestIssuer, row: DeviceManifest, floor: int, *, now: float, ttl: int
 ) -> ServedManifest:
+    """``row``'s manifest again under serial ``floor`` (same content, fresh validity and
+    the issuer's current key announcements), recorded as a deployment."""
     old = stored_manifest(row.envelope)
     manifest = replace(old, serial=floor, issued_at=int(now), expires_at=int(now) + ttl)
     envelope = issuer.sign(manifest)
@@ -105,6 +132,7 @@ def _lift(
             desired_digest=row.desired_digest,
             bundles={b.name: b.version for b in manifest.bundles},
             created_at=now,
+            rollout_id=int(old.rollout_id) if old.rollout_id else None,
         )
     )
     return ServedManifest(row.device_id, floor, envelope, manifest.expires_at)

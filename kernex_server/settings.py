@@ -34,6 +34,12 @@ class Settings:
     database_url: str = ""  # empty: SQLite file kernex.db in the data dir
     database_schema: str = ""  # PostgreSQL schema for tables; empty: the role's search_path
     poll_interval: float = 30.0  # seconds between fetch + reconcile of the fleet repository
+    # Git network limits (docs/server.md, "Fetching the fleet repository"):
+    git_timeout: float = 300.0  # seconds a fetch may take in all, then git is stopped
+    git_connect_timeout: int = 30  # seconds to open an SSH connection to the Git host
+    git_low_speed_limit: int = 1000  # bytes/s under which an HTTP(S) fetch counts as stalled...
+    git_low_speed_time: int = 60  # ...for this many seconds, then git gives up
+    reconcile_wait: float = 10.0  # seconds POST /v1/admin/reconcile waits for a fetch (then 202)
     manifest_ttl: int = 7 * 24 * 3600  # seconds a signed manifest stays valid
     resign_when_left: float = 0.5  # re-sign once less than this fraction of the ttl is left
     offline_after: int = 300  # seconds without a request before a device counts as offline
@@ -47,6 +53,9 @@ class Settings:
     heartbeat_flush_interval: float = 5.0  # seconds between writes of last_seen batches
     status_flush_interval: float = 0.01  # seconds a status batch gathers before its commit
     rollout_interval: float = 1.0  # seconds between evaluations of running rollouts
+    # PostgreSQL: seconds between checks for changes another server made that no
+    # notification announced (the notifications themselves arrive at once)
+    change_check_interval: float = 5.0
     webhook_secret: str = ""  # shared secret of POST /v1/hooks/git; made by `server init`
     metrics_token: str = ""  # when set, GET /metrics needs `Authorization: Bearer <it>`
     token_rate: float = 20.0  # admin requests per second per token (0: no limit)

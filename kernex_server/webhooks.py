@@ -18,8 +18,9 @@ from typing import Any
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from kernex_server import wire
+from kernex_server.api import Answer, operation, route
 from kernex_server.audit import DENIED, OK
 from kernex_server.auth import AuthError, webhook_endpoint
 from kernex_server.context import context_of
@@ -72,6 +73,16 @@ def _ref(body: bytes) -> str | None:
     return ref if isinstance(ref, str) else None
 
 
+@operation(
+    "POST",
+    "Git host webhook: GitHub (X-Hub-Signature-256) or GitLab (X-Gitlab-Token)",
+    ok=wire.WebhookResult,
+    status=202,
+    ok_text="a reconcile is started",
+    answers={200: Answer("ignored event or branch", wire.WebhookResult)},
+    body=dict[str, Any],
+    errors=(503,),
+)
 @webhook_endpoint
 async def git_hook(request: Request) -> Response:
     kx = context_of(request)
@@ -128,4 +139,4 @@ async def git_hook(request: Request) -> Response:
     )
 
 
-routes = [Route(PATH, git_hook, methods=["POST"])]
+routes = [route(PATH, git_hook)]

@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 from agent_helpers import OK, Device, bundle_bytes, run, snapshot
 from agent_sim import ServerSimulator
 
+from kernex_agent.config import load_config
+from kernex_agent.errors import AgentStateError
 from kernex_agent.storage import DeviceFS
 from kernex_cli.bundle_build import build_bundle
 from kernex_core.protocol import Phase
@@ -378,3 +381,56 @@ def test_an_unexpected_error_during_install_rolls_back_and_is_reported(tmp_path:
     assert "unexpected error (ValueError)" in (report.error or ""), report.error
     assert "null byte" in (report.error or "")
     assert dev.cycle().ok  # the same serial waits for its retry; the agent runs on
+
+
+def test_unpack_limits_come_from_agent_json(tmp_path: Path) -> None:
+    """max_unpacked_bytes and max_members in agent.json bound what a bundle may unpack to;
+    a value that is no positive integer is refused with the setting's name."""
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim)
+    settings = json.loads((dev.data_dir / "agent.json").read_text())
+    (dev.data_dir / "agent.json").write_text(
+        json.dumps({**settings, "max_unpacked_bytes": 4096, "max_members": 50})
+    )
+    dev.config = load_config(dev.data_dir).with_overrides(poll_wait=0, request_timeout=2.0)
+    assert (dev.config.max_unpacked_bytes, dev.config.max_members) == (4096, 50)
+    dev.agent = dev.new_agent()
+    big = bundle_bytes(tmp_path, "app", "1.0.0", files={"data.bin": b"x" * 10_000})
+    sim.publish("dev-1", [sim.entry(sim.add_bundle(big, "app", "1.0.0"))])
+    result = dev.cycle()
+    assert result.phase is Phase.FAILED
+    assert "unpacks to more than 4096 bytes" in (dev.last_report().error or "")
+    many = {f"f{i}.txt": b"." for i in range(60)}
+    crowded = bundle_bytes(tmp_path, "app", "1.0.1", files=many)
+    sim.publish("dev-1", [sim.entry(sim.add_bundle(crowded, "app", "1.0.1"))])
+    assert dev.cycle().phase is Phase.FAILED
+    assert "more than 50 members" in (dev.last_report().error or "")
+
+    (dev.data_dir / "agent.json").write_text(json.dumps({**settings, "max_members": "lots"}))
+    with pytest.raises(AgentStateError, match="max_members must be a positive integer"):
+        load_config(dev.data_dir)
+
+
+class SmallDisk(DeviceFS):
+    """A file system with 64 KiB free under the data dir (the free-space edge only)."""
+
+    def free_bytes(self, path: Path) -> int:
+        return 64 * 1024
+
+
+def test_a_bundle_larger_than_the_free_space_fails_before_unpacking(tmp_path: Path) -> None:
+    sim = ServerSimulator()
+    dev = Device(tmp_path, sim, fs=SmallDisk())
+    small = bundle_bytes(tmp_path, "app", "1.0.0")
+    sim.publish("dev-1", [sim.entry(sim.add_bundle(small, "app", "1.0.0"))])
+    assert dev.cycle().phase is Phase.HEALTHY
+    big = bundle_bytes(tmp_path, "app", "1.1.0", files={"data.bin": b"x" * 200_000})
+    sim.publish("dev-1", [sim.entry(sim.add_bundle(big, "app", "1.1.0"))])
+    assert dev.cycle().phase is Phase.FAILED
+    error = dev.last_report().error or ""
+    assert "not enough free space to unpack app@1.1.0" in error
+    assert "64.0 KiB free" in error
+    assert dev.current_version("app") == "1.0.0"
+    assert not any(
+        p.name.startswith("1.1.0") for p in (dev.data_dir / "bundles/app/slots").iterdir()
+    )

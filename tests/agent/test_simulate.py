@@ -12,7 +12,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from kernex_agent.simulate import BehaviourRule, SimHookRunner, SimSettings, percentile
+from kernex_agent.simdevice import SimHookRunner
+from kernex_agent.simulate import BehaviourRule, SimSettings, percentile
 from kernex_cli.demo import prepare_fleet_repo
 from kernex_cli.localserver import LocalServer
 from kernex_cli.main import app

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,21 +95,22 @@ def server_settings() -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture
-def kx_server(
-    tmp_path: Path, fleet_repo: FleetRepo, server_repo: str, server_settings: dict[str, Any]
+@contextmanager
+def running_server(
+    workdir: Path, fleet_repo: FleetRepo, server_repo: str, settings: dict[str, Any]
 ) -> Iterator[RunningServer]:
-    settings = Settings.from_mapping(
+    """A real server (uvicorn in a thread) on a free loopback port, data under ``workdir``."""
+    settings_ = Settings.from_mapping(
         {
-            "data_dir": tmp_path / "data",
+            "data_dir": workdir / "data",
             "repo": server_repo,
             "poll_interval": 3600.0,
             "heartbeat_flush_interval": 0.2,
-            "database_url": f"sqlite:///{tmp_path / 'server.db'}",
-            **server_settings,
+            "database_url": f"sqlite:///{workdir / 'server.db'}",
+            **settings,
         }
     )
-    application = create_app(settings, manifest_key=keys.generate_ed25519())
+    application = create_app(settings_, manifest_key=keys.generate_ed25519())
     sock = free_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -130,6 +132,14 @@ def kx_server(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@pytest.fixture
+def kx_server(
+    tmp_path: Path, fleet_repo: FleetRepo, server_repo: str, server_settings: dict[str, Any]
+) -> Iterator[RunningServer]:
+    with running_server(tmp_path, fleet_repo, server_repo, server_settings) as server:
+        yield server
 
 
 @pytest.fixture

@@ -71,7 +71,9 @@ def base(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_venv(tmp_path_factory.mktemp("base") / "venv", str(wheel))
 
 
-def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    bin_dir: Path, *args: str, cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "HOME": str(cwd),
@@ -85,7 +87,7 @@ def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str
         cwd=cwd,  # outside the checkout: nothing is imported from the source tree
         env=env,
         check=False,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -214,3 +216,25 @@ def test_the_cli_extra_runs_without_the_server_extra(wheel: Path, tmp_path: Path
     helped = run(cli, "kernex", "server", "--help", cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
     assert "run" in helped.stdout
+
+
+def test_the_full_install_runs_the_demo_from_outside_the_checkout(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """What a new user does first: `pip install 'kernex-fleet[all]'` into a fresh venv, then
+    `kernex demo`, in a directory of their own, with no Git identity configured."""
+    full = make_venv(tmp_path / "venv", f"{wheel}[all]")
+    home = tmp_path / "home"
+    home.mkdir()
+    where = run(full, "python", "-c", "import kernex_cli; print(kernex_cli.__file__)", cwd=home)
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv")  # not the checkout
+
+    shown = run(
+        full, "kernex", "demo", "--devices", "3", "--workspace", str(home / "ws"),
+        cwd=home, timeout=300,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "Traceback" not in shown.stdout + shown.stderr
+    assert "All 3 devices run hello 1.0.0" in shown.stdout
+    assert "The story ran as told" in shown.stdout

@@ -69,12 +69,16 @@ def test_deploy_wait_json_is_one_document(kernex: Kernex, kx_server: RunningServ
     assert out["wait"]["converged"] == ["edge-canary"]
 
 
-def test_wait_reports_a_commit_the_server_refuses(kernex: Kernex, kx_server: RunningServer) -> None:
+def test_an_edit_the_servers_devices_cannot_resolve_is_not_committed(
+    kernex: Kernex, kx_server: RunningServer
+) -> None:
     # Two groups of equal priority set the same key for a device only the server knows:
-    # the repository validates, the server's resolution does not.
+    # the repository alone validates; with the server's devices the plan does not, so the
+    # edit stops before its commit.
     repo = kx_server.repo
     repo.write("groups/east.yaml", "selector: site=east\npriority: 10\n")
     repo.commit("group east")
+    head = repo.head()
     kx_server.enroll("edge-east", ring="canary", site="east")
     result = kernex(
         "config",
@@ -89,9 +93,9 @@ def test_wait_reports_a_commit_the_server_refuses(kernex: Kernex, kx_server: Run
         "30s",
     )
     assert result.exit_code == 1, result.output
-    assert "refused" in result.output
-    assert "invalid" in result.output
-    assert "groups/" in result.output  # the server's validation error names the file
+    assert "both set config.app.canary for device 'edge-east'" in result.output
+    assert "groups/" in result.output  # the error names the file
+    assert repo.head() == head
 
 
 def test_rollback_wait(kernex: Kernex, kx_server: RunningServer) -> None:

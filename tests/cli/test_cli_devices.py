@@ -146,3 +146,25 @@ def test_devices_labels_accept_settles_what_a_device_proposed(
     again = kernex("devices", "labels", "reject", "edge-1")
     assert again.exit_code == 1
     assert "no proposed labels" in again.output
+
+
+def test_devices_show_what_runs_and_the_hook_log(kernex: Kernex, kx_server: RunningServer) -> None:
+    device = kx_server.enroll("edge-running")
+    kx_server.report(
+        device,
+        phase="rolled_back",
+        serial=1,
+        bundles={"app": "1.0.0"},
+        error="health hook exited 3",
+        log_tail="starting app 1.1.0\nport 8080 already in use\n",
+    )
+    table = kernex("devices", "list")
+    assert table.exit_code == 0, table.output
+    assert "running" in table.output
+    assert "app@1.0.0" in table.output
+
+    shown = kernex("devices", "show", "edge-running")
+    assert shown.exit_code == 0, shown.output
+    assert "app@1.0.0" in shown.output
+    assert "health hook exited 3" in shown.output
+    assert "port 8080 already in use" in shown.output

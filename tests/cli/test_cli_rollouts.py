@@ -63,6 +63,21 @@ def test_deploy_wait_exits_1_when_the_canary_wave_halts(
 
     status = kernex("status")
     assert "1 halted" in status.output, status.output
+    # Git still names 1.1.0 for all three: none runs it, so all three are out of sync.
+    assert "out of sync  3: edge-0, edge-1, edge-2" in status.output, status.output
+
+    # An unrelated config commit does not retry the halted release.
+    repo = str(kx_server.repo.path)
+    edited = kernex("config", "set", "app.motd=hi", "--group", "canary", "--repo", repo)
+    assert edited.exit_code == 0, edited.output
+    kx_server.admin("POST", "/v1/admin/reconcile")
+    assert desired_serials(kx_server, ids) == after
+    listed = json.loads(kernex("rollouts", "list", "--json").stdout)["rollouts"]
+    assert [r["state"] for r in listed] == ["halted"]
+    again = kernex("status", "--json")
+    assert json.loads(again.stdout)["out_of_sync_devices"] == ids
+    shown_device = kernex("devices", "show", moved[0])
+    assert "held back by a rollout" in shown_device.output, shown_device.output
 
 
 def test_rollouts_commands_pause_resume_promote_and_wait_for_completion(
@@ -78,7 +93,7 @@ def test_rollouts_commands_pause_resume_promote_and_wait_for_completion(
         kx_server.admin("POST", "/v1/admin/reconcile")
         listed = kernex("rollouts", "list", "--json")
         assert listed.exit_code == 0, listed.output
-        [rollout] = json.loads(listed.stdout)
+        [rollout] = json.loads(listed.stdout)["rollouts"]
         rid = str(rollout["id"])
         table = kernex("rollouts", "list")
         assert "canary" in table.output

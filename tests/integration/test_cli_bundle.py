@@ -103,10 +103,10 @@ def test_build_without_metadata_fails_with_hint(tmp_path: Path) -> None:
 def test_push_uploads_records_commits_and_is_idempotent(
     tmp_path: Path, fleet: Path, server: LocalServer
 ) -> None:
-    src = make_bundle_dir(tmp_path)
+    src = make_bundle_dir(tmp_path, "1.2.0")  # a version the catalog does not pin yet
     key_file = tmp_path / "release.key"
     key_file.write_bytes(keys.private_key_to_pem(keys.generate_ed25519()))
-    archive = tmp_path / "hello-1.1.0.tar.gz"
+    archive = tmp_path / "hello-1.2.0.tar.gz"
     built = runner.invoke(
         app, ["bundle", "build", str(src), "-o", str(archive), "--sign-key", str(key_file)]
     )
@@ -121,7 +121,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
     out = json.loads(pushed.output)
     assert out["uploaded"] is True
     assert out["release_signatures"] == 1
-    assert git(fleet, "log", "-1", "--format=%s").strip() == "bundle hello 1.1.0"
+    assert git(fleet, "log", "-1", "--format=%s").strip() == "bundle hello 1.2.0"
     after = (fleet / "bundles/hello.yaml").read_text()
     assert f"sha256: {sha}" in after
     assert f"size: {archive.stat().st_size}" in after
@@ -148,7 +148,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)["bundles"]
     assert rows[0]["sha256"] == sha
-    assert rows[0]["bundles"] == ["hello@1.1.0"]
+    assert rows[0]["bundles"] == ["hello@1.2.0"]
 
 
 def test_push_with_a_bad_token_commits_nothing(
@@ -156,7 +156,7 @@ def test_push_with_a_bad_token_commits_nothing(
 ) -> None:
     archive = tmp_path / "hello.tar.gz"
     built = runner.invoke(
-        app, ["bundle", "build", str(make_bundle_dir(tmp_path)), "-o", str(archive)]
+        app, ["bundle", "build", str(make_bundle_dir(tmp_path, "1.2.0")), "-o", str(archive)]
     )
     assert built.exit_code == 0, built.output
     head = git(fleet, "rev-parse", "HEAD")

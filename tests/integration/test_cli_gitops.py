@@ -96,8 +96,13 @@ def test_deploy_to_an_unknown_group_fails_clearly(fleet: Path) -> None:
     assert "groups/nosuch.yaml" in result.output
 
 
-def test_deploy_to_a_device_creates_its_file(fleet: Path) -> None:
-    result = runner.invoke(app, ["deploy", "hello@1.0.0", "-d", "dev-new", "-C", str(fleet)])
+def test_deploy_to_a_device_creates_its_file_with_new(fleet: Path) -> None:
+    refused = runner.invoke(app, ["deploy", "hello@1.0.0", "-d", "dev-new", "-C", str(fleet)])
+    assert refused.exit_code == 1, refused.output
+    assert not (fleet / "devices/dev-new.yaml").exists()
+    result = runner.invoke(
+        app, ["deploy", "hello@1.0.0", "-d", "dev-new", "--new", "-C", str(fleet)]
+    )
     assert result.exit_code == 0, result.output
     assert "hello: 1.0.0" in (fleet / "devices/dev-new.yaml").read_text()
     assert commits(fleet)[0] == "deploy hello@1.0.0 to device dev-new"
@@ -169,3 +174,24 @@ def test_create_release_key(tmp_path: Path) -> None:
     again = runner.invoke(app, ["keys", "create-release-key", str(out)])
     assert again.exit_code == 1
     assert "--force" in again.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["deploy", "hello@1.0.0", "--group", "all"],
+        ["config", "set", "log.level=debug", "--group", "all"],
+        ["rollback", "--group", "all"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_an_edit_on_an_invalid_head_lists_its_errors(fleet: Path, command: list[str]) -> None:
+    (fleet / "groups/lab.yaml").write_text("selector: [unclosed\n")
+    git(fleet, "commit", "-qam", "break the lab group")
+    head = git(fleet, "rev-parse", "HEAD")
+    result = runner.invoke(app, [*command, "--repo", str(fleet)])
+    assert result.exit_code == 1, result.output
+    assert "groups/lab.yaml:2:1: YAML syntax error" in result.stderr
+    assert "error: fleet repository is invalid: 1 error" in result.stderr
+    assert result.stdout == ""
+    assert git(fleet, "rev-parse", "HEAD") == head

@@ -10,12 +10,27 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from apicheck import check_answers
 from serverkit import FleetRepo
 from starlette.testclient import TestClient
 
 from kernex_core import keys
 from kernex_server.app import create_app
 from kernex_server.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def answers_match_openapi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TestClient of a Kernex app in the server tests checks each answer against the
+    app's /openapi.json (tests/apicheck.py), however the test made the client."""
+    enter = TestClient.__enter__
+
+    def checked_enter(self: TestClient) -> TestClient:
+        if hasattr(getattr(self.app, "state", None), "kx"):
+            check_answers(self)
+        return enter(self)
+
+    monkeypatch.setattr(TestClient, "__enter__", checked_enter)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -102,6 +117,7 @@ def start_server(manifest_key: keys.PrivateKey, make_settings: Any) -> Iterator[
         settings = make_settings(**overrides)
         app = create_app(settings, manifest_key=manifest_key, background=background)
         client = TestClient(app)
+        check_answers(client)
         client.__enter__()
         clients.append(client)
         token = app.state.kx.store.create_api_token(

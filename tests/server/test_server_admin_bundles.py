@@ -8,18 +8,23 @@ from typing import Any
 from serverkit import BUNDLE_V1, BUNDLE_V2, SimDevice, sha, verify_manifest
 from starlette.routing import Route
 
-from kernex_server import admin_api, device_api
+from kernex_server import admin_api, device_api, devices_api, tokens_api
+from kernex_server.api import handlers
 from kernex_server.auth import Role
 from kernex_server.bundles import BlobStore
 
 
 def test_every_admin_route_declares_a_role_and_every_device_route_authenticates() -> None:
-    for route in admin_api.routes:
+    admin_routes = [*admin_api.routes, *devices_api.routes, *tokens_api.routes]
+    assert len(admin_routes) >= 14
+    for route in admin_routes:
         assert isinstance(route, Route)
         assert route.path.startswith("/v1/admin/")
-        assert isinstance(route.endpoint.required_role, Role), route.path  # type: ignore[attr-defined]
+        for endpoint in handlers(route).values():
+            assert isinstance(endpoint.required_role, Role), route.path  # type: ignore[attr-defined]
     for route in device_api.routes:
-        assert route.endpoint.device_auth is True  # type: ignore[attr-defined]
+        for endpoint in handlers(route).values():
+            assert endpoint.device_auth is True  # type: ignore[attr-defined]
 
 
 def test_admin_needs_a_valid_token_of_the_right_role(server: Any) -> None:

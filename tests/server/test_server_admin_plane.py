@@ -11,8 +11,9 @@ import pytest
 from serverkit import SimDevice, admin
 from starlette.routing import Route
 
+from kernex_server.api import handlers
 from kernex_server.auth import Role, auth_kind
-from kernex_server.store import hash_token
+from kernex_server.tokens import hash_token
 
 PARAM_VALUES = {
     "device_id": "dev-none",
@@ -35,11 +36,12 @@ def app_routes(server: Any) -> list[Route]:
 def test_every_route_declares_how_its_caller_is_authenticated(server: Any) -> None:
     kinds = {}
     for route in app_routes(server):
-        kind = auth_kind(route.endpoint)
-        assert kind is not None, f"{route.path} declares no role or auth kind"
-        kinds[route.path] = kind
-        if route.path.startswith("/v1/admin/"):
-            assert kind.startswith("role:"), route.path
+        for method, endpoint in handlers(route).items():
+            kind = auth_kind(endpoint)
+            assert kind is not None, f"{method} {route.path} declares no role or auth kind"
+            kinds[route.path] = kind
+            if route.path.startswith("/v1/admin/"):
+                assert kind.startswith("role:"), route.path
     assert kinds["/v1/hooks/git"] == "webhook"
     assert kinds["/metrics"] == "public"
     assert kinds["/openapi.json"] == "public"
@@ -59,12 +61,10 @@ def test_every_admin_route_refuses_no_token_and_lower_roles(start_server: Any) -
     server.kx.admin_auth.failures.rate = 0  # one 401 per route: no per-address limit here
     checked = 0
     for route in app_routes(server):
-        role = getattr(route.endpoint, "required_role", None)
-        if role is None:
-            continue
         path = concrete(route.path)
-        for method in sorted(route.methods or ()):
-            if method == "HEAD":
+        for method, endpoint in sorted(handlers(route).items()):
+            role = getattr(endpoint, "required_role", None)
+            if role is None:
                 continue
             anonymous = server.client.request(method, path)
             assert anonymous.status_code == 401, (method, path, anonymous.text)
@@ -296,11 +296,11 @@ def test_openapi_describes_every_route_with_its_methods(server: Any) -> None:
     for route in app_routes(server):
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
         assert path in doc["paths"], path
-        methods = {m.lower() for m in route.methods or ()} - {"head"}
+        methods = {m.lower(): e for m, e in handlers(route).items()}
         expected.setdefault(path, set()).update(methods)
-        for method in methods:
+        for method, endpoint in methods.items():
             op = doc["paths"][path][method]
-            assert op["x-kernex-auth"] == auth_kind(route.endpoint)
+            assert op["x-kernex-auth"] == auth_kind(endpoint)
             assert op["responses"], (method, path)
             refs = re.findall(r"#/components/schemas/(\w+)", json.dumps(op))
             assert all(name in schemas for name in refs), (method, path, refs)
@@ -314,3 +314,26 @@ def test_openapi_describes_every_route_with_its_methods(server: Any) -> None:
         {"githubSignature": []},
         {"gitlabToken": []},
     ]
+
+
+def test_a_wrong_method_is_refused_naming_every_method_of_the_path(server: Any) -> None:
+    answer = server.client.patch("/v1/admin/tokens", headers=server.auth)
+    assert answer.status_code == 405
+    allowed = {m.strip() for m in answer.headers["allow"].split(",")}
+    assert allowed == {"GET", "HEAD", "POST"}
+    bundles = server.client.delete("/v1/admin/bundles", headers=server.auth)
+    assert {m.strip() for m in bundles.headers["allow"].split(",")} == {"GET", "HEAD", "POST"}
+
+
+def test_openapi_names_what_the_answers_hold(server: Any) -> None:
+    doc = server.client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    issue = schemas["ValidationIssue"]["properties"]
+    assert "key_path" in issue
+    assert "key" not in issue
+    assert "halted" in schemas["RolloutCounts"]["required"]
+    accept = doc["paths"]["/v1/admin/devices/{device_id}/accept"]["post"]["responses"]
+    assert {"200", "401", "403", "404", "409", "429"} <= set(accept)
+    create = doc["paths"]["/v1/admin/tokens"]["post"]["responses"]
+    assert {"201", "400", "409", "413"} <= set(create)
+    assert "400" in doc["paths"]["/v1/admin/audit"]["get"]["responses"]

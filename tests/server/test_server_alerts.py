@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from kernex_core import keys
 from kernex_server.app import create_app
-from kernex_server.models import AlertOutbox
+from kernex_server.models import AlertOutbox, Rollout
 
 
 class Clock:
@@ -281,3 +281,58 @@ def test_without_receivers_the_test_says_how_to_add_one(start_app: Any) -> None:
     answer = app.client.post("/v1/admin/alerts/test", headers=app.auth)
     assert answer.status_code == 409
     assert "[[alerts]]" in answer.json()["hint"]
+
+
+def test_halts_from_before_the_first_pass_are_history(start_app: Any, sink: AlertSink) -> None:
+    sink.start()
+    app = start_app(alerts=[sink.receiver()])
+
+    def halted_rollout(at: float) -> int:
+        with app.kx.store.sessions.begin() as s:
+            row = Rollout(
+                group="stable", revision="c" * 40, policy={"waves": ["100%"]}, state="halted",
+                wave_started_at=at, created_at=at, updated_at=at, reason="2 of 2 failed",
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    halted_rollout(time.time() - 86400)  # halted yesterday, before alerts were set up
+    app.alert_pass()
+    assert sink.deliveries == []
+    new = halted_rollout(time.time())
+    app.alert_pass()
+    app.alert_pass()
+    [got] = sink.deliveries
+    assert got.key.startswith(f"rollout.halted:{new}:")
+    assert got.json()["summary"] == f"rollout {new} of group stable halted: 2 of 2 failed"
+
+
+def test_a_failing_reconcile_alerts_once_per_run_of_failures(
+    start_app: Any, fleet_repo: Any, sink: AlertSink
+) -> None:
+    sink.start()
+    app = start_app(alerts=[sink.receiver()])
+    app.alert_pass()
+    git_dir, away = fleet_repo.path / ".git", fleet_repo.path / "git-away"
+
+    def reconcile_pass() -> None:
+        app.client.portal.call(app.kx.reconcile_once)  # type: ignore[union-attr]
+
+    git_dir.rename(away)  # the repository is gone: every pass fails
+    for _ in range(2):
+        reconcile_pass()
+        app.alert_pass()
+    assert app.kx.last_reconcile_error
+    [got] = sink.deliveries
+    assert got.headers["kernex-event"] == "reconcile.failed"
+    assert got.json()["summary"].startswith("the server cannot reconcile the fleet repository: ")
+    away.rename(git_dir)  # back: the run of failures ends
+    reconcile_pass()
+    app.alert_pass()
+    assert app.kx.last_reconcile_error is None
+    git_dir.rename(away)  # a new run of failures: a new alert
+    reconcile_pass()
+    app.alert_pass()
+    assert [d.headers["kernex-event"] for d in sink.deliveries] == ["reconcile.failed"] * 2
+    assert len(set(sink.keys())) == 2

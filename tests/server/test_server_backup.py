@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from apicheck import check_answers
 from serverkit import BUNDLE_V1, FleetRepo, SimDevice, admin, kernex_yaml, sha, verify_manifest
 from starlette.testclient import TestClient
 
@@ -62,6 +63,7 @@ def target_database(
 
 def serve(settings: Settings) -> TestClient:
     client = TestClient(create_app(settings, background=False))
+    check_answers(client)
     client.__enter__()
     return client
 

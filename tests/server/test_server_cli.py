@@ -6,12 +6,13 @@ import json
 import stat
 from pathlib import Path
 
-from serverkit import migration_head
+import pytest
+from serverkit import FleetRepo, migration_head
 from typer.testing import CliRunner
 
 from kernex_cli.main import app
 from kernex_server.settings import Settings
-from kernex_server.store import hash_token
+from kernex_server.tokens import hash_token
 
 runner = CliRunner()
 
@@ -78,3 +79,26 @@ def test_init_adds_a_webhook_secret_to_an_older_data_dir(tmp_path: Path) -> None
     assert secret
     assert secret in again.output
     assert "webhook secret" in again.output
+
+
+def test_init_refuses_a_data_dir_inside_the_fleet_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kernex server init --repo .` run in the fleet repository would put the manifest
+    key, the database and server.toml (with the webhook secret) in its work tree, one
+    `git add -A` away from a commit."""
+    repo = FleetRepo(tmp_path / "fleet")
+    monkeypatch.chdir(repo.path)
+    monkeypatch.delenv("KERNEX_DATA_DIR", raising=False)
+    refused = runner.invoke(app, ["server", "init", "--repo", "."])
+    assert refused.exit_code == 1, refused.output
+    assert "inside the fleet repository's work tree" in refused.output
+    assert "--data-dir" in refused.output
+    assert not (repo.path / "kernex-data").exists()
+    nested = runner.invoke(app, ["server", "init", "--repo", ".", "--data-dir", "ops/server"])
+    assert nested.exit_code == 1, nested.output
+    assert not (repo.path / "ops").exists()
+    assert repo.git("status", "--porcelain") == ""
+    outside = runner.invoke(app, ["server", "init", "--repo", ".", "--data-dir", "../server"])
+    assert outside.exit_code == 0, outside.output
+    assert (tmp_path / "server" / "keys" / "manifest.key").is_file()

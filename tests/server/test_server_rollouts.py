@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from apicheck import check_answers
 from serverkit import FleetRepo, SimDevice, kernex_yaml, verify_manifest
 from starlette.testclient import TestClient
 
@@ -96,6 +97,7 @@ def start_fleet(make_settings: Any, manifest_key: keys.PrivateKey) -> Iterator[A
         clock = clock or Clock()
         app = create_app(make_settings(), manifest_key=manifest_key, background=False, clock=clock)
         client = TestClient(app)
+        check_answers(client)
         client.__enter__()
         token = app.state.kx.store.create_api_token(
             f"ops-{secrets.token_hex(3)}", "admin", now=time.time()
@@ -293,3 +295,76 @@ def test_rollout_state_survives_a_restart(start_fleet: Any, fleet_repo: FleetRep
     clock.offset = 61
     again.evaluate()
     assert set(on_version(again).values()) == {"1.1.0"}
+
+
+def test_a_finished_rollout_keeps_its_final_counts(start_fleet: Any, fleet_repo: FleetRepo) -> None:
+    staged_repo(fleet_repo)
+    fleet = start_fleet()
+    fleet.enroll(10)
+    fleet.report_all()
+    release(fleet, fleet_repo, "1.1.0")
+    [first] = fleet.rollouts()
+    fleet.report_all()
+    fleet.clock.offset = 61
+    fleet.evaluate()
+    fleet.report_all()
+    done = fleet.get(f"/v1/admin/rollouts/{first['id']}")
+    assert done["state"] == "completed"
+
+    # The devices move on (a newer release reaches the canaries and they report it): the
+    # completed rollout still shows how it ended, not where its devices are now.
+    release(fleet, fleet_repo, "1.0.0", greeting="again")
+    fleet.report_all()
+    later = fleet.get(f"/v1/admin/rollouts/{first['id']}")
+    assert later["state"] == "completed"
+    assert [(w["healthy"], w["pending"], w["offline"]) for w in later["waves"]] == [
+        (2, 0, 0),
+        (8, 0, 0),
+    ]
+    assert later["waves"] == done["waves"]
+
+
+def test_a_halted_release_stays_halted_until_a_commit_changes_its_version(
+    start_fleet: Any, fleet_repo: FleetRepo
+) -> None:
+    staged_repo(fleet_repo, extra="  auto_rollback: true\n")
+    fleet = start_fleet()
+    fleet.enroll(10)
+    fleet.report_all()
+    release(fleet, fleet_repo, "1.1.0")
+    [rollout] = fleet.rollouts()
+    canaries = [d for d, v in on_version(fleet).items() if v == "1.1.0"]
+    fleet.report_all(lambda d: "failed" if d == canaries[0] else "healthy")
+    assert fleet.get(f"/v1/admin/rollouts/{rollout['id']}")["state"] == "halted"
+    status = fleet.get("/v1/admin/status")["devices"]
+    assert status["out_of_sync"] == 10  # Git says 1.1.0; every device is served 1.0.0
+
+    # An unrelated config commit: Git still names 1.1.0, so the release stays halted and
+    # no device is offered 1.1.0 again.
+    release(fleet, fleet_repo, "1.1.0", greeting="other")
+    fleet.evaluate()
+    rows = fleet.rollouts()
+    assert [(r["id"], r["state"]) for r in rows] == [(rollout["id"], "halted")]
+    assert set(on_version(fleet).values()) == {"1.0.0"}
+    fleet.report_all()
+    assert fleet.get(f"/v1/admin/rollouts/{rollout['id']}")["state"] == "halted"
+    status = fleet.get("/v1/admin/status")["devices"]
+    assert status["out_of_sync"] == 10
+    behind = fleet.get("/v1/admin/devices?out_of_sync=true")["devices"]
+    assert len(behind) == 10
+    assert all(d["held_back"] and not d["deployment_pending"] for d in behind)
+    holds = fleet.get("/v1/admin/audit?actor=rollouts&action=rollout.hold")["entries"]
+    assert len(holds) == 1
+
+    # Resuming it serves the newest state Git names (1.1.0 with the new config).
+    fleet.post(f"/v1/admin/rollouts/{rollout['id']}/resume")
+    resumed = fleet.manifests()
+    assert resumed[canaries[0]].bundles[0].version == "1.1.0"
+    assert resumed[canaries[0]].config["app"]["greeting"] == "other"
+    fleet.post(f"/v1/admin/rollouts/{rollout['id']}/abort")
+
+    # A commit that changes the bundle's version ends the hold: it supersedes the rollout.
+    release(fleet, fleet_repo, "1.0.0", greeting="fixed")
+    rows = {r["id"]: r for r in fleet.rollouts()}
+    assert rows[rollout["id"]]["superseded_by"] == fleet_repo.head()
+    assert len(rows) == 2
