@@ -245,9 +245,9 @@ def wait_for(condition: Any, timeout: float = 20.0) -> None:
 def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
     tmp_path: Path, fleet: Path, server: LocalServer
 ) -> None:
-    src = make_bundle_dir(tmp_path)
+    src = make_bundle_dir(tmp_path, "2.0.0")
     (src / "payload.bin").write_bytes(os.urandom(2 << 20))  # several upload chunks
-    archive = tmp_path / "hello-1.1.0.tar.gz"
+    archive = tmp_path / "hello-2.0.0.tar.gz"
     built = runner.invoke(app, ["bundle", "build", str(src), "-o", str(archive)])
     assert built.exit_code == 0, built.output
     data = archive.read_bytes()
