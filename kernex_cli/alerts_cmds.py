@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from kernex_cli.client import ServerOption, TokenOption
-from kernex_cli.output import console, print_json
+from kernex_cli.output import console, print_json, safe
 from kernex_cli.views import JsonOption, admin_session
 
 alerts_app = typer.Typer(
@@ -42,10 +42,13 @@ def send_test(
     else:
         for d in deliveries:
             if d["state"] == "delivered":
-                console.print(f"{d['receiver']}: delivered (HTTP {d['status']})", highlight=False)
+                console.print(
+                    f"{safe(d['receiver'])}: delivered (HTTP {safe(d['status'])})", highlight=False
+                )
             else:
                 console.print(
-                    f"{d['receiver']}: [red]not delivered[/]: {d['error']}", highlight=False
+                    f"{safe(d['receiver'])}: [red]not delivered[/]: {safe(d['error'])}",
+                    highlight=False,
                 )
         if not deliveries:
             console.print("no receiver takes test alerts")
@@ -75,11 +78,14 @@ def list_alerts(
         print_json(shown)
         return
     if not shown["receivers"]:
-        console.print("no alert receivers; add [[alerts]] to server.toml (docs/operations.md)")
+        console.print(
+            "no alert receivers; add \\[\\[alerts]] to server.toml (docs/operations.md)",
+            highlight=False,
+        )
         return
     for r in shown["receivers"]:
-        console.print(f"{r['name']} ({r['format']}) {r['url']}: {', '.join(r['events'])}",
-                      highlight=False)  # fmt: skip
+        line = f"{r['name']} ({r['format']}) {r['url']}: {', '.join(r['events'])}"
+        console.print(safe(line), highlight=False)
     counts = shown["outbox"]
     console.print(
         f"outbox: {counts.get('pending', 0)} pending, {counts.get('delivered', 0)} delivered, "
@@ -89,11 +95,18 @@ def list_alerts(
     if shown["recent"]:
         table = Table("id", "receiver", "kind", "state", "tries", "created", "summary")
         for a in shown["recent"]:
-            state = a["state"] if a["state"] != "failed" else "[red]failed[/]"
+            state = safe(a["state"]) if a["state"] != "failed" else "[red]failed[/]"
             if a["state"] == "pending" and a["last_error"]:
-                state = f"pending ({a['last_error']})"
-            table.add_row(str(a["id"]), a["receiver"], a["kind"], state, str(a["attempts"]),
-                          a["created_at"], a["summary"])  # fmt: skip
+                state = f"pending ({safe(a['last_error'])})"
+            table.add_row(
+                safe(a["id"]),
+                safe(a["receiver"]),
+                safe(a["kind"]),
+                state,
+                safe(a["attempts"]),
+                safe(a["created_at"]),
+                safe(a["summary"]),
+            )
         console.print(table)
 
 

@@ -416,6 +416,7 @@ def rollback(
         wait=waiting,
         server=server,
         token=token,
+        create=True,  # the file's history names the device: it may come back
     )
 
 

@@ -159,6 +159,7 @@ def rotate_release_key(
         list[Path],
         typer.Option(
             "--sign-key",
+            metavar="PEM",
             help="A current release private key (PEM); repeat to reach the set's threshold.",
         ),
     ],
@@ -166,6 +167,7 @@ def rotate_release_key(
         list[Path],
         typer.Option(
             "--new-key",
+            metavar="PEM",
             help="A public key (PEM, `.pub`) of the new set; repeat for several. Keys "
             "not named are retired.",
         ),

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "tokens_cmds",
     "audit_cmds",
     "rollouts_cmds",
+    "live_cmds",
     "alerts_cmds",
     "users_cmds",
 )

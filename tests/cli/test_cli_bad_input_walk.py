@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from kernex_cli.main import app
 from kernex_cli.publish import build_to_file
+from kernex_core import keys
 
 TEMPLATE_BUNDLE = Path(__file__).resolve().parents[2] / "fleet-repo-template" / "hello"
 
@@ -64,9 +65,10 @@ VALUES: dict[str, str] = {
     "data_dir": "<new>",
     "root": "<new>",
     "inventory": "<inventory>",
-    "sign_key": "<new>",
+    "sign_key": "<release-key>",
     "signature": "<new>",
     "release_key": "<new>",
+    "new_key": "<release-pub>",
     "workspace": "<new>",
 }
 ALWAYS = {"group", "server", "token", "enroll_token", "duration", "repo"}  # given when present
@@ -129,6 +131,7 @@ class Paths:
     archive: Path
     bundle_src: Path
     inventory: Path
+    release_key: Path
     base: Path
     counter: int = 0
 
@@ -144,7 +147,11 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> Paths:
     built = build_to_file(TEMPLATE_BUNDLE, base / "hello-1.0.0.tar.gz")
     inventory = base / "inventory.json"
     inventory.write_text("{}\n")
-    return Paths(repo.path, built.path, TEMPLATE_BUNDLE, inventory, base)
+    key = keys.generate_ed25519()
+    release_key = base / "release.key"
+    release_key.write_bytes(keys.private_key_to_pem(key))
+    release_key.with_name("release.key.pub").write_text(keys.public_key_to_pem(key.public_key()))
+    return Paths(repo.path, built.path, TEMPLATE_BUNDLE, inventory, release_key, base)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +199,8 @@ def argv(
             "<archive>": str(paths.archive),
             "<bundle-src>": str(paths.bundle_src),
             "<inventory>": str(paths.inventory),
+            "<release-key>": str(paths.release_key),
+            "<release-pub>": str(paths.release_key) + ".pub",
         }.get(VALUES[p.name], VALUES[p.name])
         if value == "<new>":
             value = paths.new()

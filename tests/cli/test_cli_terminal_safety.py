@@ -95,3 +95,8 @@ def test_an_error_message_quoting_markup_exits_cleanly(
     result = kernex("devices", "show", "[bold]x")
     assert_inert(result, exit_code=1)
     assert "error: no device [bold]x" in result.output  # the server's message, verbatim
+
+
+def test_alerts_list_names_the_server_toml_table_literally(kernex: Kernex) -> None:
+    listed = assert_inert(kernex("alerts", "list"))
+    assert "add [[alerts]] to server.toml" in listed  # not eaten as a markup tag

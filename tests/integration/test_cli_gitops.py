@@ -195,3 +195,12 @@ def test_an_edit_on_an_invalid_head_lists_its_errors(fleet: Path, command: list[
     assert "error: fleet repository is invalid: 1 error" in result.stderr
     assert result.stdout == ""
     assert git(fleet, "rev-parse", "HEAD") == head
+
+
+def test_rollback_restores_a_deleted_device_file(fleet: Path) -> None:
+    original = (fleet / "devices/edge-001.yaml").read_text()
+    git(fleet, "rm", "-q", "devices/edge-001.yaml")
+    git(fleet, "commit", "-qm", "drop edge-001's file")
+    result = runner.invoke(app, ["rollback", "--device", "edge-001", "-C", str(fleet)])
+    assert result.exit_code == 0, result.output
+    assert (fleet / "devices/edge-001.yaml").read_text() == original
