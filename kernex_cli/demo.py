@@ -138,12 +138,19 @@ def prepare_fleet_repo(path: Path) -> Repository:
     edits = {
         "kernex.yaml": [["defaults", "bundles"], ["rollout"]],
         "groups/canary.yaml": [["bundles"], ["rollout"]],
+        "devices/lab-bench-1.yaml": [["bundles"]],
     }
     for rel, keys in edits.items():
         target = path / rel
         for key in keys:
             target.write_text(unset_value(target.read_text(), key, source=rel))
-    repo.commit(list(edits), "demo: start with no bundles; `kernex bundle push` adds them")
+    # the demo builds and pushes its own hello versions, so the template's pins go
+    catalog = path / "bundles/hello.yaml"
+    catalog.write_text(catalog.read_text().split("versions:")[0] + "versions: {}\n")
+    repo.commit(
+        [*edits, "bundles/hello.yaml"],
+        "demo: start with no bundles; `kernex bundle push` adds them",
+    )
     return repo
 
 

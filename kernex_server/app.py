@@ -73,6 +73,7 @@ from kernex_server.keyring import Keyring
 from kernex_server.manifests import ManifestCache, ManifestIssuer
 from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
+from kernex_server.nonces import PRUNE_SECONDS, SharedNonces
 from kernex_server.outage import (
     PROBE_SECONDS,
     RETRY_AFTER,
@@ -202,6 +203,7 @@ def create_app(
             kx.apply_change,
             check_interval=settings.change_check_interval,
         )
+        kx.device_auth.shared = SharedNonces(engine, window_seconds=2 * settings.max_skew)
     kx.alerter = alerter = Alerter(
         settings,
         sessions,
@@ -237,6 +239,8 @@ def create_app(
                     pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
                     tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
+                if kx.device_auth.shared is not None:
+                    tg.start_soon(_nonce_loop, kx, kx.device_auth.shared)
                 if settings.alerts:
                     tg.start_soon(alert_loop, alerter, settings.alert_interval, kx.database)
             try:
@@ -367,6 +371,16 @@ async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
             continue
         if any(removed.values()):
             log.info("pruned %s", ", ".join(f"{n} {k}" for k, n in removed.items() if n))
+
+
+async def _nonce_loop(kx: ServerContext, shared: SharedNonces) -> None:
+    """Forget shared request nonces whose replay window has passed."""
+    while True:
+        await anyio.sleep(PRUNE_SECONDS)
+        try:
+            await anyio.to_thread.run_sync(shared.prune, kx.clock())
+        except Exception as exc:  # keep serving; the next pass deletes them
+            background_failed(kx.database, exc, "pruning request nonces")
 
 
 async def _heartbeat_loop(kx: ServerContext) -> None:

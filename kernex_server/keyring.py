@@ -167,7 +167,8 @@ def reissue_all(
 
 def not_moved(s: Session, since: float) -> list[str]:
     """Accepted devices that have not reported a manifest issued at or after ``since``
-    (during a manifest-key rotation: the devices that may not know the new key yet)."""
+    (during a manifest-key rotation: the devices that may not know the new key yet). A
+    device with no such manifest at all has not moved either."""
     first = dict(
         s.execute(
             select(Deployment.device_id, func.min(Deployment.serial))
@@ -179,4 +180,4 @@ def not_moved(s: Session, since: float) -> list[str]:
     accepted = s.scalars(
         select(Device.id).where(Device.state == EnrollmentState.ACCEPTED.value)
     ).all()
-    return sorted(d for d in accepted if d in first and (reported.get(d) or 0) < first[d])
+    return sorted(d for d in accepted if d not in first or (reported.get(d) or 0) < first[d])

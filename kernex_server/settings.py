@@ -134,6 +134,14 @@ class Settings:
         for name, raw in values.items():
             default = fields[name].default
             converted[name] = _convert(name, raw, default)
+        for name in (*_ABOVE_ZERO, *_NOT_NEGATIVE):
+            value = converted.get(name, fields[name].default)
+            if value < 0 or (value == 0 and name in _ABOVE_ZERO):
+                bound = "above" if name in _ABOVE_ZERO else "at least"
+                raise ServerSetupError(
+                    f"setting {name!r} must be {bound} 0, got {value!r}",
+                    hint=f"Default: {fields[name].default!r} (see docs/server.md).",
+                )
         return cls(**converted)
 
     @classmethod
@@ -162,6 +170,12 @@ class Settings:
 def data_dir_from(option: str | None, env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(option or env.get("KERNEX_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
+
+
+# Git network limits (kernex_git.NetworkLimits): a fetch needs time; 0 turns the HTTP
+# low-speed check off and makes POST /v1/admin/reconcile answer without waiting.
+_ABOVE_ZERO = ("git_timeout", "git_connect_timeout")
+_NOT_NEGATIVE = ("git_low_speed_limit", "git_low_speed_time", "reconcile_wait")
 
 
 def _convert(name: str, raw: Any, default: Any) -> Any:

@@ -31,7 +31,10 @@ def before_load(
     deployed_commit: str | None,
 ) -> str | None:
     """Why ``commit`` may not deploy under server.toml's list and the deployed revision's
-    ``trusted_signers`` (checked before the commit's own files are read); None if it may."""
+    ``trusted_signers`` (checked before the commit's own files are read); None if it may.
+    The deployed commit itself passed when it was deployed (a forced pass re-reads it)."""
+    if commit == deployed_commit:
+        return None
     if settings.require_signed_commits:
         problem = source.verify_commit(commit)
         if problem is not None:

@@ -39,3 +39,18 @@ def test_data_dir_resolution(tmp_path: Path) -> None:
     assert data_dir_from(str(tmp_path), {}) == tmp_path
     assert data_dir_from(None, {"KERNEX_DATA_DIR": str(tmp_path)}) == tmp_path
     assert data_dir_from(None, {}).name == "kernex-data"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("git_timeout", 0), ("git_timeout", -5.0), ("git_connect_timeout", 0),
+     ("git_low_speed_time", -1), ("git_low_speed_limit", -1), ("reconcile_wait", -1.0)],
+)  # fmt: skip
+def test_git_network_limits_must_be_usable(tmp_path: Path, name: str, value: float) -> None:
+    with pytest.raises(ServerSetupError, match=name) as caught:
+        Settings.from_mapping({"data_dir": tmp_path, name: value})
+    assert caught.value.hint
+    limits = Settings.from_mapping(
+        {"data_dir": tmp_path, "git_timeout": 20, "git_low_speed_limit": 0, "reconcile_wait": 0}
+    )
+    assert (limits.git_timeout, limits.git_low_speed_limit) == (20.0, 0)

@@ -95,6 +95,19 @@ def test_ssh_trusted_signers_decide_what_deploys(
     fleet_repo.write("kernex.yaml", fleet_yaml("bob again", ("alice", alice_pub)))
     refused(server, ssh_commit(fleet_repo, bob, "removed signer"), "not signed by a trusted")
 
+    # Alice hands over to Bob, signing it while she is listed; the commit deploys, and a
+    # forced pass over it again does not judge it by the list it brought.
+    fleet_repo.write("kernex.yaml", fleet_yaml("handover", ("bob", bob_pub)))
+    handover = ssh_commit(fleet_repo, alice, "alice hands over to bob")
+    deployed(server, handover)
+    forced = server.admin_post("/v1/admin/reconcile?force=1")
+    assert (forced["commit"], forced["state"]) == (handover, "deployed")
+    fleet_repo.write("kernex.yaml", fleet_yaml("bob now", ("bob", bob_pub)))
+    refused(server, ssh_commit(fleet_repo, alice, "alice is gone"), "not signed by a trusted")
+    fleet_repo.write("kernex.yaml", fleet_yaml("bob now", ("alice", alice_pub)))
+    removal = ssh_commit(fleet_repo, bob, "bob brings alice back")
+    deployed(server, removal)
+
     # The list survives a restart: it is read from the deployed revision's commit.
     restarted = start_server()
     assert restarted.reconcile()["state"] == "unchanged"
