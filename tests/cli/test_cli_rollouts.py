@@ -8,8 +8,9 @@ import re
 import time
 from typing import Any
 
-from conftest import Kernex, RunningServer
-from devicesim import Responder
+from kit.cli import Kernex
+from kit.device import Responder
+from kit.server import RunningServer
 
 
 def staged_canary(server: RunningServer, policy: str) -> None:
@@ -69,9 +70,13 @@ def test_deploy_wait_exits_1_when_the_canary_wave_halts(
 
     # An unrelated config commit does not retry the halted release.
     repo = str(kx_server.repo.path)
-    edited = kernex("config", "set", "app.motd=hi", "--group", "canary", "--repo", repo)
-    assert edited.exit_code == 0, edited.output
-    kx_server.admin("POST", "/v1/admin/reconcile")
+    edited = kernex(
+        "config", "set", "app.motd=hi", "--group", "canary", "--repo", repo,
+        "--wait", "--timeout", "30s",
+    )  # fmt: skip
+    assert edited.exit_code == 1, edited.output  # committed, but held: nothing moves
+    assert f"rollout {rollout['id']} (canary) halted" in edited.output
+    assert "it holds its devices" in edited.output
     assert desired_serials(kx_server, ids) == after
     listed = json.loads(kernex("rollouts", "list", "--json").stdout)["rollouts"]
     assert [r["state"] for r in listed] == ["halted"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import SimDevice
+from kit.device import SimDevice
 
 from kernex_cli.client import AdminClient, ApiError, Connection
 from kernex_server import auth

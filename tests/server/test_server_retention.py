@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serverkit import SimDevice, kernex_yaml
+from kit.device import SimDevice
+from kit.fleet import kernex_yaml
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 

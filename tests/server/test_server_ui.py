@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import test_server_rollouts as rollouts_kit
-from serverkit import FleetRepo
+from kit.fleet import FleetRepo
 from test_server_rollouts import release, staged_repo
 
 from kernex_server.accounts import LOCK_AFTER, Accounts
