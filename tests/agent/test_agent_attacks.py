@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from agent_helpers import BOOKKEEPING, Device, bundle_bytes, snapshot
-from agent_sim import ServerSimulator
+from kit.agent import BOOKKEEPING, Device, snapshot
+from kit.bundles import bundle_bytes
+from kit.simulator import ServerSimulator
 
 from kernex_core import keys
 from kernex_core.manifest import BundleEntry

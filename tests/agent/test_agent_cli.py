@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import OK, bundle_bytes
-from agent_http import LoopbackServer
-from agent_sim import TOKEN, ServerSimulator
+from kit.bundles import OK, bundle_bytes
+from kit.simulator import TOKEN, LoopbackServer, ServerSimulator
 from typer.testing import CliRunner
 
 from kernex_cli.main import app

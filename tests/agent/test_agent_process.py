@@ -14,9 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from agent_helpers import OK, bundle_bytes
-from agent_http import LoopbackServer
-from agent_sim import TOKEN, ServerSimulator
+from kit.bundles import OK, bundle_bytes
+from kit.simulator import TOKEN, LoopbackServer, ServerSimulator
 
 from kernex_agent.config import CRASH_AT_ENV, load_config
 from kernex_agent.enroll import enroll

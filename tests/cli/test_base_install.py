@@ -12,15 +12,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-from serverkit import FleetRepo, kernex_yaml, sha
+from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.server import RunningServer
 
 from kernex_cli.bundle_build import build_bundle
-
-if TYPE_CHECKING:  # the fixture is tests/cli/conftest.py's; `conftest` is ambiguous at run time
-    from conftest import RunningServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

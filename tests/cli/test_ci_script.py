@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Kernex, RunningServer
-from serverkit import FleetRepo, kernex_yaml, sha
+from kit.cli import Kernex
+from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.server import RunningServer
 
 from kernex_cli.bundle_build import build_bundle
 

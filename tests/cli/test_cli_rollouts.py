@@ -8,8 +8,9 @@ import re
 import time
 from typing import Any
 
-from conftest import Kernex, RunningServer
-from devicesim import Responder
+from kit.cli import Kernex
+from kit.device import Responder
+from kit.server import RunningServer
 
 
 def staged_canary(server: RunningServer, policy: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, kernex_yaml, sha
+from kit.fleet import FleetRepo, kernex_yaml, sha
 
 from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer

@@ -18,7 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, SimDevice, admin
+from kit.admin import admin
+from kit.device import SimDevice
+from kit.fleet import FleetRepo
 
 from kernex_core import keys
 from kernex_core.trust import ManifestVerifier

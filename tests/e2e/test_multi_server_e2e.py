@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from serverkit import FleetRepo, SimDevice
+from kit.device import SimDevice
+from kit.fleet import FleetRepo
 
 from kernex_cli.localserver import LocalServer
 from kernex_server.database import make_engine

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, SimDevice, kernex_yaml
+from kit.device import SimDevice
+from kit.fleet import FleetRepo, kernex_yaml
 
 from kernex_core import keys
 from kernex_core.trust import ManifestVerifier

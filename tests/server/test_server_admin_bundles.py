@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from serverkit import BUNDLE_V1, BUNDLE_V2, SimDevice, sha, verify_manifest
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import BUNDLE_V1, BUNDLE_V2, sha
 from starlette.routing import Route
 
 from kernex_server import admin_api, device_api, devices_api, tokens_api

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 import httpx
-from apicheck import AnswerChecker
-from serverkit import FleetRepo
+from kit.apicheck import AnswerChecker
+from kit.fleet import FleetRepo
 
 from kernex_agent.agent import Agent
 from kernex_agent.config import load_config

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from alertsink import AlertSink
-from serverkit import SimDevice
+from kit.alertsink import AlertSink
+from kit.device import SimDevice
 from starlette.testclient import TestClient
 
 from kernex_core import keys

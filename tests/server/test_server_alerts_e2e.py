@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from alertsink import AlertSink
-from serverkit import FleetRepo, SimDevice, kernex_yaml, verify_manifest
+from kit.alertsink import AlertSink
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import FleetRepo, kernex_yaml
 
 from kernex_core import keys
 from kernex_server.app import create_app

@@ -6,7 +6,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from serverkit import BUNDLE_V1, BUNDLE_V2, SimDevice, kernex_yaml, sha, verify_manifest
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import BUNDLE_V1, BUNDLE_V2, kernex_yaml, sha
 
 
 def accept(server: Any, device: SimDevice) -> None:

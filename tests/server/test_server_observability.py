@@ -10,8 +10,10 @@ import time
 from typing import Any
 
 import pytest
+from kit.admin import admin
+from kit.device import SimDevice
+from kit.fleet import BUNDLE_V1, kernex_yaml, sha
 from prometheus_client.parser import text_string_to_metric_families
-from serverkit import BUNDLE_V1, SimDevice, admin, kernex_yaml, sha
 
 from kernex_server.logs import JsonFormatter
 
