@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from kit.bundles import bundle_bytes
 from kit.fleet import FleetRepo, kernex_yaml, sha
 from kit.wait import wait_for
 
@@ -37,17 +38,8 @@ HEALTH_FAIL = '#!/bin/sh\necho "app $KERNEX_VERSION: port 8080 never opened" >&2
 
 
 def make_bundle(root: Path, version: str, health: str) -> bytes:
-    src = root / f"app-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for name, body in (("install", INSTALL), ("health", health)):
-        (src / "hooks" / name).write_text(body)
-        (src / "hooks" / name).chmod(0o755)
-    (src / "payload.txt").write_text(f"app {version}\n")
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    return build_bundle(src)
+    files = {"payload.txt": f"app {version}\n"}
+    return bundle_bytes(root, "app", version, install=INSTALL, health=health, files=files)
 
 
 @pytest.fixture

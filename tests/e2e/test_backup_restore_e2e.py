@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from kit.bundles import OK, bundle_bytes
 from kit.fleet import FleetRepo, kernex_yaml, sha
 from kit.wait import wait_for
 
-from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer
 
 pytestmark = pytest.mark.e2e
@@ -24,17 +24,8 @@ IDS = ["edge-1", "edge-2"]
 
 
 def make_bundle(root: Path, version: str) -> bytes:
-    src = root / f"app-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for hook in ("install", "health"):
-        (src / "hooks" / hook).write_text("#!/bin/sh\nexit 0\n")
-        (src / "hooks" / hook).chmod(0o755)
-    (src / "payload.txt").write_text(f"app {version}\n")
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    return build_bundle(src)
+    files = {"payload.txt": f"app {version}\n"}
+    return bundle_bytes(root, "app", version, install=OK, health=OK, files=files)
 
 
 def kernex(*args: str) -> subprocess.CompletedProcess[str]:

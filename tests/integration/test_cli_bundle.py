@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from kit.bundles import OK, bundle_source
 from typer.testing import CliRunner
 
 from kernex_cli.client import AdminClient, Connection
@@ -36,17 +37,8 @@ def git(repo: Path, *args: str) -> str:
 
 
 def make_bundle_dir(root: Path, version: str = "1.1.0") -> Path:
-    src = root / f"hello-src-{version}"
-    (src / "hooks").mkdir(parents=True)
-    (src / "kernex-bundle.yaml").write_text(
-        f"name: hello\nversion: '{version}'\nhooks:\n  install: hooks/install\n"
-        "  health: hooks/health\n"
-    )
-    for hook in ("install", "health"):
-        (src / "hooks" / hook).write_text("#!/bin/sh\nexit 0\n")
-        (src / "hooks" / hook).chmod(0o755)
-    (src / "payload.txt").write_text(f"hello {version}\n")
-    return src
+    files = {"payload.txt": f"hello {version}\n"}
+    return bundle_source(root, "hello", version, install=OK, health=OK, files=files)
 
 
 @pytest.fixture
