@@ -143,7 +143,7 @@ def test_the_ci_script_runs_for_real(
     source = repo.path / "app"
     built = make_bundle(tmp_path / "src-ci", "1.1.0")
     assert built == bundles["1.1.0"]  # reproducible: the same source, the same bytes
-    (tmp_path / "src-ci" / "app-1.1.0").rename(source)
+    (tmp_path / "src-ci" / "src-app-1.1.0").rename(source)  # kit.bundles names it so
     (repo.path / ".git" / "info" / "exclude").write_text("app/\ndist/\n")
     release_key = tmp_path / "release.key"
     made = kernex("keys", "create-release-key", str(release_key), connect=False)

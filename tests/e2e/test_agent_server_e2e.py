@@ -263,7 +263,7 @@ def test_sigterm_stops_a_long_poll_at_once_but_an_install_finishes_first(
     client: httpx.Client = server_proc["client"]
     repo: FleetRepo = server_proc["repo"]
     v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
-    src = tmp_path / "app-1.0.0"
+    src = tmp_path / "src-app-1.0.0"  # where make_bundle (kit.bundles) wrote v1
     (src / "hooks" / "install").write_text(INSTALL_SLOW)
     (src / "kernex-bundle.yaml").write_text(
         'name: app\nversion: "1.1.0"\nhooks:\n  install: hooks/install\n  health: hooks/health\n'
