@@ -10,6 +10,7 @@ as ``user:<name>`` and refused to a role the API would refuse.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -17,7 +18,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from kernex_server import admin_api, devices_api, rollouts_api, wire
+from kernex_server import admin_api, bundles_api, devices_api, rollouts_api, wire
 from kernex_server.api import ADMIN, Answer, operation, route
 from kernex_server.auth import Endpoint, Role
 from kernex_server.http import ApiError
@@ -153,6 +154,31 @@ async def ui_rollouts(request: Request) -> Response:
     return await _guarded(request, build)
 
 
+@page("Dashboard: commits seen, with their result and refusal reasons")
+async def ui_revisions(request: Request) -> Response:
+    async def build() -> Response:
+        listed = await admin_call(admin_api.list_revisions, sub_request(request, {}))
+        return render(request, "revisions.html", revisions=listed["revisions"])
+
+    return await _guarded(request, build)
+
+
+@page("Dashboard: stored bundles and the versions devices run")
+async def ui_bundles(request: Request) -> Response:
+    async def build() -> Response:
+        stored = await admin_call(bundles_api.list_bundles, sub_request(request, {}))
+        devices = await admin_call(devices_api.list_devices, sub_request(request, {}))
+        running: Counter[tuple[str, str]] = Counter()
+        for d in devices["devices"]:
+            for name, version in ((d["status"] or {}).get("bundles") or {}).items():
+                running[(str(name), str(version))] += 1
+        return render(
+            request, "bundles.html", bundles=stored["bundles"], running=sorted(running.items())
+        )
+
+    return await _guarded(request, build)
+
+
 @page("Dashboard: audit log")
 async def ui_audit(request: Request) -> Response:
     async def build() -> Response:
@@ -240,6 +266,8 @@ routes = [
     route("/ui/devices/{device_id}", ui_device),
     route("/ui/rollouts", ui_rollouts),
     route("/ui/rollouts/{rollout_id:int}/{verb}", ui_rollout_act),
+    route("/ui/revisions", ui_revisions),
+    route("/ui/bundles", ui_bundles),
     route("/ui/audit", ui_audit),
     route("/ui/api/status", ui_live_status),
     route("/ui/api/devices", ui_live_devices),
