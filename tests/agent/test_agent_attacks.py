@@ -224,7 +224,7 @@ def test_slow_server_times_out(installed, tmp_path: Path) -> None:
 
     async def stalls(_start: int) -> AsyncIterator[bytes]:
         yield sim.blobs[entry.sha256].data[:10]
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # about time itself: a server that stalls mid-body
         yield b""
 
     sim.bodies[entry.sha256] = stalls

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 from kit.cli import Kernex
 from kit.device import Responder
 from kit.server import RunningServer
+from kit.wait import wait_for
 
 
 def staged_canary(server: RunningServer, policy: str) -> None:
@@ -105,10 +105,10 @@ def test_rollouts_commands_pause_resume_promote_and_wait_for_completion(
         assert "canary" in table.output
         assert "running" in table.output
 
-        deadline = time.monotonic() + 30
-        while not kx_server.admin("GET", f"/v1/admin/rollouts/{rid}")["awaiting_promotion"]:
-            assert time.monotonic() < deadline, "the canary wave never became ready"
-            time.sleep(0.2)
+        def rollout() -> Any:
+            return kx_server.admin("GET", f"/v1/admin/rollouts/{rid}")
+
+        wait_for("the canary wave to become ready", lambda: rollout()["awaiting_promotion"], 30)
         shown = kernex("rollouts", "show", rid)
         assert shown.exit_code == 0, shown.output
         assert "awaiting `kernex rollouts promote`" in shown.output
@@ -124,9 +124,7 @@ def test_rollouts_commands_pause_resume_promote_and_wait_for_completion(
         assert promoted.exit_code == 0, promoted.output
         assert json.loads(promoted.stdout)["wave"] == 1
 
-        while kx_server.admin("GET", f"/v1/admin/rollouts/{rid}")["state"] != "completed":
-            assert time.monotonic() < deadline, "the rollout did not complete"
-            time.sleep(0.2)
+        wait_for("the rollout to complete", lambda: rollout()["state"] == "completed", 30)
         viewer = kx_server.token_for("viewer")
         denied = kernex("rollouts", "abort", rid, token=viewer)
         assert denied.exit_code == 1

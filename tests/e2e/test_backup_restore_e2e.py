@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.wait import wait_for
 
 from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer
@@ -35,17 +35,6 @@ def make_bundle(root: Path, version: str) -> bytes:
         "  health: hooks/health\n"
     )
     return build_bundle(src)
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def kernex(*args: str) -> subprocess.CompletedProcess[str]:
@@ -108,14 +97,14 @@ def test_backup_under_load_then_restore_keeps_devices(tmp_path: Path) -> None:
 
             return probe
 
-        wait_for("v1 healthy on both devices", on(client, "1.0.0"))
+        wait_for("v1 healthy on both devices", on(client, "1.0.0"), timeout=90)
         archive = tmp_path / "backups" / "kernex.tar.gz"
         # the agents keep polling and reporting while the backup runs
         kernex("server", "backup", str(archive), "--bundles", "--data-dir", str(old.data_dir))
 
         repo.write("kernex.yaml", kernex_yaml(version="1.1.0"))
         repo.commit("app 1.1.0, after the backup")
-        wait_for("v2 healthy on both devices", on(client, "1.1.0"))
+        wait_for("v2 healthy on both devices", on(client, "1.1.0"), timeout=90)
         seen = max(d["desired_serial"] for d in devices(client).values())
         old.stop()
 
@@ -128,7 +117,9 @@ def test_backup_under_load_then_restore_keeps_devices(tmp_path: Path) -> None:
         client = httpx.Client(base_url=new.base_url, timeout=30,
                               headers={"Authorization": f"Bearer {old.admin_token}"})  # fmt: skip
         clients.append(client)
-        wait_for("both devices healthy on the restored server", on(client, "1.1.0", seen))
+        wait_for(
+            "both devices healthy on the restored server", on(client, "1.1.0", seen), timeout=90
+        )
         for d in devices(client).values():
             assert d["state"] == "accepted"
         for log in logs:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import FleetRepo, SimDevice, admin
+from kit.admin import admin
+from kit.device import SimDevice
+from kit.fleet import FleetRepo
 
 pytestmark = pytest.mark.e2e
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]

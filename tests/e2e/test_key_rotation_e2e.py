@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.wait import wait_for
 
 from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer
@@ -47,19 +48,6 @@ def make_bundle(root: Path, version: str) -> bytes:
         "  health: hooks/health\n"
     )
     return build_bundle(src)
-
-
-def wait_for(what: str, probe: Any, timeout: float = 60) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 class Fleet:

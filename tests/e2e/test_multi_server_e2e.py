@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 from kit.device import SimDevice
 from kit.fleet import FleetRepo
+from kit.wait import wait_for
 
 from kernex_cli.localserver import LocalServer
 from kernex_server.database import make_engine
@@ -37,17 +38,6 @@ def fleet_yaml(greeting: str) -> str:
         "apiVersion: kernex/v1\nname: test-fleet\n"
         f"defaults:\n  config:\n    app:\n      greeting: {greeting}\n"
     )
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

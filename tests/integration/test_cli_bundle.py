@@ -58,7 +58,7 @@ def fleet(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(tmp_path: Path, fleet: Path) -> Iterator[LocalServer]:
+def server_proc(tmp_path: Path, fleet: Path) -> Iterator[LocalServer]:
     with LocalServer(tmp_path / "server", repo=fleet) as running:
         yield running
 
@@ -101,7 +101,7 @@ def test_build_without_metadata_fails_with_hint(tmp_path: Path) -> None:
 
 
 def test_push_uploads_records_commits_and_is_idempotent(
-    tmp_path: Path, fleet: Path, server: LocalServer
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
 ) -> None:
     src = make_bundle_dir(tmp_path, "1.2.0")  # a version the catalog does not pin yet
     key_file = tmp_path / "release.key"
@@ -113,7 +113,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert built.exit_code == 0, built.output
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     before = (fleet / "bundles/hello.yaml").read_text()
-    conn = ["--server", server.base_url, "--token", server.admin_token]
+    conn = ["--server", server_proc.base_url, "--token", server_proc.admin_token]
     pushed = runner.invoke(
         app, ["bundle", "push", str(archive), "--repo", str(fleet), *conn, "--json"]
     )
@@ -133,8 +133,8 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert "ebf105d4e81c494b153339fcb9ec089af1fab5add989162db036ccf3b936d3d4" in after
     # the server has exactly these bytes
     stored = httpx.get(
-        f"{server.base_url}/v1/admin/bundles",
-        headers={"Authorization": f"Bearer {server.admin_token}"},
+        f"{server_proc.base_url}/v1/admin/bundles",
+        headers={"Authorization": f"Bearer {server_proc.admin_token}"},
     ).json()["bundles"]
     assert [(b["sha256"], b["size"]) for b in stored] == [(sha, archive.stat().st_size)]
 
@@ -152,7 +152,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
 
 
 def test_push_with_a_bad_token_commits_nothing(
-    tmp_path: Path, fleet: Path, server: LocalServer
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
 ) -> None:
     archive = tmp_path / "hello.tar.gz"
     built = runner.invoke(
@@ -169,7 +169,7 @@ def test_push_with_a_bad_token_commits_nothing(
             "-C",
             str(fleet),
             "--server",
-            server.base_url,
+            server_proc.base_url,
             "--token",
             "kx_wrong",
         ],
@@ -243,7 +243,7 @@ def wait_for(condition: Any, timeout: float = 20.0) -> None:
 
 
 def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
-    tmp_path: Path, fleet: Path, server: LocalServer
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
 ) -> None:
     src = make_bundle_dir(tmp_path, "2.0.0")
     (src / "payload.bin").write_bytes(os.urandom(2 << 20))  # several upload chunks
@@ -252,8 +252,8 @@ def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
     assert built.exit_code == 0, built.output
     data = archive.read_bytes()
     info = inspect_archive(archive)
-    tmp_dir = server.data_dir / "blobs" / "tmp"
-    auth = {"Authorization": f"Bearer {server.admin_token}"}
+    tmp_dir = server_proc.data_dir / "blobs" / "tmp"
+    auth = {"Authorization": f"Bearer {server_proc.admin_token}"}
 
     # an upload the server dies in the middle of leaves its half-written file behind
     halfway = threading.Event()
@@ -266,7 +266,7 @@ def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
     def upload() -> None:
         with contextlib.suppress(httpx.HTTPError):
             httpx.put(
-                f"{server.base_url}/v1/admin/bundles/{info.sha256}",
+                f"{server_proc.base_url}/v1/admin/bundles/{info.sha256}",
                 content=body(),
                 headers={**auth, "Content-Length": str(len(data))},
                 timeout=30,
@@ -275,9 +275,9 @@ def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
     uploader = threading.Thread(target=upload)
     uploader.start()
     wait_for(lambda: any(p.stat().st_size > 0 for p in tmp_dir.glob("upload.*")))
-    assert server.proc is not None
-    server.proc.kill()
-    server.proc.wait()
+    assert server_proc.proc is not None
+    server_proc.proc.kill()
+    server_proc.proc.wait()
     halfway.set()
     uploader.join(30)
     (left,) = tmp_dir.glob("upload.*")
@@ -289,9 +289,9 @@ def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
     # the upload finds the server down, starts again once it is back (its start removed
     # the stale file), and stores the bundle
     restarts: list[Exception] = []
-    with AdminClient(Connection(server.base_url, server.admin_token)) as client:
+    with AdminClient(Connection(server_proc.base_url, server_proc.admin_token)) as client:
         answer = upload_bundle(
-            client, archive, info, on_restart=restarts.append, sleep=lambda _: server.start()
+            client, archive, info, on_restart=restarts.append, sleep=lambda _: server_proc.start()
         )
     assert len(restarts) == 1
     assert answer["sha256"] == info.sha256
@@ -300,9 +300,9 @@ def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
     assert young.exists()
     assert [p.name for p in tmp_dir.iterdir()] == ["upload.young"]
 
-    conn = ["--server", server.base_url, "--token", server.admin_token]
+    conn = ["--server", server_proc.base_url, "--token", server_proc.admin_token]
     pushed = runner.invoke(app, ["bundle", "push", str(archive), "--repo", str(fleet), *conn])
     assert pushed.exit_code == 0, pushed.output
     assert "already on the server" in pushed.output
-    stored = httpx.get(f"{server.base_url}/v1/admin/bundles", headers=auth).json()["bundles"]
+    stored = httpx.get(f"{server_proc.base_url}/v1/admin/bundles", headers=auth).json()["bundles"]
     assert [(b["sha256"], b["size"]) for b in stored] == [(info.sha256, len(data))]

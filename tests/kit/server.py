@@ -27,6 +27,7 @@ from kernex_server.app import create_app
 from kernex_server.settings import Settings
 from kit.device import SimDevice
 from kit.fleet import FleetRepo
+from kit.wait import wait_for
 
 
 @dataclass
@@ -106,11 +107,8 @@ def running_server(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the server thread died while starting"
-        assert time.monotonic() < deadline, "the server did not start in 30 s"
-        time.sleep(0.02)
+    wait_for("uvicorn to start", lambda: server.started or not thread.is_alive(), 30, every=0.02)
+    assert server.started, "the server thread died while starting"
     kx = application.state.kx
     token = kx.store.create_api_token(f"admin-{secrets.token_hex(3)}", "admin", now=time.time())
     try:

@@ -259,7 +259,7 @@ class ServerSimulator:
         body = await request.aread()
         path = request.url.path
         if path.endswith("/manifest") and self.manifest_delay:
-            await asyncio.sleep(self.manifest_delay)
+            await asyncio.sleep(self.manifest_delay)  # about time itself: a slow server
         sha = path.rsplit("/", 1)[1] if path.startswith("/v1/bundles/") else ""
         if sha in self.bodies:
             with self.lock:

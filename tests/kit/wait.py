@@ -11,7 +11,7 @@ import pytest
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T], timeout: float = 30, every: float = 0.05) -> T:
+def wait_for(what: str, probe: Callable[[], T], timeout: float = 60, every: float = 0.1) -> T:
     """``probe()``'s first truthy value; fails the test naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:

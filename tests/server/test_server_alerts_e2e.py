@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,6 +19,7 @@ import uvicorn
 from kit.alertsink import AlertSink
 from kit.device import SimDevice, verify_manifest
 from kit.fleet import FleetRepo, kernex_yaml
+from kit.wait import wait_for
 
 from kernex_core import keys
 from kernex_server.app import create_app
@@ -30,17 +31,6 @@ STAGED = (
     "selector: ring=stable\npriority: 5\nrollout:\n  waves: [20%, 100%]\n"
     "  failure_threshold: 10%\n  auto_rollback: true\n"
 )
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class Uvicorn:

@@ -9,6 +9,7 @@ from typing import Any
 
 from kit.device import SimDevice
 from kit.fleet import kernex_yaml
+from kit.wait import wait_for
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -101,14 +102,12 @@ def test_the_server_prunes_in_the_background(start_server: Any) -> None:
     store = server.kx.store
     store.audit(at=time.time() - 2 * DAY, actor="old", action="x", target="t", address="",
                 result="ok")  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def pruned() -> bool:
         with store.sessions() as s:
-            if not s.scalar(select(func.count()).where(AuditEntry.actor == "old")):
-                break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the old audit row was not pruned")
+            return not s.scalar(select(func.count()).where(AuditEntry.actor == "old"))
+
+    wait_for("the old audit row to be pruned", pruned, 10, every=0.05)
 
 
 def test_cli_prune_dry_run(tmp_path: Path) -> None:
