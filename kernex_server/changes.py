@@ -177,8 +177,8 @@ class ChangeListener:
             try:
                 await self._listen()
             except Exception as exc:  # the database went away: keep serving, retry
-                if not self._down:  # one line per outage
-                    log.warning("change listener lost the database (%s); retrying", exc)
+                if not self._down:  # the outage is logged once, by kernex_server.outage
+                    log.info("change listener lost the database (%s); retrying", exc)
                 self._down = True
             await anyio.sleep(self.retry_interval)
 
