@@ -170,16 +170,16 @@ class ChangeListener:
         self.engine = engine
         self.connected = anyio.Event()  # set once LISTEN is in place (tests wait on it)
         self._fingerprint: tuple[Any, ...] | None = None
+        self._down = False
 
     async def run(self) -> None:
-        failed = False
         while True:
             try:
                 await self._listen()
             except Exception as exc:  # the database went away: keep serving, retry
-                if not failed:
-                    log.warning("change listener lost the database (%s); retrying", exc)
-                failed = True
+                if not self._down:  # the outage is logged once, by kernex_server.outage
+                    log.info("change listener lost the database (%s); retrying", exc)
+                self._down = True
             await anyio.sleep(self.retry_interval)
 
     async def _listen(self) -> None:
@@ -193,6 +193,9 @@ class ChangeListener:
             channel = str(row[0]) if row else "kx_"
             await conn.execute(f'LISTEN "{channel}"')
             self.connected.set()
+            if self._down:
+                log.info("change listener is back")
+            self._down = False
             # whatever happened while nobody listened (first start: nothing to do)
             await self._check(conn, announce=self._fingerprint is not None)
             while True:

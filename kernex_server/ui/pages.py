@@ -10,6 +10,7 @@ as ``user:<name>`` and refused to a role the API would refuse.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +31,12 @@ from kernex_server.ui.session import (
     render,
     secure_headers,
     ui_endpoint,
+    ui_state,
 )
 
 PAGE_SIZE = 50
+LIVE_SECONDS = 2.0  # live data is this fresh at worst; ui.js polls every 3 s
+LIVE_ENTRIES = 256  # distinct live views kept (path and filters)
 HTML = "text/html"
 PAGE: dict[str, Any] = {"type": "string", "description": "an HTML page"}
 PAGE_ANSWERS = {
@@ -236,11 +240,24 @@ def _json_op(summary: str, ok: Any) -> Callable[[Endpoint], Endpoint]:
 
 
 async def _json(request: Request, handler: Endpoint, query: dict[str, list[str]]) -> Response:
-    try:
-        data = await admin_call(handler, sub_request(request, query) if query else request)
-    except ApiError as exc:
-        return secure_headers(JSONResponse({"error": exc.message}, status_code=exc.status))
-    return secure_headers(JSONResponse(data))
+    """The live data, shared by every open dashboard for ``LIVE_SECONDS``: ten pages
+    polling the same view cost one query, not ten (bench/dashboard_poll.py)."""
+    live = ui_state(request).live
+    key = f"{request.url.path}?{urlencode(sorted((k, v) for k, vs in query.items() for v in vs))}"
+    now = time.monotonic()
+    hit = live.get(key)
+    if hit is not None and now - hit[0] < LIVE_SECONDS:
+        body = hit[1]
+    else:
+        try:
+            data = await admin_call(handler, sub_request(request, query) if query else request)
+        except ApiError as exc:
+            return secure_headers(JSONResponse({"error": exc.message}, status_code=exc.status))
+        body = bytes(JSONResponse(data).body)
+        if len(live) >= LIVE_ENTRIES:
+            live.clear()
+        live[key] = (now, body)
+    return secure_headers(Response(body, media_type="application/json"))
 
 
 @_json_op("Dashboard live data: fleet status", wire.FleetStatus)
