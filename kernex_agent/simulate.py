@@ -79,9 +79,14 @@ class SimSettings:
     enroll_concurrency: int = 50  # enrollments in flight at once (per worker)
     seed: int = 0
     workers: int = 1  # processes, each with its own event loop and a share of the devices
+    more_servers: Sequence[str] = ()  # further servers on one database: devices dealt in turn
 
     def device_id(self, index: int) -> str:
         return f"{self.id_prefix}-{index:04d}"
+
+    def server_for(self, index: int) -> str:
+        servers = (self.server_url, *self.more_servers)
+        return servers[index % len(servers)]
 
     def labels_for(self, index: int) -> dict[str, str]:
         return {k: values[index % len(values)] for k, values in self.labels.items() if values}
@@ -101,6 +106,7 @@ class SimSettings:
         out["root"] = str(self.root)
         out["labels"] = {k: list(v) for k, v in self.labels.items()}
         out["rules"] = [dict(r.__dict__) for r in self.rules]
+        out["more_servers"] = list(self.more_servers)
         return out
 
     @classmethod
@@ -313,7 +319,7 @@ class SimFleet:
             async with gate:
                 await enroll(
                     http,
-                    server_url=s.server_url,
+                    server_url=s.server_for(index),
                     data_dir=data_dir,
                     device_id=record.device_id,
                     token=s.enroll_token,
@@ -324,7 +330,7 @@ class SimFleet:
                     fs=self.fs,
                 )
             config = AgentConfig(
-                server_url=s.server_url,
+                server_url=s.server_for(index),
                 device_id=record.device_id,
                 data_dir=data_dir,
                 poll_wait=s.poll_wait,

@@ -176,8 +176,19 @@ def _upload_with_progress(
         disable=quiet or not console.is_terminal,
     ) as progress:
         task = progress.add_task(f"{info.name} {info.version}", total=info.size)
+
+        def restart(exc: Exception) -> None:
+            progress.reset(task)
+            if not quiet:
+                console.print(f"upload cut off ({safe(str(exc))}); starting again", highlight=False)
+
         return upload_bundle(
-            client, archive, info, force=force, on_progress=lambda n: progress.advance(task, n)
+            client,
+            archive,
+            info,
+            force=force,
+            on_progress=lambda n: progress.advance(task, n),
+            on_restart=restart,
         )
 
 

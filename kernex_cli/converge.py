@@ -12,7 +12,8 @@ Two stages, each polled through the admin API:
    reports that serial as failed or rolled_back, else *pending*.
 3. the rollouts of the deployed commit (``GET /v1/admin/rollouts``): a staged rollout holds
    later waves back, so the wait goes on while one is running or paused, and fails at once
-   when one halts or is aborted (docs/rollouts.md).
+   when one halts or is aborted (docs/rollouts.md); so does a halted or aborted rollout
+   that holds its devices through the commit (audited ``rollout.hold``).
 
 The classification (``Convergence``) is pure; ``Waiter`` does the polling, with an injected
 clock and sleep, and calls ``progress`` after every poll.
@@ -172,12 +173,17 @@ class Waiter:
     def wait(self, commit: str, baseline: Mapping[str, int | None]) -> WaitResult:
         self._deadline = self.clock() + self.timeout
         deployed = self.wait_for_revision(commit)
+        held = self.holding(deployed)
         while True:
             devices = self.client.get("/v1/admin/devices")["devices"]
             rollouts = self.client.get("/v1/admin/rollouts")["rollouts"]
             state = replace(
                 Convergence.classify(baseline, devices),
-                rollouts=tuple(r for r in rollouts if r.get("revision") == deployed),
+                rollouts=tuple(
+                    {**r, "held": True} if r.get("id") in held else r
+                    for r in rollouts
+                    if r.get("revision") == deployed or r.get("id") in held
+                ),
             )
             self.progress("devices", state)
             if state.done:
@@ -185,6 +191,19 @@ class Waiter:
             if self.clock() >= self._deadline:
                 return WaitResult(commit, deployed, state, timed_out=True)
             self.sleep(self.interval)
+
+    def holding(self, deployed: str) -> set[Any]:
+        """Ids of the halted or aborted rollouts that keep their devices where they are
+        through ``deployed`` (it leaves their bundle versions as they were): the server
+        audits each as ``rollout.hold`` with the commit."""
+        entries = self.client.get(
+            "/v1/admin/audit", actor="rollouts", action="rollout.hold", limit=1000
+        )["entries"]
+        return {
+            int(e["target"])
+            for e in entries
+            if (e.get("detail") or {}).get("commit") == deployed and str(e["target"]).isdigit()
+        }
 
     def wait_for_revision(self, commit: str) -> str:
         """Trigger reconciles until the server has deployed ``commit``; return what it serves."""

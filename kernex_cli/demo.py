@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -96,12 +97,17 @@ class Timing:
     seconds: float
 
 
+DASHBOARD_USER = "demo"
+
+
 @dataclass
 class DemoResult:
     workspace: Path
     server_url: str
     admin_token: str
     timings: list[Timing] = field(default_factory=list)
+    dashboard_user: str = DASHBOARD_USER
+    dashboard_password: str = ""  # a dashboard login (kernex_server.ui), made per run
 
 
 def write_bundle_dir(root: Path, version: str, health: str, *, payload: bytes = b"") -> Path:
@@ -213,6 +219,18 @@ class Stage:
         if answer.get("state") in ("invalid", "unsigned"):
             raise DemoError(f"the server did not deploy the commit: {answer}")
         return answer
+
+    async def add_dashboard_user(self) -> str:
+        """An operator who can log in to the dashboard; its password, new each run."""
+        assert self.server is not None  # noqa: S101
+        password = secrets.token_urlsafe(12)
+        body = {"name": DASHBOARD_USER, "role": "operator", "password": password}
+        resp = await self.http.post(
+            f"{self.server.base_url}/v1/admin/users", json=body, headers=self.admin_headers()
+        )
+        if resp.status_code != 201:
+            raise DemoError(f"cannot add the dashboard user: {resp.status_code} {resp.text}")
+        return password
 
     async def admin_get(self, path: str) -> dict[str, Any]:
         assert self.server is not None  # noqa: S101
@@ -374,6 +392,11 @@ class Demo:
             "kernex server init --repo fleet && kernex server run",
         )
         result = DemoResult(self.root, server.base_url, server.admin_token)
+        result.dashboard_password = await st.add_dashboard_user()
+        say.step(
+            f"Made a dashboard login: {server.base_url}/ui/ as {DASHBOARD_USER!r} (operator)",
+            f"kernex users add {DASHBOARD_USER} --role operator",
+        )
         started = time.time()
         await st.start_fleet()
         say.step(

@@ -103,8 +103,19 @@ def _summary(result: DemoResult, keep: bool) -> None:
     )
     for timing in result.timings:
         console.print(f"  {timing.what:<22} {timing.seconds:6.2f} s", highlight=False)
+    if not keep:
+        console.print(
+            "Run `kernex demo --keep` to leave it running and look at it in the dashboard.",
+            highlight=False,
+        )
     if keep:
         server, token = result.server_url, result.admin_token
+        console.print(
+            f"\nDashboard: {server}/ui/  (log in as {result.dashboard_user}, "
+            f"password {result.dashboard_password})",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(
             f"\nStill running (Ctrl-C stops it). Workspace: {result.workspace}\n"
             f"  export KERNEX_SERVER={server} KERNEX_TOKEN={token}\n"

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kernex_cli.bundle_build import build_bundle, check_archive, read_metadata
-from kernex_cli.client import AdminClient
+from kernex_cli.client import AdminClient, ApiError, ServerUnreachableError
 from kernex_cli.fleet_edit import EditError, _dump, _load
 from kernex_core import keys
 from kernex_core.envelope import Signature
@@ -29,6 +30,8 @@ from kernex_core.fsutil import atomic_write_bytes, atomic_write_text
 from kernex_core.release import sign_release, verify_release
 
 UPLOAD_CHUNK = 256 * 1024  # bytes per streamed upload chunk
+UPLOAD_ATTEMPTS = 3  # an upload cut off (connection lost, 503) starts again this often
+UPLOAD_RETRY_SECONDS = 1.0  # wait before attempt n+1: n times this
 SIGNATURE_SUFFIX = ".sig.json"
 
 
@@ -163,17 +166,37 @@ def upload_bundle(
     *,
     force: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    on_restart: Callable[[Exception], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Stream ``path`` to the server's content-addressed store; the server checks the sha256,
-    and refuses (409) bytes for a version its deployed fleet pins to others unless ``force``."""
-    answer: dict[str, Any] = client.request(
-        "PUT",
-        f"/v1/admin/bundles/{info.sha256}",
-        params={"name": info.name, "version": info.version, "force": "1" if force else None},
-        content=_chunks(path, on_progress),
-        headers={"Content-Type": "application/gzip", "Content-Length": str(info.size)},
-    )
-    return answer
+    and refuses (409) bytes for a version its deployed fleet pins to others unless ``force``.
+
+    The upload is idempotent (the address is the digest), so one cut off by a lost
+    connection or a 503 starts again from the first byte, up to ``UPLOAD_ATTEMPTS`` times;
+    ``on_restart`` is told before each new attempt (a progress bar starts over)."""
+    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+        try:
+            answer: dict[str, Any] = client.request(
+                "PUT",
+                f"/v1/admin/bundles/{info.sha256}",
+                params={
+                    "name": info.name,
+                    "version": info.version,
+                    "force": "1" if force else None,
+                },
+                content=_chunks(path, on_progress),
+                headers={"Content-Type": "application/gzip", "Content-Length": str(info.size)},
+            )
+            return answer
+        except (ServerUnreachableError, ApiError) as exc:
+            retry = isinstance(exc, ServerUnreachableError) or exc.status == 503
+            if not retry or attempt == UPLOAD_ATTEMPTS:
+                raise
+            if on_restart is not None:
+                on_restart(exc)
+            sleep(UPLOAD_RETRY_SECONDS * attempt)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def check_not_rebound(text: str, info: BundleInfo) -> None:

@@ -110,7 +110,8 @@ def _render_result(result: WaitResult, out: Console) -> None:
             f"deployed {safe(result.deployed[:12])}; no device's desired state changed",
             highlight=False,
         )
-        return
+        if not state.halted:
+            return
     if state.failed:
         table = Table("device", "phase", "serial", "error", title="failed devices")
         for p in state.failed:
@@ -133,10 +134,15 @@ def _render_result(result: WaitResult, out: Console) -> None:
             )
         out.print(table)
     for r in state.halted:
+        then = (
+            f"it holds its devices: {safe(result.deployed[:12])} leaves the version it "
+            "released as it was (resume or abort it, or change that version)"
+            if r.get("held")
+            else "later waves keep the previous state"
+        )
         out.print(
             f"[bold red]rollout {safe(r['id'])} ({safe(r.get('group') or 'fleet default')}) "
-            f"{safe(r['state'])}:[/] {safe(r.get('reason') or '')}; "
-            "later waves keep the previous state",
+            f"{safe(r['state'])}:[/] {safe(r.get('reason') or '')}; {then}",
             highlight=False,
         )
     if result.ok:

@@ -55,10 +55,9 @@ from kernex_server.audit import Auditor
 from kernex_server.auth import AdminAuth, AuthError, DeviceAuth
 from kernex_server.bundles import BlobStore
 from kernex_server.changes import ChangeListener, ChangeRecorder, new_origin
-from kernex_server.context import ServerContext, context_of
+from kernex_server.context import ServerContext
 from kernex_server.cors import AdminCORSMiddleware, check_origins
 from kernex_server.database import (
-    check_connection,
     is_postgres,
     make_engine,
     migrate,
@@ -73,12 +72,14 @@ from kernex_server.keyring import Keyring
 from kernex_server.manifests import ManifestCache, ManifestIssuer
 from kernex_server.metrics import AlertMetrics, DeviceCensus, Metrics, RolloutMetrics
 from kernex_server.middleware import ObservabilityMiddleware
+from kernex_server.nonces import PRUNE_SECONDS, SharedNonces
 from kernex_server.outage import (
-    PROBE_SECONDS,
     RETRY_AFTER,
     DatabaseUnavailableError,
     background_failed,
-    is_outage,
+    database_error,
+    probe_loop,
+    unavailable,
 )
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.reconciler import FleetLoader, Reconciler
@@ -202,6 +203,7 @@ def create_app(
             kx.apply_change,
             check_interval=settings.change_check_interval,
         )
+        kx.device_auth.shared = SharedNonces(engine, window_seconds=2 * settings.max_skew)
     kx.alerter = alerter = Alerter(
         settings,
         sessions,
@@ -225,11 +227,12 @@ def create_app(
             await kx.reload_cache()
             await kx.load_census()
             await anyio.to_thread.run_sync(kx.blobs.stored)  # the store's size, for the metric
+            await _remove_stale_uploads(kx)
             # Serving never waits on Git: a slow first fetch goes on in the background.
             await kx.reconcile_once(wait=STARTUP_FETCH_WAIT)
             await kx.evaluate_rollouts()  # rollouts survive restarts: their state is in the DB
             tg.start_soon(_status_loop, kx)  # always: a status report waits for its commit
-            tg.start_soon(_database_probe, kx)
+            tg.start_soon(probe_loop, kx)
             if background:
                 tg.start_soon(_reconcile_loop, kx)
                 tg.start_soon(_rollout_loop, kx)
@@ -237,6 +240,8 @@ def create_app(
                     pruner = Pruner(sessions, RetentionPolicy.of(settings), clock=clock)
                     tg.start_soon(_prune_loop, kx, pruner)
                 tg.start_soon(_heartbeat_loop, kx)
+                if kx.device_auth.shared is not None:
+                    tg.start_soon(_nonce_loop, kx, kx.device_auth.shared)
                 if settings.alerts:
                     tg.start_soon(alert_loop, alerter, settings.alert_interval, kx.database)
             try:
@@ -277,7 +282,7 @@ def create_app(
             ApiError: _api_error,
             AuthError: _auth_error,
             KernexError: _kernex_error,
-            sa.exc.SQLAlchemyError: _database_error,
+            sa.exc.SQLAlchemyError: database_error,
             HTTPException: _http_error,
         },
         lifespan=lifespan,
@@ -312,24 +317,6 @@ async def _status_loop(kx: ServerContext) -> None:
             await anyio.sleep(min(1.0, RETRY_AFTER))  # no busy loop while the database is away
 
 
-async def _database_probe(kx: ServerContext) -> None:
-    """While the database is down, try it every PROBE_SECONDS; log when it is back."""
-    while True:
-        await anyio.sleep(PROBE_SECONDS)
-        if not kx.database.down:
-            continue
-        try:
-            await anyio.to_thread.run_sync(check_connection, kx.engine)
-        except Exception as exc:  # still down: counted, not logged again
-            kx.database.failed(exc, "probe")
-            continue
-        kx.database.ok()
-        try:  # what changed meanwhile (another server may have deployed)
-            await kx.reload_cache()
-        except Exception as exc:
-            background_failed(kx.database, exc, "reloading manifests")
-
-
 ROLLOUT_DEBOUNCE = 0.2  # seconds: reports arriving together make one evaluation
 
 
@@ -356,10 +343,25 @@ async def _rollout_loop(kx: ServerContext) -> None:
         await anyio.sleep(ROLLOUT_DEBOUNCE)
 
 
+async def _remove_stale_uploads(kx: ServerContext) -> None:
+    """Temporary files of uploads cut off by a server that died (kernex_server.bundles)."""
+    try:
+        removed = await anyio.to_thread.run_sync(
+            lambda: kx.blobs.remove_stale_uploads(now=kx.clock())
+        )
+    except OSError as exc:  # keep serving; the next pass tries again
+        log.warning("cannot remove stale uploads in %s: %s", kx.blobs.root / "tmp", exc)
+        return
+    if removed:
+        log.info("removed %d stale upload file(s) from %s", removed, kx.blobs.root / "tmp")
+
+
 async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
-    """Drop rows past their retention (kernex_server.retention), in small batches."""
+    """Drop rows past their retention (kernex_server.retention), in small batches, and
+    stale temporary upload files."""
     while True:
         await anyio.sleep(kx.settings.prune_interval)
+        await _remove_stale_uploads(kx)
         try:
             removed = await anyio.to_thread.run_sync(pruner.prune)
         except Exception as exc:  # a database outage must not stop the loop; the next retries
@@ -367,6 +369,16 @@ async def _prune_loop(kx: ServerContext, pruner: Pruner) -> None:
             continue
         if any(removed.values()):
             log.info("pruned %s", ", ".join(f"{n} {k}" for k, n in removed.items() if n))
+
+
+async def _nonce_loop(kx: ServerContext, shared: SharedNonces) -> None:
+    """Forget shared request nonces whose replay window has passed."""
+    while True:
+        await anyio.sleep(PRUNE_SECONDS)
+        try:
+            await anyio.to_thread.run_sync(shared.prune, kx.clock())
+        except Exception as exc:  # keep serving; the next pass deletes them
+            background_failed(kx.database, exc, "pruning request nonces")
 
 
 async def _heartbeat_loop(kx: ServerContext) -> None:
@@ -400,25 +412,10 @@ async def _kernex_error(request: Request, exc: Exception) -> Response:
         raise exc
     status = getattr(exc, "status", 500)
     if isinstance(exc, DatabaseUnavailableError):
-        return _unavailable(request, exc, exc)
+        return unavailable(request, exc, exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(status, exc.message, exc.hint)
-
-
-async def _database_error(request: Request, exc: Exception) -> Response:
-    """The database cannot be reached: 503 with Retry-After and one log line per outage;
-    any other database error is a bug (500 and its traceback)."""
-    if not is_outage(exc):
-        raise exc
-    return _unavailable(request, exc, DatabaseUnavailableError())
-
-
-def _unavailable(request: Request, exc: Exception, answer: DatabaseUnavailableError) -> Response:
-    context_of(request).database.failed(exc, f"{request.method} {request.url.path}")
-    response = error_response(answer.status, answer.message, answer.hint)
-    response.headers["Retry-After"] = str(answer.retry_after)
-    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

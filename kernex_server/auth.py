@@ -36,6 +36,7 @@ from kernex_core import httpsig, keys
 from kernex_core.errors import KeyFormatError, RequestSignatureError
 from kernex_core.protocol import EnrollmentState
 from kernex_server.audit import client_address
+from kernex_server.nonces import SharedNonces
 from kernex_server.outage import is_outage
 from kernex_server.ratelimit import RateLimiter
 from kernex_server.store import Store
@@ -255,8 +256,18 @@ class DeviceAuth:
             max_per_key=STRANGER_NONCES_PER_KEY,
         )
         self._keys: dict[str, DeviceKey] = {}
+        self.shared: SharedNonces | None = None  # several processes on one PostgreSQL
         self.heartbeats: dict[str, float] = {}  # since the last flush to the database
         self.last_seen: dict[str, float] = {}  # every device seen by this process
+
+    async def claim(self, keyid: str, nonce: str, now: float) -> None:
+        """Refuse a verified request another server process accepted already (sharing
+        the database; kernex_server.nonces). Its own replays the in-memory cache refused."""
+        if self.shared is None:
+            return
+        if not await anyio.to_thread.run_sync(self.shared.claim, keyid, nonce, now):
+            self.on_reject("replay")
+            raise AuthError(401, "request nonce was already used (replay)")
 
     def forget(self, device_id: str) -> None:
         self._keys.pop(device_id, None)
@@ -320,6 +331,8 @@ class DeviceAuth:
         if entry is None:  # verify_request raised unknown_key already
             self.on_reject("unknown_key")
             raise AuthError(401, "unknown device")
+        if request.method != "GET":  # it changes state: once across every process
+            await self.claim(parsed.keyid, parsed.nonce, now)
         self.heartbeats[entry.device_id] = now
         self.last_seen[entry.device_id] = now
         retry = self.limiter.take(entry.device_id)

@@ -3,6 +3,11 @@
 An upload streams into a temporary file in the store (same file system), hashing as it
 goes; only when the digest and size are known and match the declared ones is the file
 fsynced and renamed into place. Storing the same bytes twice is a no-op.
+
+A temporary file outlives its upload only when the server process dies mid-upload; such
+files (untouched for ``STALE_UPLOAD_SECONDS``; an upload in progress writes to its file
+all the time) are removed at start and on every pruning pass (``remove_stale_uploads``).
+A client whose upload was cut off sends the bundle again from the start.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import anyio
 from kernex_core.formats import SHA256_RE
 from kernex_core.fsutil import fsync_dir
 from kernex_server.errors import BundleStoreError
+
+STALE_UPLOAD_SECONDS = 3600.0  # a temporary upload file untouched this long is left over
+UPLOAD_PREFIX = "upload."
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,18 @@ class BlobStore:
         self.total_bytes = max(0, self.total_bytes - size)
         return size
 
+    def remove_stale_uploads(self, *, now: float, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+        """Delete temporary upload files not written for ``older_than`` seconds (left by a
+        server that died mid-upload); return how many went."""
+        removed = 0
+        tmp_dir = self.root / "tmp"
+        for path in tmp_dir.glob(f"{UPLOAD_PREFIX}*") if tmp_dir.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime >= older_than:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def path_for(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
             raise BundleStoreError(f"{sha256!r} is not a sha256 hex digest")
@@ -78,7 +98,7 @@ class BlobStore:
             )
         tmp_dir = self.root / "tmp"
         await anyio.to_thread.run_sync(lambda: tmp_dir.mkdir(parents=True, exist_ok=True))
-        fd, tmp_name = tempfile.mkstemp(prefix="upload.", dir=tmp_dir)
+        fd, tmp_name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=tmp_dir)
         tmp = Path(tmp_name)
         digest = hashlib.sha256()
         size = 0

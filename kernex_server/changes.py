@@ -48,34 +48,36 @@ FINGERPRINT_SQL = (
     " (SELECT count(*) FROM devices), (SELECT max(updated_at) FROM devices),"
     " (SELECT max(updated_at) FROM rollouts)"
 )
-MAX_IDS = 200  # more changed devices than this are announced as "all"
+MAX_IDS = 50  # more changed devices than this are announced as "all" (NOTIFY < 8000 B)
 _KEY = "kx_changes"
 
 
 @dataclass
 class Change:
-    """What one committed transaction changed; ``devices`` None means "any device"."""
+    """What one committed transaction changed. ``devices``: devices whose row changed
+    (key, state, labels); ``manifests``: devices whose signed manifest changed. None
+    means "any device"."""
 
     origin: str = ""
     devices: set[str] | None = field(default_factory=set)
+    manifests: set[str] | None = field(default_factory=set)
     deployed: bool = False  # a new revision was deployed
     rollouts: bool = False
 
-    def merge(self, other: Change) -> None:
-        if self.devices is not None:
-            self.devices = None if other.devices is None else self.devices | other.devices
-        self.deployed |= other.deployed
-        self.rollouts |= other.rollouts
-
     def empty(self) -> bool:
-        return self.devices == set() and not self.deployed and not self.rollouts
+        return not (self.devices or self.manifests or self.deployed or self.rollouts) and (
+            self.devices is not None and self.manifests is not None
+        )
 
     def payload(self) -> str:
-        devices: Any = (
-            "*" if self.devices is None or len(self.devices) > MAX_IDS else sorted(self.devices)
-        )
         return json.dumps(
-            {"o": self.origin, "d": devices, "v": int(self.deployed), "r": int(self.rollouts)},
+            {
+                "o": self.origin,
+                "d": _ids(self.devices),
+                "m": _ids(self.manifests),
+                "v": int(self.deployed),
+                "r": int(self.rollouts),
+            },
             separators=(",", ":"),
         )
 
@@ -84,15 +86,27 @@ class Change:
         """A notification's payload; anything unreadable means "everything changed"."""
         try:
             doc = json.loads(payload)
-            raw = doc.get("d")
-            devices = None if raw == "*" else {str(d) for d in raw}
-            return cls(str(doc.get("o", "")), devices, bool(doc.get("v")), bool(doc.get("r")))
+            return cls(
+                str(doc.get("o", "")),
+                _read_ids(doc.get("d")),
+                _read_ids(doc.get("m")),
+                bool(doc.get("v")),
+                bool(doc.get("r")),
+            )
         except (ValueError, TypeError, AttributeError):
             return everything()
 
 
+def _ids(ids: set[str] | None) -> Any:
+    return "*" if ids is None or len(ids) > MAX_IDS else sorted(ids)
+
+
+def _read_ids(raw: Any) -> set[str] | None:
+    return None if raw == "*" else {str(d) for d in raw or ()}
+
+
 def everything() -> Change:
-    return Change(devices=None, deployed=True, rollouts=True)
+    return Change(devices=None, manifests=None, deployed=True, rollouts=True)
 
 
 class ChangeRecorder:
@@ -107,10 +121,10 @@ class ChangeRecorder:
     def _after_flush(session: Session, _context: Any) -> None:
         change: Change = session.info.setdefault(_KEY, Change())
         for obj in (*session.new, *session.dirty, *session.deleted):
-            if isinstance(obj, Device):
-                _add(change, obj.id)
-            elif isinstance(obj, DeviceManifest):
-                _add(change, obj.device_id)
+            if isinstance(obj, Device) and change.devices is not None:
+                change.devices.add(obj.id)
+            elif isinstance(obj, DeviceManifest) and change.manifests is not None:
+                change.manifests.add(obj.device_id)
             elif isinstance(obj, Revision):
                 change.deployed |= obj.state == "deployed"
             elif isinstance(obj, Rollout):
@@ -123,11 +137,6 @@ class ChangeRecorder:
             return
         change.origin = self.origin
         session.execute(text(NOTIFY_SQL), {"payload": change.payload()})
-
-
-def _add(change: Change, device_id: str | None) -> None:
-    if change.devices is not None and device_id:
-        change.devices.add(device_id)
 
 
 def new_origin() -> str:
@@ -161,16 +170,16 @@ class ChangeListener:
         self.engine = engine
         self.connected = anyio.Event()  # set once LISTEN is in place (tests wait on it)
         self._fingerprint: tuple[Any, ...] | None = None
+        self._down = False
 
     async def run(self) -> None:
-        failed = False
         while True:
             try:
                 await self._listen()
             except Exception as exc:  # the database went away: keep serving, retry
-                if not failed:
-                    log.warning("change listener lost the database (%s); retrying", exc)
-                failed = True
+                if not self._down:  # the outage is logged once, by kernex_server.outage
+                    log.info("change listener lost the database (%s); retrying", exc)
+                self._down = True
             await anyio.sleep(self.retry_interval)
 
     async def _listen(self) -> None:
@@ -184,6 +193,9 @@ class ChangeListener:
             channel = str(row[0]) if row else "kx_"
             await conn.execute(f'LISTEN "{channel}"')
             self.connected.set()
+            if self._down:
+                log.info("change listener is back")
+            self._down = False
             # whatever happened while nobody listened (first start: nothing to do)
             await self._check(conn, announce=self._fingerprint is not None)
             while True:

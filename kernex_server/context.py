@@ -325,16 +325,17 @@ class ServerContext:
                 self.fetcher.start()  # in the background; the reconcile loop loads it next
         if change.devices is None:
             self.device_auth.forget_all()
-            await self.reload_cache()
             await self.load_census()
-        elif change.devices:
-            devices = set(change.devices)
-            for device_id in devices:
+        else:
+            for device_id in change.devices:
                 self.device_auth.forget(device_id)
+        if change.devices is None or change.manifests is None:
+            await self.reload_cache()
+        elif changed := change.devices | change.manifests:
             rows = await anyio.to_thread.run_sync(
-                lambda: served_manifests(self.store.sessions, devices)
+                lambda: served_manifests(self.store.sessions, changed)
             )
-            self._refresh(rows, devices)
+            self._refresh(rows, changed)
         if change.rollouts and self._rollout_wake is not None:
             self._rollout_wake.set()
 

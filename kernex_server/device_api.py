@@ -114,6 +114,8 @@ async def enroll(request: Request) -> Response:
     except RequestSignatureError as exc:
         kx.metrics.device_rejected(exc.reason)
         raise AuthError(401, exc.message, hint=exc.hint) from exc
+    signed = httpsig.parse_signature(request.headers)  # verified above
+    await kx.device_auth.claim(signed.keyid, signed.nonce, kx.clock())
     fleet = kx.reconciler.fleet
     declared_entry = fleet.devices.get(device_id) if fleet is not None else None
     declared = declared_entry.key_fingerprint if declared_entry is not None else None

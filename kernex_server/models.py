@@ -283,3 +283,14 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)  # since the last success
     locked_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_login_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RequestNonce(Base):
+    """A signed device request that changed state, by SHA-256 of key id and nonce, until
+    its replay window ends: shared by every server process (kernex_server.nonces). On
+    PostgreSQL the table is UNLOGGED (a crash empties it; the window is minutes)."""
+
+    __tablename__ = "request_nonces"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

@@ -14,10 +14,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import anyio
 import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
+from kernex_server.database import check_connection
 from kernex_server.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from kernex_server.context import ServerContext
 
 log = logging.getLogger("kernex.server")
 
@@ -100,3 +108,40 @@ def background_failed(health: DatabaseHealth, exc: BaseException, what: str) -> 
         health.failed(exc, what)
     else:
         log.error("%s failed", what, exc_info=exc)
+
+
+# -- the app's side: answers and the probe ------------------------------------------------
+
+
+def unavailable(request: Request, exc: BaseException, answer: DatabaseUnavailableError) -> Response:
+    """The 503 answer for a request that met an outage (counted, logged once)."""
+    request.app.state.kx.database.failed(exc, f"{request.method} {request.url.path}")
+    body = {"error": answer.message, "hint": answer.hint}
+    return JSONResponse(body, status_code=answer.status, headers={"Retry-After": str(RETRY_AFTER)})
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    """The app's handler of database exceptions: an outage is a 503 with Retry-After and
+    one log line per outage; any other database error is a bug (500 and its traceback)."""
+    if not is_outage(exc):
+        raise exc
+    return unavailable(request, exc, DatabaseUnavailableError())
+
+
+async def probe_loop(kx: ServerContext) -> None:
+    """While the database is down, try it every PROBE_SECONDS; log when it is back and
+    reload the manifests (another server may have deployed meanwhile)."""
+    while True:
+        await anyio.sleep(PROBE_SECONDS)
+        if not kx.database.down:
+            continue
+        try:
+            await anyio.to_thread.run_sync(check_connection, kx.engine)
+        except Exception as exc:  # still down: counted, not logged again
+            kx.database.failed(exc, "probe")
+            continue
+        kx.database.ok()
+        try:
+            await kx.reload_cache()
+        except Exception as exc:
+            background_failed(kx.database, exc, "reloading manifests")

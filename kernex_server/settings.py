@@ -51,7 +51,7 @@ class Settings:
     max_bundle_bytes: int = 4 * 1024**3  # bytes of one uploaded bundle
     max_skew: int = 300  # seconds of clock skew accepted on signed device requests
     heartbeat_flush_interval: float = 5.0  # seconds between writes of last_seen batches
-    status_flush_interval: float = 0.0  # seconds a status batch waits for more before it commits
+    status_flush_interval: float = 0.01  # seconds a status batch gathers before its commit
     rollout_interval: float = 1.0  # seconds between evaluations of running rollouts
     # PostgreSQL: seconds between checks for changes another server made that no
     # notification announced (the notifications themselves arrive at once)

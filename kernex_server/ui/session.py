@@ -126,6 +126,7 @@ class UIState:
             loader=PackageLoader("kernex_server.ui", "templates"), autoescape=True
         )
         self.templates.filters["when"] = lambda v: format_time(v) if v else "-"
+        self.live: dict[str, tuple[float, bytes]] = {}  # live JSON by view (kernex_server.ui.pages)
 
 
 def ui_state(request: Request) -> UIState:

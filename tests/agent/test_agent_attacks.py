@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from agent_helpers import BOOKKEEPING, Device, bundle_bytes, snapshot
-from agent_sim import ServerSimulator
+from kit.agent import BOOKKEEPING, Device, snapshot
+from kit.bundles import bundle_bytes
+from kit.simulator import ServerSimulator
 
 from kernex_core import keys
 from kernex_core.manifest import BundleEntry
@@ -223,7 +224,7 @@ def test_slow_server_times_out(installed, tmp_path: Path) -> None:
 
     async def stalls(_start: int) -> AsyncIterator[bytes]:
         yield sim.blobs[entry.sha256].data[:10]
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # about time itself: a server that stalls mid-body
         yield b""
 
     sim.bodies[entry.sha256] = stalls

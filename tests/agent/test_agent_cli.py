@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import OK, bundle_bytes
-from agent_http import LoopbackServer
-from agent_sim import TOKEN, ServerSimulator
+from kit.bundles import OK, bundle_bytes
+from kit.simulator import TOKEN, LoopbackServer, ServerSimulator
 from typer.testing import CliRunner
 
 from kernex_cli.main import app
@@ -20,14 +19,14 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def server() -> Iterator[ServerSimulator]:
+def simulator() -> Iterator[ServerSimulator]:
     sim = ServerSimulator()
     with LoopbackServer(sim):
         yield sim
 
 
-def test_enroll_run_status(tmp_path: Path, server: ServerSimulator) -> None:
-    sim = server
+def test_enroll_run_status(tmp_path: Path, simulator: ServerSimulator) -> None:
+    sim = simulator
     data = tmp_path / "agent"
     release = keys.generate_ed25519()
     release_file = tmp_path / "release.pub"
@@ -82,7 +81,9 @@ def test_enroll_run_status(tmp_path: Path, server: ServerSimulator) -> None:
     assert "1.0.0" in result.output
 
 
-def test_enroll_refuses_an_unexpected_server_key(tmp_path: Path, server: ServerSimulator) -> None:
+def test_enroll_refuses_an_unexpected_server_key(
+    tmp_path: Path, simulator: ServerSimulator
+) -> None:
     other = keys.fingerprint(keys.generate_ed25519().public_key())
     result = runner.invoke(
         app,
@@ -90,7 +91,7 @@ def test_enroll_refuses_an_unexpected_server_key(tmp_path: Path, server: ServerS
             "agent",
             "enroll",
             "--server",
-            server.base_url,
+            simulator.base_url,
             "--token",
             TOKEN,
             "--device-id",
@@ -106,8 +107,10 @@ def test_enroll_refuses_an_unexpected_server_key(tmp_path: Path, server: ServerS
     assert not (tmp_path / "a" / "agent.json").exists()
 
 
-def test_enroll_with_a_bad_token_and_usage_errors(tmp_path: Path, server: ServerSimulator) -> None:
-    base = ["agent", "enroll", "--server", server.base_url, "--data-dir", str(tmp_path / "a")]
+def test_enroll_with_a_bad_token_and_usage_errors(
+    tmp_path: Path, simulator: ServerSimulator
+) -> None:
+    base = ["agent", "enroll", "--server", simulator.base_url, "--data-dir", str(tmp_path / "a")]
     bad = runner.invoke(app, [*base, "--token", "nope", "--device-id", "dev-y"])
     assert bad.exit_code == 1
     assert "enrollment refused (403)" in bad.output
@@ -122,21 +125,21 @@ def test_run_without_enrollment_explains(tmp_path: Path) -> None:
 
 
 def test_enroll_on_503_does_not_blame_the_token(
-    tmp_path: Path, server: ServerSimulator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, simulator: ServerSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server whose database is down answers 503: enrollment waits it out (here: no
     patience at all), and then says the server is unavailable, not that the token is bad."""
     from kernex_agent import enroll as enroll_module
 
     monkeypatch.setattr(enroll_module, "RATE_LIMIT_PATIENCE", 0.0)
-    server.status_code = 503
+    simulator.status_code = 503
     result = runner.invoke(
         app,
         [
             "agent",
             "enroll",
             "--server",
-            server.base_url,
+            simulator.base_url,
             "--data-dir",
             str(tmp_path / "a"),
             "--token",

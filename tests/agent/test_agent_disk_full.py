@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from agent_helpers import Device, bundle_bytes
-from agent_sim import ServerSimulator
+from kit.agent import Device
+from kit.bundles import bundle_bytes
+from kit.simulator import ServerSimulator
 
 from kernex_agent.storage import DeviceFS
 from kernex_core.protocol import Phase

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from agent_helpers import OK, Device, bundle_bytes, run, snapshot
-from agent_sim import ServerSimulator
+from kit.agent import Device, run, snapshot
+from kit.bundles import OK, bundle_bytes
+from kit.simulator import ServerSimulator
 
 from kernex_agent.config import load_config
 from kernex_agent.errors import AgentStateError

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from agent_helpers import OK, bundle_bytes
-from agent_http import LoopbackServer
-from agent_sim import TOKEN, ServerSimulator
+from kit.bundles import OK, bundle_bytes
+from kit.simulator import TOKEN, LoopbackServer, ServerSimulator
 
 from kernex_agent.config import CRASH_AT_ENV, load_config
 from kernex_agent.enroll import enroll
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def server() -> Iterator[ServerSimulator]:
+def simulator() -> Iterator[ServerSimulator]:
     sim = ServerSimulator()
     with LoopbackServer(sim):
         yield sim
@@ -98,9 +97,9 @@ class ProcessDevice:
 
 
 def test_real_agent_installs_v1_then_rolls_back_a_failing_v2(
-    tmp_path: Path, server: ServerSimulator
+    tmp_path: Path, simulator: ServerSimulator
 ) -> None:
-    sim = server
+    sim = simulator
     dev = ProcessDevice(tmp_path, sim, "dev-e2e")
     v1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
     sim.publish(dev.device_id, [sim.entry(v1)])
@@ -130,9 +129,9 @@ def test_real_agent_installs_v1_then_rolls_back_a_failing_v2(
 
 @pytest.mark.parametrize("step", CRASH_POINTS)
 def test_sigkill_at_each_journal_step_then_restart_converges(
-    tmp_path: Path, server: ServerSimulator, step: str
+    tmp_path: Path, simulator: ServerSimulator, step: str
 ) -> None:
-    sim = server
+    sim = simulator
     dev = ProcessDevice(tmp_path, sim, f"dev-{CRASH_POINTS.index(step)}")
     app1 = sim.add_bundle(bundle_bytes(tmp_path, "app", "1.0.0"), "app", "1.0.0")
     tool = sim.add_bundle(bundle_bytes(tmp_path, "tool", "1", install=OK), "tool", "1")

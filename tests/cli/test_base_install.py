@@ -12,15 +12,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-from serverkit import FleetRepo, kernex_yaml, sha
-
-from kernex_cli.bundle_build import build_bundle
-
-if TYPE_CHECKING:  # the fixture is tests/cli/conftest.py's; `conftest` is ambiguous at run time
-    from conftest import RunningServer
+from kit.bundles import bundle_bytes
+from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.server import RunningServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -103,16 +99,7 @@ def importable(bin_dir: Path, names: tuple[str, ...], cwd: Path) -> dict[str, bo
 
 
 def make_bundle(root: Path, version: str) -> bytes:
-    src = root / f"app-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for hook in ("install", "health"):
-        (src / "hooks" / hook).write_text(OK_HOOK)
-        (src / "hooks" / hook).chmod(0o755)
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    return build_bundle(src)
+    return bundle_bytes(root, "app", version, install=OK_HOOK, health=OK_HOOK)
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Kernex, RunningServer
-from serverkit import FleetRepo, kernex_yaml, sha
-
-from kernex_cli.bundle_build import build_bundle
+from kit.bundles import bundle_bytes
+from kit.cli import Kernex
+from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.server import RunningServer
 
 pytestmark = pytest.mark.e2e
 
@@ -33,16 +33,7 @@ def script_lines() -> list[str]:
 
 
 def make_bundle(root: Path, version: str) -> bytes:
-    src = root / f"app-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for hook in ("install", "health"):
-        (src / "hooks" / hook).write_text(OK_HOOK)
-        (src / "hooks" / hook).chmod(0o755)
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    return build_bundle(src)
+    return bundle_bytes(root, "app", version, install=OK_HOOK, health=OK_HOOK)
 
 
 def catalog(bundles: dict[str, bytes]) -> str:
@@ -152,7 +143,7 @@ def test_the_ci_script_runs_for_real(
     source = repo.path / "app"
     built = make_bundle(tmp_path / "src-ci", "1.1.0")
     assert built == bundles["1.1.0"]  # reproducible: the same source, the same bytes
-    (tmp_path / "src-ci" / "app-1.1.0").rename(source)
+    (tmp_path / "src-ci" / "src-app-1.1.0").rename(source)  # kit.bundles names it so
     (repo.path / ".git" / "info" / "exclude").write_text("app/\ndist/\n")
     release_key = tmp_path / "release.key"
     made = kernex("keys", "create-release-key", str(release_key), connect=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import Kernex, RunningServer
+from kit.cli import Kernex
+from kit.server import RunningServer
 
 
 def test_status_counts_devices_and_names_the_lagging(

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from alertsink import AlertSink
-from conftest import Kernex
+from kit.alertsink import AlertSink
+from kit.cli import Kernex
 
 
 @pytest.fixture

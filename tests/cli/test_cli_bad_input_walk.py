@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import RunningServer, running_server
-from serverkit import FleetRepo
+from kit.fleet import FleetRepo
+from kit.server import RunningServer, running_server
 from typer.testing import CliRunner
 
 from kernex_cli.main import app

@@ -7,8 +7,9 @@ import hashlib
 from pathlib import Path
 
 import httpx
-from conftest import Kernex, RunningServer
-from serverkit import BUNDLE_V1, sha
+from kit.cli import Kernex
+from kit.fleet import BUNDLE_V1, sha
+from kit.server import RunningServer
 
 from kernex_cli.publish import build_to_file
 

@@ -8,7 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import Kernex, RunningServer
+from kit.cli import Kernex
+from kit.server import RunningServer
 
 from kernex_cli.main import app
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Kernex, RunningServer
+from kit.cli import Kernex
+from kit.server import RunningServer
 
 
 @pytest.fixture

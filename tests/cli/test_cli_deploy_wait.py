@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import socket
 
-from conftest import Kernex, RunningServer
-from devicesim import Responder
+from kit.cli import Kernex
+from kit.device import Responder
+from kit.server import RunningServer
 
 
 def deploy(kernex: Kernex, *extra: str) -> object:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import httpx
-from conftest import Kernex, RunningServer
+from kit.cli import Kernex
+from kit.server import RunningServer
 
 
 def test_devices_list_shows_enrolled_devices_with_filters(
@@ -102,7 +103,7 @@ def test_enroll_tokens_create_list_revoke(kernex: Kernex, kx_server: RunningServ
     revoked = kernex("enroll-tokens", "revoke", str(token["id"]))
     assert revoked.exit_code == 0, revoked.output
     # the revoked token no longer admits a device
-    from serverkit import SimDevice
+    from kit.device import SimDevice
 
     with httpx.Client(base_url=kx_server.base) as client:
         answer = SimDevice("edge-late").enroll(client, token=token["token"])

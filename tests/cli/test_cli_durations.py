@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import Kernex
-from serverkit import kernex_yaml
-from unit.durations import DURATIONS, NOT_DURATIONS
+from kit.cli import Kernex
+from kit.durations import DURATIONS, NOT_DURATIONS
+from kit.fleet import kernex_yaml
 
 # Zero parses, but all three places want a positive duration (manifest_ttl, --timeout,
 # --since); it is refused everywhere here, as a value, not as a grammar.

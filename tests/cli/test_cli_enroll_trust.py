@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningServer
-from serverkit import SimDevice
+from kit.device import SimDevice
+from kit.server import RunningServer
 from typer.testing import CliRunner
 
 from kernex_cli.main import app
@@ -103,7 +103,6 @@ def test_server_info_prints_url_version_and_the_proven_manifest_key(
 
 
 def test_server_info_errors_are_one_line_with_a_hint(cli_env: Path, tmp_path: Path) -> None:
-    # Not `from conftest import ...`: in a whole-suite run that name is another dir's conftest.
     sock = socket.socket()  # bound, never listening: connection refused
     sock.bind(("127.0.0.1", 0))
     try:

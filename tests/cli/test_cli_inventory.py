@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import socket
 
-from conftest import Kernex, RunningServer
-from serverkit import kernex_yaml
+from kit.cli import Kernex
+from kit.fleet import kernex_yaml
+from kit.server import RunningServer
 
 from kernex_cli.main import app
 

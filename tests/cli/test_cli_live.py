@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import Kernex, RunningServer
+from kit.cli import Kernex
+from kit.server import RunningServer
 
 
 def test_reconcile_deploys_the_newest_commit_and_waits_for_it(

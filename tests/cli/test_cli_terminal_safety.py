@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import Kernex, RunningServer
+from kit.cli import Kernex
+from kit.server import RunningServer
 
 MARKUP = "[/red][bold][link=https://evil.example]click[/link]"
 HOSTILE = f"boom {MARKUP} \x1b]0;pwned\x07 \x1b[2J \x9b31m \u202eevil\x08\r done"

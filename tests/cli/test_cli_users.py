@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import Kernex, RunningServer
+from kit.cli import Kernex
+from kit.server import RunningServer
 
 from kernex_cli.main import app
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, kernex_yaml, sha
+from kit.bundles import bundle_bytes
+from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.wait import wait_for
 
 from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer
@@ -36,32 +38,12 @@ HEALTH_FAIL = '#!/bin/sh\necho "app $KERNEX_VERSION: port 8080 never opened" >&2
 
 
 def make_bundle(root: Path, version: str, health: str) -> bytes:
-    src = root / f"app-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for name, body in (("install", INSTALL), ("health", health)):
-        (src / "hooks" / name).write_text(body)
-        (src / "hooks" / name).chmod(0o755)
-    (src / "payload.txt").write_text(f"app {version}\n")
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    return build_bundle(src)
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    files = {"payload.txt": f"app {version}\n"}
+    return bundle_bytes(root, "app", version, install=INSTALL, health=health, files=files)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def server_proc(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """`kernex server init` + `kernex server run` on a free loopback port (SQLite)."""
     repo = FleetRepo(tmp_path / "fleet")
     settings = {"poll_interval": 0.5, "heartbeat_flush_interval": 0.2}
@@ -78,10 +60,10 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_agent_installs_v1_then_rolls_back_a_failing_v2(
-    server: dict[str, Any], tmp_path: Path
+    server_proc: dict[str, Any], tmp_path: Path
 ) -> None:
-    client: httpx.Client = server["client"]
-    repo: FleetRepo = server["repo"]
+    client: httpx.Client = server_proc["client"]
+    repo: FleetRepo = server_proc["repo"]
     v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
     v2 = make_bundle(tmp_path, "1.1.0", HEALTH_FAIL)
     for blob in (v1, v2):
@@ -104,7 +86,7 @@ def test_agent_installs_v1_then_rolls_back_a_failing_v2(
             "agent",
             "enroll",
             "--server",
-            server["base"],
+            server_proc["base"],
             "--token",
             enroll_token["token"],
             "--device-id",
@@ -169,11 +151,11 @@ def test_agent_installs_v1_then_rolls_back_a_failing_v2(
         agent_log.close()
 
 
-def test_a_bad_canary_halts_itself(server: dict[str, Any], tmp_path: Path) -> None:
+def test_a_bad_canary_halts_itself(server_proc: dict[str, Any], tmp_path: Path) -> None:
     """Four real agents in a staged group: v2 fails its health check on the one canary,
     the server halts the rollout and serves v1 again; the others never see v2."""
-    client: httpx.Client = server["client"]
-    repo: FleetRepo = server["repo"]
+    client: httpx.Client = server_proc["client"]
+    repo: FleetRepo = server_proc["repo"]
     v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
     v2 = make_bundle(tmp_path, "1.1.0", HEALTH_FAIL)
     for blob in (v1, v2):
@@ -199,7 +181,7 @@ def test_a_bad_canary_halts_itself(server: dict[str, Any], tmp_path: Path) -> No
         for device_id in ids:
             data = tmp_path / device_id
             enrolled = subprocess.run(
-                [*KERNEX, "agent", "enroll", "--server", server["base"], "--token", token,
+                [*KERNEX, "agent", "enroll", "--server", server_proc["base"], "--token", token,
                  "--device-id", device_id, "--label", "ring=stable", "--data-dir", str(data)],
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
@@ -274,14 +256,14 @@ def long_polls_open(client: httpx.Client) -> float:
 
 
 def test_sigterm_stops_a_long_poll_at_once_but_an_install_finishes_first(
-    server: dict[str, Any], tmp_path: Path
+    server_proc: dict[str, Any], tmp_path: Path
 ) -> None:
     """A real agent waits in the server's 30 s long poll: SIGTERM ends it within 2 s, with
     nothing half done. During an install, SIGTERM lets the install finish, then exits."""
-    client: httpx.Client = server["client"]
-    repo: FleetRepo = server["repo"]
+    client: httpx.Client = server_proc["client"]
+    repo: FleetRepo = server_proc["repo"]
     v1 = make_bundle(tmp_path, "1.0.0", HEALTH_OK)
-    src = tmp_path / "app-1.0.0"
+    src = tmp_path / "src-app-1.0.0"  # where make_bundle (kit.bundles) wrote v1
     (src / "hooks" / "install").write_text(INSTALL_SLOW)
     (src / "kernex-bundle.yaml").write_text(
         'name: app\nversion: "1.1.0"\nhooks:\n  install: hooks/install\n  health: hooks/health\n'
@@ -300,7 +282,7 @@ def test_sigterm_stops_a_long_poll_at_once_but_an_install_finishes_first(
     token = client.post("/v1/admin/enrollment-tokens", json={"max_uses": 1}).json()["token"]
     data = tmp_path / "device"
     enrolled = subprocess.run(
-        [*KERNEX, "agent", "enroll", "--server", server["base"], "--token", token,
+        [*KERNEX, "agent", "enroll", "--server", server_proc["base"], "--token", token,
          "--device-id", "edge-1", "--label", "ring=canary", "--data-dir", str(data)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

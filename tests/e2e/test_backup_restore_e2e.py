@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, kernex_yaml, sha
+from kit.bundles import OK, bundle_bytes
+from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.wait import wait_for
 
-from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer
 
 pytestmark = pytest.mark.e2e
@@ -24,28 +24,8 @@ IDS = ["edge-1", "edge-2"]
 
 
 def make_bundle(root: Path, version: str) -> bytes:
-    src = root / f"app-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for hook in ("install", "health"):
-        (src / "hooks" / hook).write_text("#!/bin/sh\nexit 0\n")
-        (src / "hooks" / hook).chmod(0o755)
-    (src / "payload.txt").write_text(f"app {version}\n")
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    return build_bundle(src)
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    files = {"payload.txt": f"app {version}\n"}
+    return bundle_bytes(root, "app", version, install=OK, health=OK, files=files)
 
 
 def kernex(*args: str) -> subprocess.CompletedProcess[str]:
@@ -108,14 +88,14 @@ def test_backup_under_load_then_restore_keeps_devices(tmp_path: Path) -> None:
 
             return probe
 
-        wait_for("v1 healthy on both devices", on(client, "1.0.0"))
+        wait_for("v1 healthy on both devices", on(client, "1.0.0"), timeout=90)
         archive = tmp_path / "backups" / "kernex.tar.gz"
         # the agents keep polling and reporting while the backup runs
         kernex("server", "backup", str(archive), "--bundles", "--data-dir", str(old.data_dir))
 
         repo.write("kernex.yaml", kernex_yaml(version="1.1.0"))
         repo.commit("app 1.1.0, after the backup")
-        wait_for("v2 healthy on both devices", on(client, "1.1.0"))
+        wait_for("v2 healthy on both devices", on(client, "1.1.0"), timeout=90)
         seen = max(d["desired_serial"] for d in devices(client).values())
         old.stop()
 
@@ -128,7 +108,9 @@ def test_backup_under_load_then_restore_keeps_devices(tmp_path: Path) -> None:
         client = httpx.Client(base_url=new.base_url, timeout=30,
                               headers={"Authorization": f"Bearer {old.admin_token}"})  # fmt: skip
         clients.append(client)
-        wait_for("both devices healthy on the restored server", on(client, "1.1.0", seen))
+        wait_for(
+            "both devices healthy on the restored server", on(client, "1.1.0", seen), timeout=90
+        )
         for d in devices(client).values():
             assert d["state"] == "accepted"
         for log in logs:

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from serverkit import FleetRepo, SimDevice, kernex_yaml, verify_manifest
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import FleetRepo, kernex_yaml
 
 from kernex_core import keys
 from kernex_server.accounts import Accounts

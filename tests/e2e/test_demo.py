@@ -66,6 +66,11 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     ]
     assert log[3].startswith("rollback group all to ")
     _assert_halted_rollout(workspace / "server" / "kernex.db", devices=6)
+    # a dashboard login was made and named, with its URL
+    assert re.search(r"Made a dashboard login: http://127\.0\.0\.1:\d+/ui/ as 'demo'", out)
+    assert "kernex demo --keep" in out
+    with closing(sqlite3.connect(workspace / "server" / "kernex.db")) as conn:
+        assert conn.execute("SELECT name, role FROM users").fetchall() == [("demo", "operator")]
     # the server the demo started is stopped
     url = re.search(r"Kernex server on (http://127\.0\.0\.1:\d+)", out)
     assert url is not None

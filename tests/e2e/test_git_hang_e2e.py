@@ -18,7 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, SimDevice, admin
+from kit.admin import admin
+from kit.device import SimDevice
+from kit.fleet import FleetRepo
+from kit.wait import wait_for
 
 from kernex_core import keys
 from kernex_core.trust import ManifestVerifier
@@ -199,15 +202,16 @@ def test_a_silent_remote_with_nothing_deployed_blocks_nothing(
         assert "ok," not in shown.stdout.split("reconcile", 1)[1].splitlines()[0]
 
         # After git_timeout the fetch is stopped and the failure is recorded.
-        deadline = time.monotonic() + 30
-        while True:
-            status = httpx.get(
+        def server_status() -> Any:
+            return httpx.get(
                 f"{proc.base}/v1/admin/status", headers=admin(token), timeout=BOUND
             ).json()
-            if status["git"]["last_error"]:
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(0.2)
+
+        status = wait_for(
+            "the fetch failure to be recorded",
+            lambda: (s := server_status())["git"]["last_error"] and s,
+            30,
+        )
         assert "took over 8 s and was stopped" in status["git"]["last_error"]
         metrics = httpx.get(f"{proc.base}/metrics", timeout=BOUND).text
         assert "kernex_git_fetch_failures_total" in metrics

@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, kernex_yaml, sha
+from kit.bundles import bundle_bytes
+from kit.fleet import FleetRepo, kernex_yaml, sha
+from kit.wait import wait_for
 
-from kernex_cli.bundle_build import build_bundle
 from kernex_cli.localserver import LocalServer
 from kernex_core import keys
 from kernex_core.errors import ManifestRejectedError
@@ -37,29 +38,7 @@ OK = "#!/bin/sh\nexit 0\n"
 
 
 def make_bundle(root: Path, version: str) -> bytes:
-    src = root / f"app-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for name in ("install", "health"):
-        (src / "hooks" / name).write_text(OK)
-        (src / "hooks" / name).chmod(0o755)
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: app\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    return build_bundle(src)
-
-
-def wait_for(what: str, probe: Any, timeout: float = 60) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return bundle_bytes(root, "app", version, install=OK, health=OK)
 
 
 class Fleet:

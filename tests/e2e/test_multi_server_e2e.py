@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from serverkit import FleetRepo
+from kit.device import SimDevice
+from kit.fleet import FleetRepo
+from kit.wait import wait_for
 
 from kernex_cli.localserver import LocalServer
 from kernex_server.database import make_engine
@@ -36,17 +38,6 @@ def fleet_yaml(greeting: str) -> str:
         "apiVersion: kernex/v1\nname: test-fleet\n"
         f"defaults:\n  config:\n    app:\n      greeting: {greeting}\n"
     )
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -239,5 +230,40 @@ def test_every_server_serves_the_newest_state(pair: Pair, tmp_path: Path) -> Non
     finally:
         on_b.stop()
         late.stop()
+        a_client.close()
+        b_client.close()
+
+
+def test_replays_and_revocations_hold_across_servers(pair: Pair) -> None:
+    """A signed request A accepted is refused when replayed to B; a device revoked on A
+    is refused by B within 1 s."""
+    a_client, b_client = pair.client(pair.a), pair.client(pair.b)
+    token = a_client.post("/v1/admin/enrollment-tokens", json={"max_uses": 1}).json()["token"]
+    device = SimDevice("sim-1")
+    try:
+        assert device.enroll(a_client, token).status_code == 201
+        # a captured status report: the same bytes and signature, sent again
+        path = "/v1/devices/sim-1/status"
+        body = json.dumps({"phase": "healthy", "serial": 1}).encode()
+        headers = device.headers("POST", path, body)
+        assert a_client.post(path, content=body, headers=headers).status_code == 204
+        for server_client in (b_client, a_client):
+            replayed = server_client.post(path, content=body, headers=headers)
+            assert replayed.status_code == 401, replayed.text
+            assert "replay" in replayed.json()["error"]
+        assert device.manifest(b_client).status_code == 200  # fresh requests still pass
+
+        assert a_client.post("/v1/admin/devices/sim-1/revoke").status_code == 200
+        revoked_at = time.monotonic()
+
+        def refused_by_b() -> bool:
+            return device.manifest(b_client).status_code in (401, 403)
+
+        wait_for("B to refuse the revoked device", refused_by_b, 10)
+        elapsed = time.monotonic() - revoked_at
+        assert elapsed < 1.0, f"B served a device revoked on A for {elapsed:.2f} s"
+        refused = device.status(b_client, {"phase": "healthy", "serial": 1})
+        assert refused.status_code == 403, refused.text
+    finally:
         a_client.close()
         b_client.close()

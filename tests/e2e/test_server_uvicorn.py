@@ -15,7 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import FleetRepo, SimDevice, kernex_yaml
+from kit.device import SimDevice
+from kit.fleet import FleetRepo, kernex_yaml
+from kit.wait import wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from kernex_core import keys
 from kernex_core.trust import ManifestVerifier
@@ -75,6 +78,14 @@ def running(tmp_path: Path) -> Iterator[dict[str, Any]]:
         log.close()
 
 
+def long_polls_open(base: str) -> float | None:
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "kernex_manifest_long_polls_open":
+                return float(sample.value)
+    return None
+
+
 def test_enroll_manifest_commit_long_poll_status(running: dict[str, Any]) -> None:
     base, repo, key = running["base"], running["repo"], running["key"]
     auth = {"Authorization": f"Bearer {running['token']}"}
@@ -93,7 +104,7 @@ def test_enroll_manifest_commit_long_poll_status(running: dict[str, Any]) -> Non
 
         with ThreadPoolExecutor(1) as pool:
             poll = pool.submit(device.manifest, client, wait=30, etag=first.headers["etag"])
-            time.sleep(0.3)
+            wait_for("the long poll to be waiting", lambda: long_polls_open(base) == 1, 30)
             repo.write("kernex.yaml", kernex_yaml(version="1.1.0"))
             commit = repo.commit("app 1.1.0")  # the server's poll loop picks it up
             changed = poll.result(timeout=40)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import FleetRepo, SimDevice, admin
+from kit.admin import admin
+from kit.device import SimDevice
+from kit.fleet import FleetRepo
 
 pytestmark = pytest.mark.e2e
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
@@ -82,7 +84,7 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server_proc(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path)
     srv.start()
     try:
@@ -91,11 +93,13 @@ def server(tmp_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
-def test_every_acknowledged_report_survives_sigkill(server: Server) -> None:
+def test_every_acknowledged_report_survives_sigkill(server_proc: Server) -> None:
     devices = [SimDevice(f"dev-{n:02d}") for n in range(DEVICES)]
-    with httpx.Client(base_url=server.base, timeout=30) as client:
+    with httpx.Client(base_url=server_proc.base, timeout=30) as client:
         made = client.post(
-            "/v1/admin/enrollment-tokens", json={"max_uses": DEVICES}, headers=admin(server.token)
+            "/v1/admin/enrollment-tokens",
+            json={"max_uses": DEVICES},
+            headers=admin(server_proc.token),
         )
         assert made.status_code == 201, made.text
         for device in devices:
@@ -108,7 +112,7 @@ def test_every_acknowledged_report_survives_sigkill(server: Server) -> None:
 
     def send(device: SimDevice) -> int:
         sent = 0
-        with httpx.Client(base_url=server.base, timeout=10) as client:
+        with httpx.Client(base_url=server_proc.base, timeout=10) as client:
             while not stop.is_set():
                 marker = f"{device.device_id}/{sent}"
                 report = {"phase": "healthy", "serial": 1, "log_tail": marker}
@@ -127,18 +131,18 @@ def test_every_acknowledged_report_survives_sigkill(server: Server) -> None:
         deadline = time.monotonic() + 30
         while len(acknowledged) < 200 and time.monotonic() < deadline:
             time.sleep(0.02)
-        server.stop(signal.SIGKILL)  # mid-stream: reports are arriving as it dies
+        server_proc.stop(signal.SIGKILL)  # mid-stream: reports are arriving as it dies
         stop.set()
         for sender in senders:
             sender.result(timeout=30)
     assert len(acknowledged) >= 200, "the server acknowledged too few reports to test"
 
-    server.start()  # recovers the database after the crash
-    with httpx.Client(base_url=server.base, timeout=30) as client:
-        listed = client.get("/v1/admin/devices", headers=admin(server.token))
+    server_proc.start()  # recovers the database after the crash
+    with httpx.Client(base_url=server_proc.base, timeout=30) as client:
+        listed = client.get("/v1/admin/devices", headers=admin(server_proc.token))
         assert listed.status_code == 200
         assert {d["id"] for d in listed.json()["devices"]} == {d.device_id for d in devices}
-    db = sqlite3.connect(server.data / "kernex.db")
+    db = sqlite3.connect(server_proc.data / "kernex.db")
     try:
         stored = set(db.execute("SELECT device_id, log_tail FROM status_reports"))
     finally:

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from gitkit import quiet_home  # noqa: F401 - autouse fixture: no outside Git config
+from kit.git import quiet_home  # noqa: F401 - autouse fixture: no outside Git config
 
 FORBIDDEN = ("kernex_server", "sqlalchemy", "starlette", "uvicorn", "alembic", "psycopg", "git")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gitkit import quiet_home  # noqa: F401 - autouse fixture: no outside Git config
+from kit.git import quiet_home  # noqa: F401 - autouse fixture: no outside Git config
 
 from kernex_git import GitCommandError, GitError, redact_text, redact_url
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from gitkit import git, make_repo, quiet_home  # noqa: F401 - autouse
+from kit.git import git, make_repo, quiet_home  # noqa: F401 - autouse
 
 from kernex_git import (
     GitCommandError,
@@ -54,7 +54,7 @@ def test_a_mirror_follows_the_branch_and_never_stores_the_url(tmp_path: Path) ->
 def test_the_server_ignores_the_users_git_config_and_reads_its_own(tmp_path: Path) -> None:
     origin = tmp_path / "origin"
     sha = make_repo(origin, {"kernex.yaml": "name: one\n"})
-    # The server user's ~/.gitconfig (HOME is tmp_path/home, see gitkit.quiet_home) would
+    # The server user's ~/.gitconfig (HOME is tmp_path/home, see kit.git.quiet_home) would
     # send every file:// fetch elsewhere.
     (tmp_path / "home" / ".gitconfig").write_text(
         f'[url "file://{tmp_path}/elsewhere/"]\n\tinsteadOf = file://{tmp_path}/\n'

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from gitkit import git, make_repo, quiet_home, write  # noqa: F401 - autouse
+from kit.git import git, make_repo, quiet_home, write  # noqa: F401 - autouse
 
 from kernex_core.fleet import MAX_FILE_BYTES
 from kernex_git import (

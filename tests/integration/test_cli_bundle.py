@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from kit.bundles import OK, bundle_source
 from typer.testing import CliRunner
 
+from kernex_cli.client import AdminClient, Connection
 from kernex_cli.localserver import LocalServer
 from kernex_cli.main import app
+from kernex_cli.publish import inspect_archive, upload_bundle
 from kernex_core import keys
 from kernex_core.envelope import Signature
 from kernex_core.release import verify_release
@@ -29,17 +37,8 @@ def git(repo: Path, *args: str) -> str:
 
 
 def make_bundle_dir(root: Path, version: str = "1.1.0") -> Path:
-    src = root / f"hello-src-{version}"
-    (src / "hooks").mkdir(parents=True)
-    (src / "kernex-bundle.yaml").write_text(
-        f"name: hello\nversion: '{version}'\nhooks:\n  install: hooks/install\n"
-        "  health: hooks/health\n"
-    )
-    for hook in ("install", "health"):
-        (src / "hooks" / hook).write_text("#!/bin/sh\nexit 0\n")
-        (src / "hooks" / hook).chmod(0o755)
-    (src / "payload.txt").write_text(f"hello {version}\n")
-    return src
+    files = {"payload.txt": f"hello {version}\n"}
+    return bundle_source(root, "hello", version, install=OK, health=OK, files=files)
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ def fleet(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(tmp_path: Path, fleet: Path) -> Iterator[LocalServer]:
+def server_proc(tmp_path: Path, fleet: Path) -> Iterator[LocalServer]:
     with LocalServer(tmp_path / "server", repo=fleet) as running:
         yield running
 
@@ -94,7 +93,7 @@ def test_build_without_metadata_fails_with_hint(tmp_path: Path) -> None:
 
 
 def test_push_uploads_records_commits_and_is_idempotent(
-    tmp_path: Path, fleet: Path, server: LocalServer
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
 ) -> None:
     src = make_bundle_dir(tmp_path, "1.2.0")  # a version the catalog does not pin yet
     key_file = tmp_path / "release.key"
@@ -106,7 +105,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert built.exit_code == 0, built.output
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     before = (fleet / "bundles/hello.yaml").read_text()
-    conn = ["--server", server.base_url, "--token", server.admin_token]
+    conn = ["--server", server_proc.base_url, "--token", server_proc.admin_token]
     pushed = runner.invoke(
         app, ["bundle", "push", str(archive), "--repo", str(fleet), *conn, "--json"]
     )
@@ -126,8 +125,8 @@ def test_push_uploads_records_commits_and_is_idempotent(
     assert "ebf105d4e81c494b153339fcb9ec089af1fab5add989162db036ccf3b936d3d4" in after
     # the server has exactly these bytes
     stored = httpx.get(
-        f"{server.base_url}/v1/admin/bundles",
-        headers={"Authorization": f"Bearer {server.admin_token}"},
+        f"{server_proc.base_url}/v1/admin/bundles",
+        headers={"Authorization": f"Bearer {server_proc.admin_token}"},
     ).json()["bundles"]
     assert [(b["sha256"], b["size"]) for b in stored] == [(sha, archive.stat().st_size)]
 
@@ -145,7 +144,7 @@ def test_push_uploads_records_commits_and_is_idempotent(
 
 
 def test_push_with_a_bad_token_commits_nothing(
-    tmp_path: Path, fleet: Path, server: LocalServer
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
 ) -> None:
     archive = tmp_path / "hello.tar.gz"
     built = runner.invoke(
@@ -162,7 +161,7 @@ def test_push_with_a_bad_token_commits_nothing(
             "-C",
             str(fleet),
             "--server",
-            server.base_url,
+            server_proc.base_url,
             "--token",
             "kx_wrong",
         ],
@@ -226,3 +225,76 @@ def test_build_accepts_a_binary_hook(tmp_path: Path) -> None:
     (src / "hooks" / "health").write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 57)
     result = runner.invoke(app, ["bundle", "build", str(src), "-o", str(tmp_path / "b.tar.gz")])
     assert result.exit_code == 0, result.output
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_upload_cut_off_by_a_crash_is_cleaned_up_and_pushed_again(
+    tmp_path: Path, fleet: Path, server_proc: LocalServer
+) -> None:
+    src = make_bundle_dir(tmp_path, "2.0.0")
+    (src / "payload.bin").write_bytes(os.urandom(2 << 20))  # several upload chunks
+    archive = tmp_path / "hello-2.0.0.tar.gz"
+    built = runner.invoke(app, ["bundle", "build", str(src), "-o", str(archive)])
+    assert built.exit_code == 0, built.output
+    data = archive.read_bytes()
+    info = inspect_archive(archive)
+    tmp_dir = server_proc.data_dir / "blobs" / "tmp"
+    auth = {"Authorization": f"Bearer {server_proc.admin_token}"}
+
+    # an upload the server dies in the middle of leaves its half-written file behind
+    halfway = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield data[: len(data) // 2]
+        halfway.wait(30)
+        yield data[len(data) // 2 :]
+
+    def upload() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.put(
+                f"{server_proc.base_url}/v1/admin/bundles/{info.sha256}",
+                content=body(),
+                headers={**auth, "Content-Length": str(len(data))},
+                timeout=30,
+            )
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    wait_for(lambda: any(p.stat().st_size > 0 for p in tmp_dir.glob("upload.*")))
+    assert server_proc.proc is not None
+    server_proc.proc.kill()
+    server_proc.proc.wait()
+    halfway.set()
+    uploader.join(30)
+    (left,) = tmp_dir.glob("upload.*")
+    hour_ago = time.time() - 3601
+    os.utime(left, (hour_ago, hour_ago))
+    young = tmp_dir / "upload.young"  # not an hour old: could still be written to
+    young.write_bytes(b"partial")
+
+    # the upload finds the server down, starts again once it is back (its start removed
+    # the stale file), and stores the bundle
+    restarts: list[Exception] = []
+    with AdminClient(Connection(server_proc.base_url, server_proc.admin_token)) as client:
+        answer = upload_bundle(
+            client, archive, info, on_restart=restarts.append, sleep=lambda _: server_proc.start()
+        )
+    assert len(restarts) == 1
+    assert answer["sha256"] == info.sha256
+    assert answer["created"] is True
+    assert not left.exists()
+    assert young.exists()
+    assert [p.name for p in tmp_dir.iterdir()] == ["upload.young"]
+
+    conn = ["--server", server_proc.base_url, "--token", server_proc.admin_token]
+    pushed = runner.invoke(app, ["bundle", "push", str(archive), "--repo", str(fleet), *conn])
+    assert pushed.exit_code == 0, pushed.output
+    assert "already on the server" in pushed.output
+    stored = httpx.get(f"{server_proc.base_url}/v1/admin/bundles", headers=auth).json()["bundles"]
+    assert [(b["sha256"], b["size"]) for b in stored] == [(info.sha256, len(data))]

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from apicheck import check_answers
-from serverkit import FleetRepo
+from kit.apicheck import check_answers
+from kit.fleet import FleetRepo
+from kit.server import InProcessServer
 from starlette.testclient import TestClient
 
 from kernex_core import keys
@@ -22,7 +23,7 @@ from kernex_server.settings import Settings
 @pytest.fixture(autouse=True)
 def answers_match_openapi(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every TestClient of a Kernex app in the server tests checks each answer against the
-    app's /openapi.json (tests/apicheck.py), however the test made the client."""
+    app's /openapi.json (tests/kit/apicheck.py), however the test made the client."""
     enter = TestClient.__enter__
 
     def checked_enter(self: TestClient) -> TestClient:
@@ -77,43 +78,11 @@ def make_settings(tmp_path: Path, database: dict[str, str], fleet_repo: FleetRep
     return build
 
 
-class Server:
-    """The in-process app with its admin token, under a TestClient."""
-
-    def __init__(self, client: TestClient, token: str, key: keys.PrivateKey) -> None:
-        self.client = client
-        self.token = token
-        self.key = key
-        self.kx = client.app.state.kx  # type: ignore[attr-defined]
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def admin_post(self, path: str, **kw: Any) -> Any:
-        response = self.client.post(path, headers=self.auth, **kw)
-        assert response.status_code < 300, response.text
-        return response.json() if response.content else None
-
-    def admin_get(self, path: str) -> Any:
-        response = self.client.get(path, headers=self.auth)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def reconcile(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.admin_post("/v1/admin/reconcile")
-        return result
-
-    def enrollment_token(self, **body: Any) -> str:
-        token: str = self.admin_post("/v1/admin/enrollment-tokens", json=body)["token"]
-        return token
-
-
 @pytest.fixture
 def start_server(manifest_key: keys.PrivateKey, make_settings: Any) -> Iterator[Any]:
     clients: list[TestClient] = []
 
-    def start(*, background: bool = False, **overrides: Any) -> Server:
+    def start(*, background: bool = False, **overrides: Any) -> InProcessServer:
         settings = make_settings(**overrides)
         app = create_app(settings, manifest_key=manifest_key, background=background)
         client = TestClient(app)
@@ -123,7 +92,7 @@ def start_server(manifest_key: keys.PrivateKey, make_settings: Any) -> Iterator[
         token = app.state.kx.store.create_api_token(
             f"test-{secrets.token_hex(3)}", "admin", now=time.time()
         )
-        return Server(client, token, manifest_key)
+        return InProcessServer(client, token, manifest_key)
 
     yield start
     for client in reversed(clients):
@@ -131,6 +100,6 @@ def start_server(manifest_key: keys.PrivateKey, make_settings: Any) -> Iterator[
 
 
 @pytest.fixture
-def server(start_server: Any) -> Server:
-    srv: Server = start_server()
+def server(start_server: Any) -> InProcessServer:
+    srv: InProcessServer = start_server()
     return srv

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from serverkit import BUNDLE_V1, BUNDLE_V2, SimDevice, sha, verify_manifest
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import BUNDLE_V1, BUNDLE_V2, sha
 from starlette.routing import Route
 
 from kernex_server import admin_api, device_api, devices_api, tokens_api
@@ -66,7 +67,7 @@ def test_bundle_upload_is_content_addressed_and_idempotent(server: Any) -> None:
     assert not BlobStore(server.kx.settings.blob_dir).has(sha(BUNDLE_V2))
     assert list((server.kx.settings.blob_dir / "tmp").iterdir()) == []
 
-    time.sleep(0.01)
+    time.sleep(0.01)  # about time itself: the listing is newest first, by upload time
     posted = server.client.post("/v1/admin/bundles", content=BUNDLE_V2, headers=server.auth)
     assert posted.status_code == 201
     assert posted.json()["sha256"] == sha(BUNDLE_V2)

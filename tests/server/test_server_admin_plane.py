@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from serverkit import SimDevice, admin
+from kit.admin import admin
+from kit.device import SimDevice
 from starlette.routing import Route
 
 from kernex_server.api import handlers

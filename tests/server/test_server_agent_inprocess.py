@@ -13,14 +13,14 @@ from typing import Any
 
 import anyio
 import httpx
-from apicheck import AnswerChecker
-from serverkit import FleetRepo
+from kit.apicheck import AnswerChecker
+from kit.bundles import bundle_bytes
+from kit.fleet import FleetRepo
 
 from kernex_agent.agent import Agent
 from kernex_agent.config import load_config
 from kernex_agent.enroll import enroll
 from kernex_agent.hooks import SubprocessHookRunner
-from kernex_cli.bundle_build import build_bundle
 from kernex_core import __version__, keys
 from kernex_server import openapi
 from kernex_server.app import create_app
@@ -31,17 +31,8 @@ HEALTHY = "#!/bin/sh\nexit 0\n"
 
 
 def make_bundle(root: Path, version: str) -> bytes:
-    src = root / f"src-hello-{version}"
-    (src / "hooks").mkdir(parents=True)
-    for hook, body in (("install", INSTALL), ("health", HEALTHY)):
-        (src / "hooks" / hook).write_text(body)
-        (src / "hooks" / hook).chmod(0o755)
-    (src / "kernex-bundle.yaml").write_text(
-        f'name: hello\nversion: "{version}"\nhooks:\n  install: hooks/install\n'
-        "  health: hooks/health\n"
-    )
-    (src / "greeting.txt").write_text(f"hello {version}\n")
-    return build_bundle(src)
+    files = {"greeting.txt": f"hello {version}\n"}
+    return bundle_bytes(root, "hello", version, install=INSTALL, health=HEALTHY, files=files)
 
 
 def commit_fleet(repo: FleetRepo, bundle: bytes) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 import anyio
 import pytest
-from alertsink import AlertSink
-from serverkit import SimDevice
+from kit.alertsink import AlertSink
+from kit.device import SimDevice
 from starlette.testclient import TestClient
 
 from kernex_core import keys

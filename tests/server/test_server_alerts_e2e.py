@@ -10,14 +10,16 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from alertsink import AlertSink
-from serverkit import FleetRepo, SimDevice, kernex_yaml, verify_manifest
+from kit.alertsink import AlertSink
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import FleetRepo, kernex_yaml
+from kit.wait import wait_for
 
 from kernex_core import keys
 from kernex_server.app import create_app
@@ -29,22 +31,6 @@ STAGED = (
     "selector: ring=stable\npriority: 5\nrollout:\n  waves: [20%, 100%]\n"
     "  failure_threshold: 10%\n  auto_rollback: true\n"
 )
-
-
-def wait_for(
-    what: str,
-    probe: Callable[[], Any],
-    timeout: float = 30,
-    what_else: Callable[[], Any] = lambda: "",
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what} {what_else()}")
-        time.sleep(0.1)
 
 
 class Uvicorn:
@@ -157,13 +143,11 @@ def test_a_halt_while_the_receiver_is_down_arrives_once_signed_after_a_restart(
     try:
         got = wait_for("the halt alert", lambda: sink.of_kind("rollout.halted"))
 
-        last: dict[str, Any] = {}
-
         def settled() -> bool:
-            last.update(client.get("/v1/admin/alerts", headers=auth).json())
-            return bool(last["outbox"]["pending"] == 0)
+            shown = client.get("/v1/admin/alerts", headers=auth).json()
+            return shown["outbox"]["pending"] == 0
 
-        wait_for("every alert delivered", settled, what_else=lambda: last)
+        wait_for("every alert delivered", settled)
         passes = kx.alerter.passes
         wait_for("five more alert passes", lambda: kx.alerter.passes >= passes + 5)
         halts = sink.of_kind("rollout.halted")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, NotRequired, TypedDict
 
 import pytest
-from apicheck import AnswerChecker
+from kit.apicheck import AnswerChecker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient

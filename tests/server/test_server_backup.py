@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from apicheck import check_answers
-from serverkit import BUNDLE_V1, FleetRepo, SimDevice, admin, kernex_yaml, sha, verify_manifest
+from kit.admin import admin
+from kit.apicheck import check_answers
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import BUNDLE_V1, FleetRepo, kernex_yaml, sha
 from starlette.testclient import TestClient
 
 from kernex_core import keys

@@ -8,7 +8,8 @@ import re
 import time
 from typing import Any
 
-from serverkit import BUNDLE_V1, BUNDLE_V2, SimDevice, kernex_yaml, sha
+from kit.device import SimDevice
+from kit.fleet import BUNDLE_V1, BUNDLE_V2, kernex_yaml, sha
 from sqlalchemy import update
 
 from kernex_server.models import BundleBlob

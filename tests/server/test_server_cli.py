@@ -7,7 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from serverkit import FleetRepo, migration_head
+from kit.fleet import FleetRepo
+from kit.server import migration_head
 from typer.testing import CliRunner
 
 from kernex_cli.main import app

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from serverkit import SimDevice, verify_manifest
+from kit.device import SimDevice, verify_manifest
 
 from kernex_core import keys
 from kernex_server.database import alembic_config, make_engine, migrate

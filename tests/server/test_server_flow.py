@@ -6,11 +6,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from serverkit import BUNDLE_V1, BUNDLE_V2, SimDevice, kernex_yaml, sha, verify_manifest
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import BUNDLE_V1, BUNDLE_V2, kernex_yaml, sha
+from kit.wait import wait_for
 
 
 def accept(server: Any, device: SimDevice) -> None:
     server.admin_post(f"/v1/admin/devices/{device.device_id}/accept")
+
+
+def long_polls_open(kx: Any) -> float | None:
+    value: float | None = kx.metrics.registry.get_sample_value("kernex_manifest_long_polls_open")
+    return value
 
 
 def test_enroll_accept_manifest_long_poll_status(server: Any, fleet_repo: Any) -> None:
@@ -37,7 +44,7 @@ def test_enroll_accept_manifest_long_poll_status(server: Any, fleet_repo: Any) -
     with ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         poll = pool.submit(device.manifest, server.client, wait=30, etag=etag)
-        time.sleep(0.2)
+        wait_for("the long poll to be waiting", lambda: long_polls_open(server.kx) == 1, 10)
         fleet_repo.write("kernex.yaml", kernex_yaml(version="1.1.0"))
         commit = fleet_repo.commit("app 1.1.0 everywhere")
         assert server.reconcile()["state"] == "deployed"
@@ -194,7 +201,7 @@ def test_heartbeat_updates_last_seen(server: Any) -> None:
     device.enroll(server.client, token=server.enrollment_token())
     row = server.kx.store.get_device("dev-1")
     enrolled_seen = row.last_seen
-    time.sleep(1.1)
+    time.sleep(1.1)  # about time itself: last_seen must move on by a whole second
     assert device.manifest(server.client).status_code == 200
     server.client.portal.call(server.kx.flush_heartbeats)
     later = server.kx.store.get_device("dev-1").last_seen

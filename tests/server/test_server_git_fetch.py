@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apicheck import check_answers
+from kit.apicheck import check_answers
+from kit.device import SimDevice
+from kit.fleet import FleetRepo
 from prometheus_client.parser import text_string_to_metric_families
-from serverkit import FleetRepo, SimDevice
 from starlette.testclient import TestClient
 
 from kernex_core import keys

@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from serverkit import SimDevice
+from kit.device import SimDevice
 
 
 def enrolled(server: Any, device_id: str = "dev-1") -> SimDevice:

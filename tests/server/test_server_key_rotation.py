@@ -7,7 +7,8 @@ import json
 import time
 from typing import Any
 
-from serverkit import SimDevice, admin
+from kit.admin import admin
+from kit.device import SimDevice
 
 from kernex_core import keys
 from kernex_core.envelope import Envelope, sign_envelope

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serverkit import BUNDLE_V1, BUNDLE_V2, FleetRepo, kernex_yaml, sha
+from kit.fleet import BUNDLE_V1, BUNDLE_V2, FleetRepo, kernex_yaml, sha
 
 from kernex_cli.output import console
 from kernex_cli.status_cmds import render_status

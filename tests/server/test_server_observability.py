@@ -10,8 +10,11 @@ import time
 from typing import Any
 
 import pytest
+from kit.admin import admin
+from kit.device import SimDevice
+from kit.fleet import BUNDLE_V1, kernex_yaml, sha
+from kit.wait import wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from serverkit import BUNDLE_V1, SimDevice, admin, kernex_yaml, sha
 
 from kernex_server.logs import JsonFormatter
 
@@ -105,9 +108,8 @@ def test_gitlab_token_wakes_the_reconcile_loop(start_server: Any, fleet_repo: An
         "/v1/hooks/git", content=body, headers={**headers, "X-Gitlab-Token": SECRET}
     )
     assert ok.status_code == 202
-    deadline = time.monotonic() + 20
-    while current_revision(server) != new and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("the webhook's fetch to deploy the new commit",
+             lambda: current_revision(server) == new, 20)  # fmt: skip
     assert current_revision(server) == new
     unsigned = server.client.post("/v1/hooks/git", content=body)
     assert unsigned.status_code == 401
@@ -208,7 +210,10 @@ def test_long_polls_open_gauge_and_metrics_token(start_server: Any) -> None:
                 results.append(r.status_code)
 
             tg.start_soon(poll)
-            await anyio.sleep(0.5)
+            gauge = "kernex_manifest_long_polls_open"
+            with anyio.fail_after(10):  # until the long poll is waiting
+                while server.kx.metrics.registry.get_sample_value(gauge) != 1:
+                    await anyio.sleep(0.01)
             text = (await client.get("/metrics", headers=admin("scrape-me"))).text
         open_now = next(
             s.value

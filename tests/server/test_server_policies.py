@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from serverkit import FleetRepo, SimDevice, kernex_yaml, verify_manifest
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import FleetRepo, kernex_yaml
 from starlette.testclient import TestClient
 
 from kernex_core import keys

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from serverkit import migration_head
+from kit.server import migration_head
 from sqlalchemy.engine import make_url
 
 from kernex_server.database import current_revision, make_engine, migrate

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from serverkit import SimDevice
+from kit.device import SimDevice
 
 from kernex_core import keys
 

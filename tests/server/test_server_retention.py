@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from serverkit import SimDevice, kernex_yaml
+from kit.device import SimDevice
+from kit.fleet import kernex_yaml
+from kit.wait import wait_for
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -99,14 +102,12 @@ def test_the_server_prunes_in_the_background(start_server: Any) -> None:
     store = server.kx.store
     store.audit(at=time.time() - 2 * DAY, actor="old", action="x", target="t", address="",
                 result="ok")  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def pruned() -> bool:
         with store.sessions() as s:
-            if not s.scalar(select(func.count()).where(AuditEntry.actor == "old")):
-                break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the old audit row was not pruned")
+            return not s.scalar(select(func.count()).where(AuditEntry.actor == "old"))
+
+    wait_for("the old audit row to be pruned", pruned, 10, every=0.05)
 
 
 def test_cli_prune_dry_run(tmp_path: Path) -> None:
@@ -120,3 +121,28 @@ def test_cli_prune_dry_run(tmp_path: Path) -> None:
     real = runner.invoke(app, ["server", "prune", "--json", "--data-dir", str(data)])
     assert real.exit_code == 0, real.output
     assert '"dry_run": false' in real.output
+
+
+def test_stale_upload_files_are_removed_at_start_and_by_the_pruning_pass(
+    start_server: Any, make_settings: Any
+) -> None:
+    tmp_dir = make_settings().blob_dir / "tmp"
+    tmp_dir.mkdir(parents=True)
+    hour_ago = time.time() - 3601
+    at_start = tmp_dir / "upload.before-start"  # left by a server that died mid-upload
+    at_start.write_bytes(b"half")
+    os.utime(at_start, (hour_ago, hour_ago))
+    server = start_server(background=True, prune_interval=0.1)
+    assert not at_start.exists()
+
+    later = tmp_dir / "upload.later"
+    later.write_bytes(b"half")
+    young = tmp_dir / "upload.young"  # written to within the hour: may be in progress
+    young.write_bytes(b"half")
+    os.utime(later, (hour_ago, hour_ago))
+    deadline = time.monotonic() + 10
+    while later.exists():
+        assert time.monotonic() < deadline, "the pruning pass left the stale upload"
+        time.sleep(0.05)
+    assert young.exists()
+    assert server.kx.blobs.root / "tmp" == tmp_dir

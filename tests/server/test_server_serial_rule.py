@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from serverkit import SimDevice, kernex_yaml
+from kit.device import SimDevice
+from kit.fleet import kernex_yaml
 
 from kernex_server.manifests import stored_manifest
 from kernex_server.models import Deployment, DeviceManifest

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import SimDevice, kernex_yaml, verify_manifest
+from kit.device import SimDevice, verify_manifest
+from kit.fleet import kernex_yaml
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
 

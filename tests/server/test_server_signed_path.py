@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serverkit import SimDevice
+from kit.device import SimDevice
 from starlette.testclient import TestClient
 
 BODY = json.dumps({"phase": "healthy", "serial": 1}).encode()

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from serverkit import SimDevice
+from kit.device import SimDevice
 from sqlalchemy.exc import OperationalError
 
 from kernex_core.protocol import StatusReport

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import GIT_ENV, kernex_yaml
+from kit.fleet import GIT_ENV, kernex_yaml
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg")

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import test_server_rollouts as rollouts_kit
-from serverkit import FleetRepo
+from kit.fleet import FleetRepo
 from test_server_rollouts import release, staged_repo
 
 from kernex_server.accounts import LOCK_AFTER, Accounts
@@ -208,8 +208,11 @@ def test_pages_show_the_fleet_and_operators_pause_and_resume(
     fleet = start_fleet()
     fleet.enroll(5)
     fleet.report_all()
-    release(fleet, fleet_repo, "1.1.0")
+    commit = release(fleet, fleet_repo, "1.1.0")
     [rollout] = fleet.rollouts()
+    fleet_repo.write("groups/bad.yaml", "selector: ''\nbundles:\n  app: 9.9.9\n")
+    refused_commit = fleet_repo.commit("a version nobody published")
+    assert fleet.post("/v1/admin/reconcile")["state"] == "invalid"
     add_user(fleet.kx, "olga", "operator")
     add_user(fleet.kx, "vic", "viewer")
     client = fleet.client
@@ -225,6 +228,11 @@ def test_pages_show_the_fleet_and_operators_pause_and_resume(
     bad = client.get("/ui/devices?label=nolabel")
     assert bad.status_code == 400
     assert "not key=value" in bad.text
+    revisions = client.get("/ui/revisions")
+    assert commit[:12] in revisions.text
+    assert refused_commit[:12] in revisions.text
+    assert "groups/bad.yaml" in revisions.text
+    assert "Stored bundles" in client.get("/ui/bundles").text
     device = client.get("/ui/devices/stable-00")
     assert "ring=stable" in device.text
     assert client.get("/ui/devices/nope").status_code == 404

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from kit.durations import DURATIONS, NOT_DURATIONS
 
 from kernex_core.formats import NAME_RE, SHA256_RE, VERSION_RE, parse_duration
-from unit.durations import DURATIONS, NOT_DURATIONS
 
 
 @pytest.mark.parametrize(("text", "seconds"), DURATIONS.items())

@@ -4,9 +4,10 @@ The rules a device checks a manifest by are tested in test_core_trust.py."""
 
 from __future__ import annotations
 
+from kit.manifests import NOW, make_manifest, verifier
+
 from kernex_core import keys
 from kernex_core.manifest import sign_manifest
-from unit.manifests import NOW, make_manifest, verifier
 
 
 def test_round_trip_through_the_wire_format() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kit.fleet import base_files
 
 from kernex_core.fleet import load_fleet
 from kernex_core.rollout import (
@@ -30,7 +31,6 @@ from kernex_core.rollout import (
     wave_ready,
     waves_of,
 )
-from unit.fleetfiles import base_files
 
 POLICY: dict[str, Any] = {
     "waves": [20, 100],

@@ -7,6 +7,7 @@ import base64
 import json
 
 import pytest
+from kit.manifests import NOW, SHA, make_manifest, pinned, verifier
 
 from kernex_core import keys
 from kernex_core.canonical import canonical_json
@@ -25,7 +26,6 @@ from kernex_core.trust import (
     accept_manifest,
     accept_release_key_set,
 )
-from unit.manifests import NOW, SHA, make_manifest, pinned, verifier
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from kit.fleet import SHA_A, SHA_B, base_files, y
 
 from kernex_core.errors import FleetInvalidError, ValidationIssue
 from kernex_core.fleet import (
@@ -12,7 +13,6 @@ from kernex_core.fleet import (
     is_fleet_file,
     load_fleet,
 )
-from unit.fleetfiles import SHA_A, SHA_B, base_files, y
 
 
 def issues_of(files: dict[str, bytes]) -> list[ValidationIssue]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from kit.fleet import SHA_B, base_files, y
 
 from kernex_core.errors import FleetConflictError
 from kernex_core.fleet import (
@@ -11,7 +12,6 @@ from kernex_core.fleet import (
     merge_patch,
     parse_selector,
 )
-from unit.fleetfiles import SHA_B, base_files, y
 
 
 def test_defaults_only_for_a_device_no_group_matches() -> None:
