@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serverkit import FleetRepo, SimDevice, kernex_yaml
+from kit.device import SimDevice
+from kit.fleet import FleetRepo, kernex_yaml
 
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
 

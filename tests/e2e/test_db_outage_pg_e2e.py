@@ -18,8 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +26,7 @@ import pytest
 from kit.admin import admin
 from kit.device import SimDevice
 from kit.fleet import FleetRepo
+from kit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
@@ -107,13 +107,6 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_postgres_outage_answers_503_and_logs_once(cluster: Cluster, tmp_path: Path) -> None:
     repo = FleetRepo(tmp_path / "fleet")
     data = tmp_path / "data"
@@ -137,7 +130,7 @@ def test_postgres_outage_answers_503_and_logs_once(cluster: Cluster, tmp_path: P
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(lambda: _answers(f"{base}/healthz"))
+        wait_for("the server to answer", lambda: _answers(f"{base}/healthz"), timeout=20)
         device = SimDevice("dev-1")
         with httpx.Client(base_url=base, timeout=30) as client:
             made = client.post("/v1/admin/enrollment-tokens", json={}, headers=admin(token))
@@ -168,12 +161,18 @@ def test_postgres_outage_answers_503_and_logs_once(cluster: Cluster, tmp_path: P
 
             cluster.start()
             wait_for(
-                lambda: device.status(client, {"phase": "healthy", "serial": 1}).status_code == 204
+                "a report accepted after the outage",
+                lambda: device.status(client, {"phase": "healthy", "serial": 1}).status_code == 204,
+                timeout=20,
             )
             listed = client.get("/v1/admin/devices", headers=admin(token))
             assert listed.status_code == 200
             assert listed.json()["devices"][0]["status"]["phase"] == "healthy"
-            wait_for(lambda: "database available again" in log_path.read_text())
+            wait_for(
+                "the recovery log line",
+                lambda: "database available again" in log_path.read_text(),
+                timeout=20,
+            )
     finally:
         server.terminate()
         server.wait(timeout=15)
