@@ -1,9 +1,11 @@
 """A 204 for a status report means the report is in the database: a real server process
 receiving reports from many devices at once is killed with SIGKILL mid-stream, started
-again, and every report it acknowledged is found in the database."""
+again, and every report it acknowledged is found in the database; a staged rollout whose
+wave was promoted by acknowledged reports completes across the kill."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,12 +17,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from kit.admin import admin
 from kit.device import SimDevice
-from kit.fleet import FleetRepo
+from kit.fleet import FleetRepo, kernex_yaml
+from kit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
@@ -41,7 +45,7 @@ class Server:
         self.data = tmp_path / "data"
         self.env = {**os.environ, "KERNEX_DATA_DIR": str(self.data)}
         self.env.pop("KERNEX_DATABASE_URL", None)
-        repo = FleetRepo(tmp_path / "fleet")
+        self.repo = repo = FleetRepo(tmp_path / "fleet")
         init = subprocess.run(
             [*KERNEX, "server", "init", "--repo", str(repo.path), "--json"],
             env=self.env,
@@ -149,3 +153,67 @@ def test_every_acknowledged_report_survives_sigkill(server_proc: Server) -> None
         db.close()
     lost = [a for a in acknowledged if a not in stored]
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged reports were lost"
+
+
+def served(client: httpx.Client, device: SimDevice) -> tuple[int, str]:
+    """(serial, app version) of the device's current manifest, read from its envelope."""
+    answer = device.manifest(client)
+    assert answer.status_code == 200, answer.text
+    doc = json.loads(base64.b64decode(json.loads(answer.content)["payload"]))
+    return doc["serial"], doc["bundles"][0]["version"]
+
+
+def rollout_of(client: httpx.Client, server: Server, commit: str) -> dict[str, Any] | None:
+    rows = client.get("/v1/admin/rollouts", headers=admin(server.token)).json()["rollouts"]
+    return next((r for r in rows if r["revision"] == commit), None)
+
+
+def test_a_staged_rollout_completes_across_a_sigkill(server_proc: Server) -> None:
+    """The reports that promote a wave are acknowledged, the server is killed before the
+    next wave, and after a restart the rollout still completes: no acknowledged report that
+    it counts on is gone."""
+    devices = [SimDevice(f"dev-{n:02d}") for n in range(6)]
+    repo = server_proc.repo
+    with httpx.Client(base_url=server_proc.base, timeout=30) as client:
+        auth = admin(server_proc.token)
+        made = client.post("/v1/admin/enrollment-tokens", json={"max_uses": 6}, headers=auth)
+        assert made.status_code == 201, made.text
+        for device in devices:
+            assert device.enroll(client, token=made.json()["token"]).status_code == 201
+            serial, version = served(client, device)
+            assert version == "1.0.0"
+            report = {"phase": "healthy", "serial": serial}
+            assert device.status(client, report).status_code == 204
+
+        repo.write(
+            "kernex.yaml",
+            kernex_yaml("1.1.0")
+            + "rollout:\n  waves: [50%, 100%]\n  failure_threshold: 0%\n  pause: 1s\n",
+        )
+        commit = repo.commit("app 1.1.0 in two waves")
+        assert client.post("/v1/admin/reconcile", headers=auth).status_code in (200, 202)
+
+        wait_for("the rollout to start", lambda: rollout_of(client, server_proc, commit))
+        first_wave = [d for d in devices if served(client, d)[1] == "1.1.0"]
+        assert 0 < len(first_wave) < len(devices)
+        for device in first_wave:  # every one acknowledged: the wave is ready
+            report = {"phase": "healthy", "serial": served(client, device)[0]}
+            assert device.status(client, report).status_code == 204
+
+    server_proc.stop(signal.SIGKILL)
+    server_proc.start()
+    with httpx.Client(base_url=server_proc.base, timeout=30) as client:
+        # the acknowledged reports promote the first wave; the rest then take 1.1.0
+        def on_new_version() -> bool:
+            return all(served(client, d)[1] == "1.1.0" for d in devices)
+
+        wait_for("the second wave", on_new_version, timeout=60)
+        for device in devices:
+            report = {"phase": "healthy", "serial": served(client, device)[0]}
+            assert device.status(client, report).status_code == 204
+
+        def completed() -> bool:
+            found = rollout_of(client, server_proc, commit)
+            return found is not None and found["state"] == "completed"
+
+        wait_for("the rollout to complete", completed)
