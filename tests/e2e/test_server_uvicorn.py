@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +16,7 @@ from kit.fleet import FleetRepo, kernex_yaml
 from kit.wait import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from kernex_cli.localserver import LocalServer
 from kernex_core import keys
 from kernex_core.trust import ManifestVerifier
 
@@ -27,55 +24,13 @@ pytestmark = pytest.mark.e2e
 KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[dict[str, Any]]:
     repo = FleetRepo(tmp_path / "fleet")
-    data = tmp_path / "data"
-    env = {**os.environ, "KERNEX_DATA_DIR": str(data)}
-    env.pop("KERNEX_DATABASE_URL", None)
-    init = subprocess.run(
-        [*KERNEX, "server", "init", "--repo", str(repo.path), "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    token = json.loads(init.stdout)["admin_token"]
-    with (data / "server.toml").open("a") as fh:
-        fh.write("poll_interval = 0.5\nheartbeat_flush_interval = 0.2\n")
-    port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*KERNEX, "server", "run", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = (tmp_path / "server.log").read_text()
-                pytest.fail(f"server did not start: {out}")
-            time.sleep(0.1)
-        key = keys.load_private_key_pem((data / "keys" / "manifest.key").read_bytes())
-        yield {"base": base, "token": token, "repo": repo, "key": key}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
+    settings = {"poll_interval": 0.5, "heartbeat_flush_interval": 0.2}
+    with LocalServer(tmp_path / "data", repo=repo.path, settings=settings) as server:
+        key = keys.load_private_key_pem((server.data_dir / "keys" / "manifest.key").read_bytes())
+        yield {"base": server.base_url, "token": server.admin_token, "repo": repo, "key": key}
 
 
 def long_polls_open(base: str) -> float | None:

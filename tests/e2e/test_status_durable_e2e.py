@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,75 +22,48 @@ from kit.device import SimDevice
 from kit.fleet import FleetRepo, kernex_yaml
 from kit.wait import wait_for
 
+from kernex_cli.localserver import LocalServer
+
 pytestmark = pytest.mark.e2e
-KERNEX = [sys.executable, "-c", "from kernex_cli.main import main; main()"]
 DEVICES = 16
 
 
-def free_port() -> int:
-    import socket
+class Server(LocalServer):
+    """`kernex server run` with the history long enough to hold every report of the test
+    and the device rate limit off; it restarts on the same port, also after a SIGKILL."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
-        self.data = tmp_path / "data"
-        self.env = {**os.environ, "KERNEX_DATA_DIR": str(self.data)}
-        self.env.pop("KERNEX_DATABASE_URL", None)
-        self.repo = repo = FleetRepo(tmp_path / "fleet")
-        init = subprocess.run(
-            [*KERNEX, "server", "init", "--repo", str(repo.path), "--json"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
+        self.fleet = FleetRepo(tmp_path / "fleet")
+        super().__init__(
+            tmp_path / "data",
+            repo=self.fleet.path,
+            settings={"status_history": 100000, "device_rate": 0},
         )
-        self.token = json.loads(init.stdout)["admin_token"]
-        with (self.data / "server.toml").open("a") as fh:
-            # history long enough to hold every report of the test; the device rate limit off
-            fh.write("status_history = 100000\ndevice_rate = 0\n")
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        log = (self.tmp / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [*KERNEX, "server", "run", "--port", str(self.port), "--log-level", "warning"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.base}/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {(self.tmp / 'server.log').read_text()}")
-            time.sleep(0.1)
+    @property
+    def base(self) -> str:
+        return self.base_url
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=15)
+    @property
+    def token(self) -> str:
+        return self.admin_token
+
+    @property
+    def data(self) -> Path:
+        return self.data_dir
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        assert proc is not None
+        proc.kill()
+        proc.wait(timeout=15)
 
 
 @pytest.fixture
 def server_proc(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path)
-    srv.start()
-    try:
+    with Server(tmp_path) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_every_acknowledged_report_survives_sigkill(server_proc: Server) -> None:
@@ -135,7 +104,7 @@ def test_every_acknowledged_report_survives_sigkill(server_proc: Server) -> None
         deadline = time.monotonic() + 30
         while len(acknowledged) < 200 and time.monotonic() < deadline:
             time.sleep(0.02)
-        server_proc.stop(signal.SIGKILL)  # mid-stream: reports are arriving as it dies
+        server_proc.kill()  # mid-stream: reports are arriving as it dies
         stop.set()
         for sender in senders:
             sender.result(timeout=30)
@@ -173,7 +142,7 @@ def test_a_staged_rollout_completes_across_a_sigkill(server_proc: Server) -> Non
     next wave, and after a restart the rollout still completes: no acknowledged report that
     it counts on is gone."""
     devices = [SimDevice(f"dev-{n:02d}") for n in range(6)]
-    repo = server_proc.repo
+    repo = server_proc.fleet
     with httpx.Client(base_url=server_proc.base, timeout=30) as client:
         auth = admin(server_proc.token)
         made = client.post("/v1/admin/enrollment-tokens", json={"max_uses": 6}, headers=auth)
@@ -200,7 +169,7 @@ def test_a_staged_rollout_completes_across_a_sigkill(server_proc: Server) -> Non
             report = {"phase": "healthy", "serial": served(client, device)[0]}
             assert device.status(client, report).status_code == 204
 
-    server_proc.stop(signal.SIGKILL)
+    server_proc.kill()
     server_proc.start()
     with httpx.Client(base_url=server_proc.base, timeout=30) as client:
         # the acknowledged reports promote the first wave; the rest then take 1.1.0
